@@ -1,0 +1,1 @@
+# The AuditEvent table arrives with the audit issue (DESIGN §3).

@@ -1,0 +1,169 @@
+"""Tollgate settings, read from the environment (see docs/configuration.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from gateway_site.env import (
+    envbool,
+    envchoice,
+    envfloat,
+    envint,
+    envlist,
+    envsecret,
+    envstr,
+    parse_database_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = envbool("DJANGO_DEBUG", False)
+SECRET_KEY = envsecret("DJANGO_SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required unless DJANGO_DEBUG=1")
+    SECRET_KEY = "insecure-debug-only-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "budgets",
+    "proxy",
+    "audit",
+]
+
+# Only the admin and the admin API pass through these; the proxy endpoints are
+# served by a middleware-free handler (gateway_site/asgi.py) to keep the hot path lean.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "gateway_site.wsgi.application"
+ASGI_APPLICATION = "gateway_site.asgi.application"
+
+DATABASES = {
+    "default": parse_database_url(
+        envstr("DATABASE_URL", "sqlite:///var/tollgate.sqlite3"), base_dir=BASE_DIR
+    )
+}
+_db = DATABASES["default"]
+if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
+    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = envstr("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": envstr("TOLLGATE_CACHE_PREFIX", "tg"),
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "tollgate",
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(envstr("DJANGO_STATIC_ROOT", str(BASE_DIR / "var" / "static")))
+
+# Production hardening; a reverse proxy terminates TLS (docs/deployment.md).
+if envbool("TOLLGATE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = envbool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
+
+# --- Celery ---------------------------------------------------------------
+# With REDIS_URL, Redis is the broker. Without it (the embedded default) tasks
+# run in the calling process, so the quickstart needs no broker server.
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not (REDIS_URL or envstr("CELERY_BROKER_URL")))
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+
+# --- Tollgate -------------------------------------------------------------
+# Largest request body the proxy accepts; bigger ones get a 413 before parsing.
+TOLLGATE_MAX_BODY_BYTES = envint("TOLLGATE_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+# Seconds an authenticated key stays in a worker's memory; a change to a key or
+# consumer is seen by every worker within TOLLGATE_AUTH_RECHECK_SECONDS.
+TOLLGATE_AUTH_CACHE_SECONDS = envfloat("TOLLGATE_AUTH_CACHE_SECONDS", 30.0, minimum=0)
+TOLLGATE_AUTH_RECHECK_SECONDS = envfloat("TOLLGATE_AUTH_RECHECK_SECONDS", 1.0, minimum=0)
+# Seconds routes and providers stay cached per worker (invalidated on change too).
+TOLLGATE_ROUTE_CACHE_SECONDS = envfloat("TOLLGATE_ROUTE_CACHE_SECONDS", 30.0, minimum=0)
+# Upstream connection pool, per worker process.
+TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+TOLLGATE_UPSTREAM_MAX_KEEPALIVE = envint("TOLLGATE_UPSTREAM_MAX_KEEPALIVE", 200, minimum=0)
+# What the quickstart and sandbox use when nothing else is configured.
+TOLLGATE_SANDBOX_URL = envstr("TOLLGATE_SANDBOX_URL", "http://127.0.0.1:8787")
+
+LOG_LEVEL = envchoice("TOLLGATE_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL.upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

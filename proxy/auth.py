@@ -1,0 +1,54 @@
+"""Step 1 of the request path: who is calling (DESIGN §1)."""
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.utils import timezone
+
+from budgets.keys import key_digest
+from budgets.selectors import KeyInfo, key_info_by_digest
+from budgets.signals import key_cache
+from gateway_site.localcache import MISSING
+from proxy.errors import GatewayError
+
+# One message for every kind of bad key, so a caller cannot tell an unknown key
+# from a revoked or expired one.
+INVALID_KEY_MESSAGE = "Invalid API key. Use a Tollgate key issued by your gateway administrator."
+MISSING_KEY_MESSAGE = (
+    "Missing API key. Send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'X-App-Key: <key>'."
+)
+MAX_KEY_LENGTH = 200
+
+
+def extract_key(request: HttpRequest) -> str | None:
+    headers = request.headers
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for header in ("x-api-key", "X-App-Key"):
+        value = headers.get(header)
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+async def authenticate(request: HttpRequest) -> KeyInfo:
+    """The caller's key, or GatewayError(401). A cached key reads nothing from the database."""
+    raw = extract_key(request)
+    if raw is None:
+        raise GatewayError("authentication", MISSING_KEY_MESSAGE, code="missing_api_key")
+    if len(raw) > MAX_KEY_LENGTH:
+        raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
+    digest = key_digest(raw)
+    info = await key_cache.aget(digest)
+    if info is MISSING:
+        info = await key_info_by_digest(digest)
+        # Unknown keys are cached too (bounded LRU), so a flood of bad keys
+        # does not become a flood of database reads.
+        key_cache.set(digest, info)
+    if info is None or info.revoked or not info.consumer_active:
+        raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
+    if info.expires_at is not None and info.expires_at <= timezone.now():
+        raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
+    return info

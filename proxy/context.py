@@ -1,0 +1,54 @@
+"""Everything the gateway learns about one request, from arrival to the audit row."""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from budgets.selectors import KeyInfo
+from proxy.errors import Caller
+from proxy.routing import DeploymentInfo, RouteInfo
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    caller: Caller
+    endpoint: str
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    key: KeyInfo | None = None
+    route: RouteInfo | None = None
+    deployment: DeploymentInfo | None = None
+    stream: bool = False
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+    first_byte_seconds: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    status: int | None = None
+    error_class: str | None = None
+    client_ip: str | None = None
+    user_agent: str = ""
+    finished: bool = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway itself, so far, excluding waits on the provider."""
+        return max(0.0, (self.elapsed() - self.upstream_seconds) * 1000.0)
+
+    def record_usage(self, usage: object) -> None:
+        """Take token counts from an OpenAI-shaped `usage` object, ignoring anything malformed."""
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and not isinstance(prompt, bool):
+            self.prompt_tokens = prompt
+        if isinstance(completion, int) and not isinstance(completion, bool):
+            self.completion_tokens = completion

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$",
+    "Use letters, digits and '.', '_', '-', ':', '/' (at most 100 characters).",
+)
+env_name_validator = RegexValidator(r"^[A-Za-z_][A-Za-z0-9_]*$", "Not an environment variable name.")
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    GEMINI = "gemini", "Google Gemini"
+    OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
+    SANDBOX = "sandbox", "Sandbox (built in, no key)"
+
+
+class Provider(models.Model):
+    """An upstream model provider. Its credential is named here, never stored here."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    kind = models.CharField(max_length=32, choices=ProviderKind.choices)
+    base_url = models.URLField(
+        max_length=500, help_text="As the provider's own SDK takes it, e.g. https://api.openai.com/v1"
+    )
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[env_name_validator],
+        help_text="Environment variable holding the provider's API key.",
+    )
+    api_key_file = models.CharField(
+        max_length=500, blank=True, help_text="Or a file holding it (a mounted secret)."
+    )
+    extra_headers = models.JSONField(
+        default=dict, blank=True, help_text='Sent upstream with every call, e.g. {"anthropic-version": "2023-06-01"}'
+    )
+    timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
+    connect_timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.api_key_env and self.api_key_file:
+            raise ValidationError("Name the credential by environment variable or by file, not both.")
+        if not isinstance(self.extra_headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_headers.items()
+        ):
+            raise ValidationError({"extra_headers": "Must map header names to string values."})
+
+    def read_credential(self) -> str:
+        """The provider's API key from the environment or the secret file ('' when none is named)."""
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        if self.api_key_file:
+            try:
+                return Path(self.api_key_file).read_text().strip()
+            except OSError:
+                return ""
+        return ""
+
+
+class ModelRoute(models.Model):
+    """A public model name (alias or real name) that clients send as `model`."""
+
+    model = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = "model route"
+
+    def __str__(self) -> str:
+        return self.model
+
+
+class Deployment(models.Model):
+    """One way to serve a route: a provider, its model name there, a weight and a priority."""
+
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=200)
+    weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within its priority.")
+    priority = models.IntegerField(default=0, help_text="Lower is preferred; 0 is the first choice.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["route__model", "priority", "-weight", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["route", "provider", "upstream_model"], name="deployment_unique_per_route"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route.model} → {self.provider.name}/{self.upstream_model}"

@@ -1,0 +1,108 @@
+"""Step 2 of the request path: read and check the body before anything is spent on it."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+
+from proxy.errors import GatewayError
+
+OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def read_json_object(request: HttpRequest) -> dict[str, Any]:
+    limit = settings.TOLLGATE_MAX_BODY_BYTES
+    too_large = GatewayError(
+        "request_too_large", f"Request body is larger than the gateway's limit of {limit} bytes."
+    )
+    declared = request.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise too_large from None
+    if len(raw) > limit:
+        raise too_large
+    if not raw.strip():
+        raise GatewayError("invalid_request", "Request body is empty; send a JSON object.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError("invalid_request", f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise GatewayError("invalid_request", "Request body must be a JSON object.")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bad(param: str, message: str) -> GatewayError:
+    return GatewayError("invalid_request", message, param=param, code="invalid_value")
+
+
+def validate_openai_chat(data: dict[str, Any]) -> None:
+    """Reject what OpenAI itself would reject, with the field named; pass the rest through."""
+    model = data.get("model")
+    if model is None:
+        raise GatewayError("invalid_request", "Missing required parameter: 'model'.", param="model",
+                           code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "'model' must be a non-empty string.")
+    messages = data.get("messages")
+    if messages is None:
+        raise GatewayError("invalid_request", "Missing required parameter: 'messages'.", param="messages",
+                           code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", "'messages' must be a non-empty array of message objects.")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise _bad(where, f"'{where}' must be an object.")
+        role = message.get("role")
+        if role not in OPENAI_ROLES:
+            raise _bad(f"{where}.role", f"'{where}.role' must be one of: {', '.join(sorted(OPENAI_ROLES))}.")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _bad(f"{where}.content", f"'{where}.content' must be a string or an array of content parts.")
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise _bad(f"{where}.content", f"'{where}.content' parts must be objects.")
+    if "stream" in data and data["stream"] is not None and not isinstance(data["stream"], bool):
+        raise _bad("stream", "'stream' must be a boolean.")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("stream_options", "'stream_options' must be an object.")
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs"):
+        value = data.get(name)
+        if value is not None and not _is_int(value):
+            raise _bad(name, f"'{name}' must be an integer.")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = data.get(name)
+        if value is not None and value < 1:
+            raise _bad(name, f"'{name}' must be at least 1.")
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = data.get(name)
+        if value is not None and not _is_number(value):
+            raise _bad(name, f"'{name}' must be a number.")
+    stop = data.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise _bad("stop", "'stop' must be a string or an array of strings.")
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _bad("tools", "'tools' must be an array of tool objects.")
+        for index, tool in enumerate(tools):
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise _bad(f"tools[{index}].function.name", f"'tools[{index}].function.name' must be a string.")

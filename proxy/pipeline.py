@@ -1,0 +1,89 @@
+"""The request path in order: authenticate, parse, route, call, answer, record (DESIGN §1)."""
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from proxy.auth import authenticate
+from proxy.calls import call_openai_chat
+from proxy.context import RequestContext
+from proxy.errors import Caller, GatewayError, error_response
+from proxy.parsing import read_json_object, validate_openai_chat
+from proxy.routing import resolve_route
+
+logger = logging.getLogger("tollgate.requests")
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+async def request_finish(ctx: RequestContext) -> None:
+    """Called exactly once per request, when the answer (or the stream) is over."""
+    if ctx.finished:
+        return
+    ctx.finished = True
+    logger.info(
+        "request_id=%s consumer=%s route=%s provider=%s status=%s error=%s attempts=%d "
+        "prompt_tokens=%s completion_tokens=%s latency_ms=%.1f overhead_ms=%.2f",
+        ctx.request_id,
+        ctx.key.consumer_name if ctx.key else "-",
+        ctx.route.model if ctx.route else "-",
+        ctx.deployment.provider.name if ctx.deployment else "-",
+        ctx.status,
+        ctx.error_class or "-",
+        ctx.attempts,
+        ctx.prompt_tokens,
+        ctx.completion_tokens,
+        ctx.elapsed() * 1000,
+        ctx.overhead_ms(),
+    )
+
+
+def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
+    response["x-request-id"] = ctx.request_id
+    response["x-tollgate-overhead-ms"] = f"{ctx.overhead_ms():.2f}"
+    if ctx.deployment is not None:
+        response["x-tollgate-provider"] = ctx.deployment.provider.name
+    if ctx.attempts:
+        response["x-tollgate-attempts"] = str(ctx.attempts)
+    return response
+
+
+def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContext:
+    ctx = RequestContext(caller=caller, endpoint=endpoint)
+    ctx.client_ip = client_ip(request)
+    ctx.user_agent = request.headers.get("User-Agent", "")[:300]
+    return ctx
+
+
+async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
+    ctx.status = error.status
+    ctx.error_class = ctx.error_class or error.code or error.kind
+    await request_finish(ctx)
+    return _stamp(error_response(error, ctx.caller), ctx)
+
+
+async def proxy_openai_chat(request: HttpRequest) -> HttpResponse:
+    ctx = _start(request, Caller.OPENAI, "chat.completions")
+    try:
+        if request.method != "POST":
+            raise GatewayError("method_not_allowed", "Use POST for /v1/chat/completions.")
+        ctx.key = await authenticate(request)
+        body = read_json_object(request)
+        validate_openai_chat(body)
+        ctx.route = await resolve_route(ctx.key, body["model"])
+        ctx.stream = bool(body.get("stream"))
+        client_headers = {k.lower(): v for k, v in request.headers.items()}
+        response = await call_openai_chat(ctx, ctx.route, body, request_finish, client_headers)
+    except GatewayError as error:
+        return await _refuse(ctx, error)
+    except Exception:
+        logger.exception("request %s failed inside the gateway", ctx.request_id)
+        return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",
+                                               code="internal_error"))
+    if not isinstance(response, StreamingHttpResponse):
+        ctx.status = response.status_code
+        await request_finish(ctx)
+    return _stamp(response, ctx)

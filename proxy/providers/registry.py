@@ -1,0 +1,24 @@
+"""Provider kind -> adapter class."""
+from __future__ import annotations
+
+from proxy.errors import GatewayError
+from proxy.providers.base import ProviderAdapter
+from proxy.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter, SandboxAdapter
+from proxy.routing import ProviderInfo
+
+ADAPTERS: dict[str, type[ProviderAdapter]] = {
+    "openai": OpenAIAdapter,
+    "openai_compatible": OpenAICompatibleAdapter,
+    "sandbox": SandboxAdapter,
+}
+
+
+def adapter_for(provider: ProviderInfo) -> ProviderAdapter:
+    cls = ADAPTERS.get(provider.kind)
+    if cls is None:
+        raise GatewayError(
+            "upstream",
+            f"Provider '{provider.name}' is of kind '{provider.kind}', which this gateway cannot call yet.",
+            code="provider_kind_unsupported",
+        )
+    return cls(provider)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+
+from budgets.models import Consumer
+from budgets.services import key_issue, key_revoke
+from budgets.signals import key_cache
+from proxy.models import Deployment, ModelRoute, Provider
+from proxy.routing import route_cache
+from tests.servers import sandbox_in_thread
+
+
+def _clear_caches() -> None:
+    key_cache.clear_local()
+    route_cache.clear_local()
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    """Tests roll back their rows without signals: start each with empty caches."""
+    _clear_caches()
+    yield
+    _clear_caches()
+
+
+@pytest.fixture
+def personas(db) -> SimpleNamespace:
+    """The cast: an admin, a compliance officer, two consumers with keys, one revoked key."""
+    user_model = get_user_model()
+    admin = user_model.objects.create_user("ada", "ada@example.com", "ada-password-1", is_staff=True,
+                                           is_superuser=True)
+    compliance = user_model.objects.create_user("carl", "carl@example.com", "carl-password-1",
+                                                is_staff=True)
+    alice = Consumer.objects.create(name="alice-agent", description="Alice's coding agent")
+    bob = Consumer.objects.create(name="bob-batch", description="Bob's batch jobs")
+    alice_key = key_issue(consumer=alice, name="laptop")
+    bob_key = key_issue(consumer=bob, name="ci")
+    revoked = key_issue(consumer=alice, name="old")
+    key_revoke(key=revoked.key)
+    return SimpleNamespace(admin=admin, compliance=compliance, alice=alice, bob=bob,
+                           alice_key=alice_key.plaintext, bob_key=bob_key.plaintext,
+                           revoked_key=revoked.plaintext)
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    with sandbox_in_thread() as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox_provider(db, sandbox_url) -> Provider:
+    return Provider.objects.create(name="sandbox", kind="sandbox", base_url=f"{sandbox_url}/v1")
+
+
+@pytest.fixture
+def demo_route(sandbox_provider) -> ModelRoute:
+    route = ModelRoute.objects.create(model="demo")
+    Deployment.objects.create(route=route, provider=sandbox_provider, upstream_model="sandbox-model")
+    return route

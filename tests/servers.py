@@ -1,0 +1,113 @@
+"""Start real servers for tests: the sandbox provider and the gateway, on free local ports."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, *, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout}s: {last}")
+
+
+@contextmanager
+def sandbox_in_thread(**knobs) -> Iterator[str]:
+    """The sandbox provider in this process; yields its base URL (no /v1)."""
+    import uvicorn
+
+    from proxy.sandbox import SandboxConfig, make_app
+
+    port = free_port()
+    config = uvicorn.Config(make_app(SandboxConfig(**knobs)), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/_sandbox/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def database_url_for(settings_dict: dict) -> str:
+    """A DATABASE_URL naming the database this test run uses (the test database)."""
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = settings_dict.get("USER") or ""
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or "5432"
+    return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+
+
+def server_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.setdefault("DJANGO_SECRET_KEY", "e2e-test-secret-key-not-for-production")
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def subprocess_server(args: list[str], *, health_url: str, env: dict[str, str],
+                      timeout: float = 60.0, log_name: str = "server") -> Iterator[subprocess.Popen]:
+    log_dir = ROOT / "var" / "test-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{log_name}-{os.getpid()}-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            try:
+                wait_until_up(health_url, timeout=timeout, process=process)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n--- {log_path} ---\n{log_path.read_text()[-4000:]}") from None
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+    process.log_path = log_path  # type: ignore[attr-defined]
+
+
+def sandbox_command(port: int, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "manage.py"), "sandbox_provider", "--host", "127.0.0.1",
+            "--port", str(port), *extra]
+
+
+def gateway_command(port: int, workers: int = 2) -> list[str]:
+    """The production start, as docs/deployment.md gives it."""
+    return [sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers),
+            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "gateway_site.asgi:application"]
