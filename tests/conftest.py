@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
@@ -15,10 +16,22 @@ from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread
 
 
+def clear_shared_cache() -> None:
+    """Empty this test run's part of the shared cache (not the whole Redis database)."""
+    if settings.REDIS_URL:
+        client = cache._cache.get_client(write=True)
+        prefix = settings.CACHES["default"]["KEY_PREFIX"]
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    else:
+        cache.clear()
+
+
 def _clear_caches() -> None:
     key_cache.clear_local()
     route_cache.clear_local()
-    cache.clear()
+    clear_shared_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,17 @@
-"""Settings for the test run: the real settings, with a throwaway secret key if none is set."""
+"""Settings for the test run: the real settings, isolated per test run.
+
+Several test runs may share one machine (developers' parallel runs, CI): each
+gets its own database and its own cache key prefix, so none flushes another's.
+"""
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-not-for-production")
+os.environ.setdefault("TOLLGATE_CACHE_PREFIX", f"tgtest{os.getpid()}")
 
 from gateway_site.settings import *  # noqa: F403
+
+_db = DATABASES["default"]  # noqa: F405
+if _db["ENGINE"].endswith("sqlite3"):
+    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}  # noqa: F405
+else:
+    _db["TEST"] = {"NAME": f"test_tollgate_{os.getpid()}"}

@@ -8,7 +8,8 @@ import httpx
 import openai
 import pytest
 
-pytestmark = pytest.mark.e2e
+# django_db: makes pytest-django create the test database that the servers use.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}]
 

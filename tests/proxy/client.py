@@ -24,15 +24,15 @@ class GatewayResponse:
 async def _call(method: str, path: str, *, key: str | None, body: Any, raw: bytes | None,
                 headers: dict[str, str]) -> GatewayResponse:
     client = AsyncClient()
-    extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+    headers = dict(headers)
     if key is not None:
-        extra["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+        headers["Authorization"] = f"Bearer {key}"
     if method == "GET":
-        response = await client.get(path, **extra)
+        response = await client.get(path, headers=headers)
     else:
         data = raw if raw is not None else orjson.dumps(body)
         response = await getattr(client, method.lower())(path, data=data, content_type="application/json",
-                                                         **extra)
+                                                         headers=headers)
     if response.streaming:
         chunks = [chunk async for chunk in response.streaming_content]
         content = b"".join(chunks)

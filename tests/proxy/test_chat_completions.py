@@ -185,14 +185,17 @@ def test_an_unreachable_upstream_is_a_502_with_a_clear_message(alice, demo_route
 
 
 @pytest.mark.django_db
-def test_upstream_errors_pass_through_with_their_status(alice, demo_route):
-    response = chat(alice, HELLO, headers={})
-    assert response.status_code == 200
+def test_upstream_errors_pass_through_with_their_status(alice, demo_route, sandbox_provider,
+                                                        django_capture_on_commit_callbacks):
+    assert chat(alice, HELLO).status_code == 200
     # The sandbox fails on demand; its own OpenAI-shaped error body comes back.
-    Provider.objects.filter(name="sandbox").update(extra_headers={"x-sandbox-fail-status": "500"})
+    # Saving the provider also proves a change reaches the cached route table.
+    with django_capture_on_commit_callbacks(execute=True):
+        sandbox_provider.extra_headers = {"x-sandbox-fail-status": "400"}
+        sandbox_provider.save()
     response = chat(alice, HELLO)
-    assert response.status_code == 500
-    assert "error" in response.json()
+    assert response.status_code == 400
+    assert response.json()["error"]["message"]
 
 
 @pytest.mark.django_db
