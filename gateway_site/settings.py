@@ -141,6 +141,10 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not (REDIS_URL or
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Separate queues let several deployments (or test runs) share one broker.
+CELERY_TASK_DEFAULT_QUEUE = envstr("TOLLGATE_CELERY_QUEUE", "tollgate")
+# Periodic jobs; each app's section below adds its entries.
+CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Tollgate -------------------------------------------------------------
 # Largest request body the proxy accepts; bigger ones get a 413 before parsing.

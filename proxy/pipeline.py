@@ -5,11 +5,13 @@ import logging
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from proxy.admission import admit, limit_headers, settle
 from proxy.auth import authenticate
 from proxy.calls import call_openai_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
 from proxy.parsing import read_json_object, validate_openai_chat
+from proxy.recording import record
 from proxy.routing import resolve_route
 
 logger = logging.getLogger("tollgate.requests")
@@ -24,6 +26,10 @@ async def request_finish(ctx: RequestContext) -> None:
     if ctx.finished:
         return
     ctx.finished = True
+    try:
+        await settle(ctx)
+    finally:
+        await record(ctx)
     logger.info(
         "request_id=%s consumer=%s route=%s provider=%s status=%s error=%s attempts=%d "
         "prompt_tokens=%s completion_tokens=%s latency_ms=%.1f overhead_ms=%.2f",
@@ -48,6 +54,8 @@ def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
         response["x-tollgate-provider"] = ctx.deployment.provider.name
     if ctx.attempts:
         response["x-tollgate-attempts"] = str(ctx.attempts)
+    for name, value in limit_headers(ctx).items():
+        response[name] = value
     return response
 
 
@@ -75,6 +83,7 @@ async def proxy_openai_chat(request: HttpRequest) -> HttpResponse:
         validate_openai_chat(body)
         ctx.route = await resolve_route(ctx.key, body["model"])
         ctx.stream = bool(body.get("stream"))
+        await admit(ctx, body)
         client_headers = {k.lower(): v for k, v in request.headers.items()}
         response = await call_openai_chat(ctx, ctx.route, body, request_finish, client_headers)
     except GatewayError as error:

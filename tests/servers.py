@@ -111,3 +111,32 @@ def gateway_command(port: int, workers: int = 2) -> list[str]:
     """The production start, as docs/deployment.md gives it."""
     return [sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers),
             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "gateway_site.asgi:application"]
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], *, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """A real Celery worker on this run's queue (TOLLGATE_CELERY_QUEUE in env), stopped afterwards."""
+    queue = env.get("TOLLGATE_CELERY_QUEUE") or os.environ["TOLLGATE_CELERY_QUEUE"]
+    env = {**env, "TOLLGATE_CELERY_QUEUE": queue}
+    log_dir = ROOT / "var" / "test-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"celery-{os.getpid()}-{time.monotonic_ns()}.log"
+    args = [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "--pool", "solo",
+            "--loglevel", "info", "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while b" ready." not in log_path.read_bytes():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.2)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)

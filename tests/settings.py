@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-not-for-production")
 os.environ.setdefault("TOLLGATE_CACHE_PREFIX", f"tgtest{os.getpid()}")
+os.environ.setdefault("TOLLGATE_CELERY_QUEUE", f"tgtest{os.getpid()}")
 
 from gateway_site.settings import *  # noqa: F403
 
