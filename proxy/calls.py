@@ -109,6 +109,7 @@ async def _complete(
         pass
     ctx.status = response.status_code
     ctx.error_class = None
+    ctx.capture_response(content)
     return HttpResponse(content, status=response.status_code,
                         content_type=response.headers.get("content-type", "application/json"))
 
@@ -195,7 +196,9 @@ async def _stream(
                             continue
                     out.append(event)
                 if out:
-                    yield b"".join(out)
+                    data = b"".join(out)
+                    ctx.capture_response(data)
+                    yield data
             if pending.strip():
                 yield pending
         except httpx.HTTPError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from budgets.selectors import KeyInfo
 from proxy.errors import Caller
@@ -34,6 +35,12 @@ class RequestContext:
     client_ip: str | None = None
     user_agent: str = ""
     finished: bool = False
+    # What budgets admitted for this request (set by proxy.admission).
+    admission: Any = None
+    # Bodies for the audit log, kept only when the consumer's audit policy asks for them.
+    capture_limit: int = 0
+    request_body: Any = None
+    response_body: bytearray | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -41,6 +48,16 @@ class RequestContext:
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far, excluding waits on the provider."""
         return max(0.0, (self.elapsed() - self.upstream_seconds) * 1000.0)
+
+    def capture_response(self, chunk: bytes) -> None:
+        """Keep up to `capture_limit` bytes of what was sent to the client (no-op when 0)."""
+        if self.capture_limit <= 0:
+            return
+        if self.response_body is None:
+            self.response_body = bytearray()
+        room = self.capture_limit - len(self.response_body)
+        if room > 0:
+            self.response_body += chunk[:room]
 
     def record_usage(self, usage: object) -> None:
         """Take token counts from an OpenAI-shaped `usage` object, ignoring anything malformed."""

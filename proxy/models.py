@@ -78,6 +78,12 @@ class ModelRoute(models.Model):
 
     model = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
+    default_max_tokens = models.PositiveIntegerField(
+        default=1024,
+        validators=[MinValueValidator(1)],
+        help_text="Reserved against budgets, and sent to providers that require max_tokens, "
+        "when a request gives none.",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -47,6 +47,7 @@ class RouteInfo:
     model: str
     deployments: tuple[DeploymentInfo, ...]
     created: int  # unix time, for the models list
+    default_max_tokens: int
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -83,6 +84,7 @@ def _load_route_table() -> dict[str, RouteInfo]:
             model=route.model,
             deployments=tuple(by_route.get(route.pk, ())),
             created=int(route.updated_at.timestamp()),
+            default_max_tokens=route.default_max_tokens,
         )
     return table
 
