@@ -237,7 +237,7 @@ routes = section_register(
         label="route",
         model=ModelRoute,
         identity=Field("model", str, required=True),
-        fields=[Field("description", str), Field("enabled", bool)],
+        fields=[Field("description", str), Field("default_max_tokens", int), Field("enabled", bool)],
         order=20,
         prefetch=["deployments__provider"],
         prune_note=_route_prune_note,
