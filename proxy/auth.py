@@ -1,14 +1,21 @@
 """Step 1 of the request path: who is calling (DESIGN §1)."""
 from __future__ import annotations
 
+import logging
+import time
+
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.utils import timezone
 
 from budgets.keys import key_digest
 from budgets.selectors import KeyInfo, key_info_by_digest
+from budgets.services import key_touch
 from budgets.signals import key_cache
 from gateway_site.localcache import MISSING
 from proxy.errors import GatewayError
+
+logger = logging.getLogger(__name__)
 
 # One message for every kind of bad key, so a caller cannot tell an unknown key
 # from a revoked or expired one.
@@ -52,3 +59,24 @@ async def authenticate(request: HttpRequest) -> KeyInfo:
     if info.expires_at is not None and info.expires_at <= timezone.now():
         raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
     return info
+
+
+# key id -> monotonic time of the last last_used_at write from this worker
+_last_touch: dict[int, float] = {}
+TOUCH_INTERVAL_SECONDS = 60.0
+
+
+async def key_touch_if_due(key: KeyInfo | None) -> None:
+    """Record the key's last use, at most once a minute per key and worker (one UPDATE, no read)."""
+    if key is None:
+        return
+    now = time.monotonic()
+    last = _last_touch.get(key.key_id)
+    if last is not None and now - last < TOUCH_INTERVAL_SECONDS:
+        return
+    _last_touch[key.key_id] = now
+    try:
+        await sync_to_async(key_touch)(key_ids=[key.key_id], when=timezone.now())
+    except Exception:
+        # Last use is informational; never fail a request over it.
+        logger.warning("could not record last use of key %s", key.prefix, exc_info=True)

@@ -6,7 +6,7 @@ import logging
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from proxy.admission import admit, limit_headers, settle
-from proxy.auth import authenticate
+from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_openai_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
@@ -30,6 +30,7 @@ async def request_finish(ctx: RequestContext) -> None:
         await settle(ctx)
     finally:
         await record(ctx)
+    await key_touch_if_due(ctx.key)
     logger.info(
         "request_id=%s consumer=%s route=%s provider=%s status=%s error=%s attempts=%d "
         "prompt_tokens=%s completion_tokens=%s latency_ms=%.1f overhead_ms=%.2f",

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from budgets.models import Consumer
 from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
+from proxy.auth import _last_touch
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread
@@ -29,6 +30,7 @@ def clear_shared_cache() -> None:
 
 
 def _clear_caches() -> None:
+    _last_touch.clear()
     key_cache.clear_local()
     route_cache.clear_local()
     clear_shared_cache()
