@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import time
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -12,6 +11,7 @@ from budgets.keys import key_digest
 from budgets.selectors import KeyInfo, key_info_by_digest
 from budgets.services import key_touch
 from budgets.signals import key_cache
+from gateway_site.db import run_db
 from gateway_site.localcache import MISSING
 from proxy.errors import GatewayError
 
@@ -50,7 +50,7 @@ async def authenticate(request: HttpRequest) -> KeyInfo:
     digest = key_digest(raw)
     info = await key_cache.aget(digest)
     if info is MISSING:
-        info = await key_info_by_digest(digest)
+        info = await run_db(key_info_by_digest, digest)
         # Unknown keys are cached too (bounded LRU), so a flood of bad keys
         # does not become a flood of database reads.
         key_cache.set(digest, info)
@@ -76,7 +76,7 @@ async def key_touch_if_due(key: KeyInfo | None) -> None:
         return
     _last_touch[key.key_id] = now
     try:
-        await sync_to_async(key_touch)(key_ids=[key.key_id], when=timezone.now())
+        await run_db(key_touch, key_ids=[key.key_id], when=timezone.now())
     except Exception:
         # Last use is informational; never fail a request over it.
         logger.warning("could not record last use of key %s", key.prefix, exc_info=True)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from budgets.selectors import KeyInfo
+from gateway_site.db import run_db
 from gateway_site.localcache import MISSING, LocalCache
 from proxy.errors import GatewayError
 from proxy.models import Deployment, ModelRoute, Provider
@@ -48,6 +49,10 @@ class RouteInfo:
     deployments: tuple[DeploymentInfo, ...]
     created: int  # unix time, for the models list
     default_max_tokens: int
+    max_retries: int = 2
+    retry_budget_seconds: float = 30.0
+    failover_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
+    allow_pin_fallback: bool = False
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -85,6 +90,10 @@ def _load_route_table() -> dict[str, RouteInfo]:
             deployments=tuple(by_route.get(route.pk, ())),
             created=int(route.updated_at.timestamp()),
             default_max_tokens=route.default_max_tokens,
+            max_retries=route.max_retries,
+            retry_budget_seconds=route.retry_budget_seconds,
+            failover_statuses=frozenset(s for s in route.failover_statuses or () if isinstance(s, int)),
+            allow_pin_fallback=route.allow_pin_fallback,
         )
     return table
 
@@ -93,7 +102,7 @@ async def route_table() -> dict[str, RouteInfo]:
     """Every enabled route, cached per worker; one database round trip on a miss."""
     table = await route_cache.aget("table")
     if table is MISSING:
-        table = await sync_to_async(_load_route_table)()
+        table = await run_db(_load_route_table)
         route_cache.set("table", table)
     return table
 
@@ -125,13 +134,19 @@ async def resolve_route(key: KeyInfo, model: Any) -> RouteInfo:
     return route
 
 
-def deployment_order(route: RouteInfo, *, rng: random.Random | None = None) -> list[DeploymentInfo]:
-    """Deployments to try, best priority first; within a priority, a weighted random order."""
+def deployment_order(
+    route: RouteInfo, *, rng: random.Random | None = None, deployments: Iterable[DeploymentInfo] | None = None,
+) -> list[DeploymentInfo]:
+    """Deployments to try, best priority first; within a priority, a weighted random order.
+
+    `deployments` narrows the choice (to the healthy ones, or to a pinned provider's).
+    """
     choices = rng.choices if rng is not None else random.choices
+    candidates = list(route.deployments if deployments is None else deployments)
     ordered: list[DeploymentInfo] = []
-    priorities = sorted({d.priority for d in route.deployments})
+    priorities = sorted({d.priority for d in candidates})
     for priority in priorities:
-        pool = [d for d in route.deployments if d.priority == priority and d.weight > 0]
+        pool = [d for d in candidates if d.priority == priority and d.weight > 0]
         while pool:
             chosen = choices(pool, weights=[d.weight for d in pool])[0]
             ordered.append(chosen)

@@ -14,5 +14,9 @@ from gateway_site.settings import *  # noqa: F403
 _db = DATABASES["default"]  # noqa: F405
 if _db["ENGINE"].endswith("sqlite3"):
     _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}  # noqa: F405
+    # Each test runs inside a transaction; with BEGIN IMMEDIATE it would hold
+    # SQLite's write lock for the whole test and block the end-to-end tests'
+    # server processes. Deferred transactions lock only once they write.
+    _db["OPTIONS"].pop("transaction_mode", None)
 else:
     _db["TEST"] = {"NAME": f"test_tollgate_{os.getpid()}"}
