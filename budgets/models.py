@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -57,3 +57,201 @@ class ApiKey(models.Model):
         if self.expires_at is not None and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+# --- Budgets, rate limits and prices (issue 4, docs/budgets.md) -------------------
+
+
+def _validate_timezone(value: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from django.core.exceptions import ValidationError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. UTC, Europe/Paris).") from None
+
+
+class Metric(models.TextChoices):
+    TOKENS = "tokens", "tokens"
+    REQUESTS = "requests", "requests"
+    COST_USD = "cost_usd", "cost (micro-dollars)"
+
+
+class Period(models.TextChoices):
+    DAY = "day", "day"
+    WEEK = "week", "week (from Monday)"
+    MONTH = "month", "calendar month"
+
+
+class Mode(models.TextChoices):
+    HARD = "hard", "hard: refuse requests over the limit"
+    SOFT = "soft", "soft: alert only"
+
+
+_now = timezone.now
+
+
+def _one_owner_constraint(name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=(models.Q(consumer__isnull=False, key__isnull=True)
+                   | models.Q(consumer__isnull=True, key__isnull=False)),
+        name=name,
+        violation_error_message="Give either a consumer or a key, not both.",
+    )
+
+
+class Budget(models.Model):
+    """A limit on a consumer's (or one key's) tokens, requests or cost per period.
+
+    Usage is counted per period window (BudgetUsage), so a new period starts at
+    zero by construction, whether or not the reset job ran.
+    """
+
+    consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="budgets")
+    key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+                            help_text="Set this instead of the consumer to limit a single key.")
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    limit = models.PositiveBigIntegerField(
+        help_text="Tokens, requests, or micro-dollars for cost (1 USD = 1,000,000)."
+    )
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.DAY)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[_validate_timezone],
+                                help_text="Where the period's midnight is, e.g. Europe/Paris.")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.HARD)
+    alert_at_percent = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Alert once per period when usage reaches this share of the limit.",
+    )
+    alert_email = models.EmailField(blank=True)
+    alert_webhook = models.URLField(blank=True, max_length=500)
+    enabled = models.BooleanField(default=True)
+    # `timezone` above is a field: reach the module through its other name here.
+    created_at = models.DateTimeField(default=_now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["consumer__name", "metric", "period", "id"]
+        constraints = [_one_owner_constraint("budget_has_one_owner")]
+
+    def __str__(self) -> str:
+        owner = self.consumer.name if self.consumer_id else f"key {self.key.prefix}" if self.key_id else "?"
+        return f"{owner}: {self.limit_display} {self.metric} per {self.period} ({self.mode})"
+
+    @property
+    def limit_display(self) -> str:
+        return format_amount(self.metric, self.limit)
+
+
+def format_amount(metric: str, amount: int) -> str:
+    if metric == Metric.COST_USD:
+        return f"${amount / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+    return f"{amount:,}"
+
+
+class BudgetUsage(models.Model):
+    """What a budget used in one period window. Changed only by atomic UPDATEs."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="usages")
+    period_start = models.DateField(help_text="First day of the window, in the budget's time zone.")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField(db_index=True)
+    used = models.BigIntegerField(default=0)
+    # Held by requests in flight (database counters only; with Redis they live there).
+    reserved = models.BigIntegerField(default=0)
+    alert_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["budget", "period_start"], name="budget_usage_per_window")]
+        verbose_name = "budget usage"
+
+    def __str__(self) -> str:
+        return f"{self.budget_id} {self.period_start}: {self.used}"
+
+
+class BudgetReservation(models.Model):
+    """A request's hold on a budget window (database counters); expired holds are released."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
+    period_start = models.DateField()
+    request_id = models.CharField(max_length=64)
+    amount = models.BigIntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.amount}"
+
+
+class BudgetHistory(models.Model):
+    """A closed period: what the budget allowed and what was used. Written once per window."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="history")
+    period_start = models.DateField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    limit = models.PositiveBigIntegerField()
+    used = models.BigIntegerField()
+    closed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [models.UniqueConstraint(fields=["budget", "period_start"], name="budget_history_per_window")]
+        verbose_name_plural = "budget history"
+
+    def __str__(self) -> str:
+        return f"{self.budget_id} {self.period_start}: {self.used}/{self.limit}"
+
+
+class RateLimit(models.Model):
+    """Requests or tokens per time window for a consumer (or one key); APISIX limit-count style."""
+
+    consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="rate_limits")
+    key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rate_limits")
+    requests = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    tokens = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    window_seconds = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    rejected_code = models.PositiveSmallIntegerField(
+        default=429, validators=[MinValueValidator(400), MaxValueValidator(599)]
+    )
+    rejected_msg = models.CharField(max_length=300, blank=True,
+                                    help_text="Message for refused requests; a default names the limit.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            _one_owner_constraint("ratelimit_has_one_owner"),
+            models.CheckConstraint(
+                condition=(models.Q(requests__isnull=False, tokens__isnull=True)
+                           | models.Q(requests__isnull=True, tokens__isnull=False)),
+                name="ratelimit_requests_or_tokens",
+                violation_error_message="Limit either requests or tokens per window, not both.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = f"{self.requests} requests" if self.requests is not None else f"{self.tokens} tokens"
+        return f"{what} per {self.window_seconds}s"
+
+
+class ModelPrice(models.Model):
+    """List price of an upstream model, in micro-dollars per million tokens, from `valid_from` on."""
+
+    model = models.CharField(max_length=200, help_text="Upstream model name; also matches dated versions "
+                             "such as gpt-4o-2024-08-06.")
+    input_per_million = models.PositiveBigIntegerField(help_text="Micro-dollars per million input tokens.")
+    output_per_million = models.PositiveBigIntegerField(help_text="Micro-dollars per million output tokens.")
+    valid_from = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "-valid_from"]
+        constraints = [models.UniqueConstraint(fields=["model", "valid_from"], name="model_price_unique")]
+        verbose_name = "model price"
+
+    def __str__(self) -> str:
+        return f"{self.model}: ${self.input_per_million / 1e6:g}/${self.output_per_million / 1e6:g} per M"

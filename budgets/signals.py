@@ -6,7 +6,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from budgets.models import ApiKey, Consumer
+from budgets.models import ApiKey, Budget, Consumer, ModelPrice, RateLimit
 from gateway_site.localcache import LocalCache
 
 key_cache = LocalCache(
@@ -24,3 +24,38 @@ def key_cache_invalidate() -> None:
 @receiver([post_save, post_delete], sender=Consumer)
 def _on_key_or_consumer_change(sender, **kwargs) -> None:
     transaction.on_commit(key_cache_invalidate)
+
+
+# Budgets, rate limits and prices: cached per worker, dropped everywhere on change.
+limits_cache = LocalCache(
+    "limits",
+    ttl=settings.TOLLGATE_LIMITS_CACHE_SECONDS,
+    recheck=settings.TOLLGATE_AUTH_RECHECK_SECONDS,
+)
+price_cache = LocalCache(
+    "prices",
+    ttl=settings.TOLLGATE_LIMITS_CACHE_SECONDS,
+    recheck=settings.TOLLGATE_AUTH_RECHECK_SECONDS,
+)
+
+
+def limits_cache_invalidate() -> None:
+    limits_cache.invalidate_everywhere()
+
+
+def price_cache_invalidate() -> None:
+    price_cache.invalidate_everywhere()
+
+
+@receiver([post_save, post_delete], sender=Budget)
+@receiver([post_save, post_delete], sender=RateLimit)
+def _on_limits_change(sender, **kwargs) -> None:
+    # This process at once (admin and tests), every worker once committed.
+    limits_cache.clear_local()
+    transaction.on_commit(limits_cache_invalidate)
+
+
+@receiver([post_save, post_delete], sender=ModelPrice)
+def _on_price_change(sender, **kwargs) -> None:
+    price_cache.clear_local()
+    transaction.on_commit(price_cache_invalidate)

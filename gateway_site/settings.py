@@ -171,3 +171,41 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL.upper()},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Budgets and rate limits (docs/budgets.md) --------------------------------
+# When Redis (the shared counters) cannot be reached, refuse requests with a 503
+# (fail closed, the default) or serve them unmetered and charge them afterwards (fail open).
+TOLLGATE_LIMITS_FAIL_OPEN = envbool("TOLLGATE_LIMITS_FAIL_OPEN", False)
+# Seconds a worker keeps a consumer's budgets, rate limits and the price table in memory
+# (a change is also seen by every worker within TOLLGATE_AUTH_RECHECK_SECONDS).
+TOLLGATE_LIMITS_CACHE_SECONDS = envfloat("TOLLGATE_LIMITS_CACHE_SECONDS", 30.0, minimum=0)
+# A reservation not settled within this time (its worker was killed) stops holding budget.
+TOLLGATE_RESERVATION_TTL_SECONDS = envint("TOLLGATE_RESERVATION_TTL_SECONDS", 900, minimum=10)
+# Budget alerts by email go through Django's email settings (EMAIL_HOST, ...), from this address.
+TOLLGATE_ALERT_FROM_EMAIL = envstr("TOLLGATE_ALERT_FROM_EMAIL", "tollgate@localhost")
+# django-ratelimit counts requests per window on the shared cache; failures are
+# handled by TOLLGATE_LIMITS_FAIL_OPEN, so it must raise rather than guess.
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_FAIL_OPEN = False
+
+
+def _budget_beat_schedule() -> dict:
+    from celery.schedules import crontab
+
+    return {
+        # Closes finished periods into history and sends missed alerts; idempotent,
+        # catches up after downtime. Usage itself never depends on it running.
+        "budgets-reset": {
+            "task": "budgets.tasks.budget_reset",
+            "schedule": crontab(hour=envint("TOLLGATE_BUDGET_RESET_HOUR", 0, minimum=0),
+                                minute=envint("TOLLGATE_BUDGET_RESET_MINUTE", 5, minimum=0)),
+        },
+        # Releases holds of killed workers (database counters; Redis expires them itself).
+        "budgets-expire-reservations": {
+            "task": "budgets.tasks.budget_reservations_expire",
+            "schedule": 60.0,
+        },
+    }
+
+
+CELERY_BEAT_SCHEDULE.update(_budget_beat_schedule())

@@ -1,24 +1,154 @@
 """Step 4 of the request path (admit) and the settling half of step 8.
 
-The proxy side of budgets and rate limits: asks `budgets` to admit a request
-before the upstream call and to settle it afterwards. Filled in by the budgets
-issue (#4); until then every request is admitted and nothing is metered.
+The proxy side of budgets and rate limits (docs/budgets.md): works out a request's
+worst case, asks `budgets` to admit it before the upstream call, and to settle the
+real usage afterwards. A consumer without budgets or rate limits costs one lookup
+in this worker's memory.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+from django.conf import settings
+
+from budgets.selectors import limits_for_key, price_table
+from budgets.services import (
+    Admission,
+    LimitExceeded,
+    LimitsUnavailable,
+    budget_admit_unmetered,
+    budget_reserve,
+    budget_settle,
+)
 from proxy.context import RequestContext
+from proxy.errors import GatewayError
+
+logger = logging.getLogger("tollgate.budgets")
+
+UNAVAILABLE_MESSAGE = (
+    "The gateway cannot check rate limits and budgets right now (its shared counter store is "
+    "unreachable), so it refuses requests rather than let them go unmetered. Retry shortly."
+)
+IMAGE_TOKENS = 1600  # a generous bound for one image part; providers charge ~85-1600
+
+
+def _max_output_tokens(body: dict[str, Any], default: int) -> int:
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+def _text_tokens(text: str) -> int:
+    # Deliberately generous: 3 characters per token where English averages 4.
+    return len(text) // 3 + 1
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return _text_tokens(content)
+    total = 0
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                total += _text_tokens(part)
+            elif isinstance(part, dict):
+                kind = part.get("type")
+                if kind in ("image_url", "image", "input_image", "document", "file", "input_audio"):
+                    total += IMAGE_TOKENS
+                for name in ("text", "content", "input", "arguments"):
+                    value = part.get(name)
+                    if isinstance(value, str):
+                        total += _text_tokens(value)
+                    elif isinstance(value, list | dict):
+                        total += _content_tokens(value if isinstance(value, list) else [value])
+    elif isinstance(content, dict):
+        total += _content_tokens([content])
+    return total
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """An upper-side estimate of the prompt's tokens, without a tokenizer (microseconds)."""
+    total = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            total += 4
+            if isinstance(message, dict):
+                total += _content_tokens(message.get("content"))
+                for call in message.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        total += _text_tokens(str(call.get("function", "")))
+    system = body.get("system")
+    if system is not None:
+        total += _content_tokens(system)
+    tools = body.get("tools")
+    if tools:
+        total += _text_tokens(str(tools))
+    return total
 
 
 async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
     """Check rate limits and reserve budget; raise GatewayError('rate_limit', ...) to refuse."""
+    if ctx.key is None or ctx.route is None:
+        return
+    limits = await limits_for_key(ctx.key)
+    if limits.empty:
+        return
+    prompt = estimate_prompt_tokens(body)
+    max_output = _max_output_tokens(body, ctx.route.default_max_tokens)
+    cost = 0
+    if limits.needs_cost:
+        prices = await price_table()
+        # The route may be served by any of its deployments: hold the dearest.
+        cost = max((prices.cost(d.upstream_model, prompt, max_output) or 0 for d in ctx.route.deployments),
+                   default=0)
+    try:
+        ctx.admission = await budget_reserve(key=ctx.key, limits=limits, request_id=ctx.request_id,
+                                             tokens=prompt + max_output, cost=cost)
+    except LimitExceeded as refused:
+        ctx.admission = refused.admission
+        raise GatewayError("rate_limit", refused.message, code=refused.code, status=refused.status,
+                           headers={"retry-after": str(refused.retry_after)}) from None
+    except LimitsUnavailable as exc:
+        if settings.TOLLGATE_LIMITS_FAIL_OPEN:
+            logger.warning("request %s admitted unmetered (fail open): %s", ctx.request_id, exc)
+            ctx.admission = budget_admit_unmetered(key=ctx.key, limits=limits, request_id=ctx.request_id)
+            return
+        logger.error("request %s refused: limits unavailable: %s", ctx.request_id, exc)
+        raise GatewayError("unavailable", UNAVAILABLE_MESSAGE, code="limits_unavailable", status=503,
+                           headers={"retry-after": "1"}) from None
+
+
+async def _settle(ctx: RequestContext) -> None:
+    prompt = ctx.prompt_tokens or 0
+    completion = ctx.completion_tokens or 0
+    if ctx.deployment is not None and (prompt or completion):
+        ctx.cost_microusd = (await price_table()).cost(ctx.deployment.upstream_model, prompt, completion)
+    admission = ctx.admission
+    if not isinstance(admission, Admission):
+        return
+    await budget_settle(admission=admission, prompt_tokens=prompt, completion_tokens=completion,
+                        requests=1 if ctx.attempts else 0, cost=ctx.cost_microusd or 0)
 
 
 async def settle(ctx: RequestContext) -> None:
     """Charge real usage and release the reservation; runs once per request, also on failure."""
+    try:
+        # Shielded: a client that disconnects cancels the request, never its settlement.
+        await asyncio.shield(_settle(ctx))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("request %s: settle failed", ctx.request_id)
 
 
 def limit_headers(ctx: RequestContext) -> dict[str, str]:
     """x-ratelimit-* headers for the response."""
-    return {}
+    admission = ctx.admission
+    if not isinstance(admission, Admission):
+        return {}
+    return admission.headers()

@@ -37,6 +37,8 @@ class RequestContext:
     finished: bool = False
     # What budgets admitted for this request (set by proxy.admission).
     admission: Any = None
+    # What the request cost at the price table's rates, in micro-dollars (None: no price known).
+    cost_microusd: int | None = None
     # Bodies for the audit log, kept only when the consumer's audit policy asks for them.
     capture_limit: int = 0
     request_body: Any = None

@@ -1,0 +1,26 @@
+"""Celery tasks for budgets: thin wrappers around services, limits set in one place."""
+from __future__ import annotations
+
+from datetime import date
+
+from celery import shared_task
+
+from budgets import services
+
+TASK_OPTIONS = {"soft_time_limit": 300, "time_limit": 360, "acks_late": True}
+
+
+@shared_task(**TASK_OPTIONS)
+def budget_reset() -> dict[str, int]:
+    report = services.budget_reset()
+    return {"closed": report.closed, "alerts": report.alerts}
+
+
+@shared_task(**TASK_OPTIONS)
+def budget_reservations_expire() -> int:
+    return services.budget_reservations_expire()
+
+
+@shared_task(**TASK_OPTIONS, autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+def budget_alert(budget_id: int, period_start: str) -> bool:
+    return services.budget_alert_send(budget_id=budget_id, period_start=date.fromisoformat(period_start))
