@@ -209,3 +209,21 @@ def _budget_beat_schedule() -> dict:
 
 
 CELERY_BEAT_SCHEDULE.update(_budget_beat_schedule())
+
+# --- Providers and routing (docs/providers.md) --------------------------------
+# Circuit breaker per deployment: this many failures within the window open it
+# for the cooldown; then one trial request decides. State lives in the shared cache.
+TOLLGATE_BREAKER_FAILURES = envint("TOLLGATE_BREAKER_FAILURES", 5, minimum=1)
+TOLLGATE_BREAKER_WINDOW_SECONDS = envint("TOLLGATE_BREAKER_WINDOW_SECONDS", 60, minimum=1)
+TOLLGATE_BREAKER_COOLDOWN_SECONDS = envfloat("TOLLGATE_BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1)
+# A provider's Retry-After opens the breaker for that long, at most this long.
+TOLLGATE_BREAKER_MAX_COOLDOWN_SECONDS = envfloat("TOLLGATE_BREAKER_MAX_COOLDOWN_SECONDS", 300.0, minimum=0.1)
+# How stale a worker's copy of the breaker states may be (saves a cache round trip per request).
+TOLLGATE_BREAKER_RECHECK_SECONDS = envfloat("TOLLGATE_BREAKER_RECHECK_SECONDS", 0.5, minimum=0)
+# How often Celery beat runs the active health check; each provider is called at its own interval.
+TOLLGATE_HEALTH_CHECK_TICK_SECONDS = envfloat("TOLLGATE_HEALTH_CHECK_TICK_SECONDS", 15.0, minimum=1)
+CELERY_BEAT_SCHEDULE["proxy-health-check"] = {
+    "task": "proxy.tasks.provider_health_check",
+    "schedule": TOLLGATE_HEALTH_CHECK_TICK_SECONDS,
+    "options": {"expires": TOLLGATE_HEALTH_CHECK_TICK_SECONDS},
+}

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
-from django.contrib import admin
+import datetime
 
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from proxy import health
 from proxy.models import Deployment, ModelRoute, Provider
 
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "base_url", "credential_source", "enabled")
+    list_display = ("name", "kind", "base_url", "credential_source", "enabled", "last_check_at", "last_check_ok")
     list_filter = ("kind", "enabled")
     search_fields = ("name", "base_url")
+    readonly_fields = ("last_check_at", "last_check_ok", "last_check_error")
 
     @admin.display(description="credential")
     def credential_source(self, obj: Provider) -> str:
@@ -24,21 +29,67 @@ class ProviderAdmin(admin.ModelAdmin):
 class DeploymentInline(admin.TabularInline):
     model = Deployment
     extra = 1
-    fields = ("provider", "upstream_model", "weight", "priority", "enabled")
+    fields = ("provider", "upstream_model", "weight", "priority", "enabled", "state")
+    readonly_fields = ("state",)
     autocomplete_fields = ("provider",)
+
+    @admin.display(description="breaker")
+    def state(self, obj: Deployment) -> str:
+        return _state(obj) if obj.pk else "-"
 
 
 @admin.register(ModelRoute)
 class ModelRouteAdmin(admin.ModelAdmin):
-    list_display = ("model", "enabled", "description")
+    list_display = ("model", "enabled", "max_retries", "retry_budget_seconds", "allow_pin_fallback", "description")
     list_filter = ("enabled",)
     search_fields = ("model", "description")
     inlines = [DeploymentInline]
 
 
+def _state(obj: Deployment) -> str:
+    state = health.state_now(obj.pk)
+    if state == "open":
+        return f"open ({health.open_remaining(obj.pk):.0f}s left)"
+    return state.replace("_", "-")
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ("route", "provider", "upstream_model", "weight", "priority", "enabled")
+    list_display = ("route", "provider", "upstream_model", "weight", "priority", "enabled", "state",
+                    "latest_error", "last_check")
     list_filter = ("provider", "enabled")
     list_select_related = ("route", "provider")
     search_fields = ("route__model", "upstream_model", "provider__name")
+    readonly_fields = ("state", "latest_error", "last_check")
+    actions = ["close_breakers"]
+
+    @admin.display(description="breaker")
+    def state(self, obj: Deployment) -> str:
+        return _state(obj)
+
+    @admin.display(description="last error")
+    def latest_error(self, obj: Deployment) -> str:
+        # The shared cache has the newest; the row keeps one that outlives the cache.
+        cached = health.last_error(obj.pk)
+        if cached is not None:
+            message, at = cached
+            when = datetime.datetime.fromtimestamp(at, tz=datetime.UTC)
+        elif obj.last_error:
+            message, when = obj.last_error, obj.last_error_at
+        else:
+            return "-"
+        return f"{timezone.localtime(when):%Y-%m-%d %H:%M:%S} {message}" if when else message
+
+    @admin.display(description="last check")
+    def last_check(self, obj: Deployment) -> str:
+        provider = obj.provider
+        if provider.last_check_at is None:
+            return "never"
+        result = "ok" if provider.last_check_ok else (provider.last_check_error or "failed")
+        return f"{timezone.localtime(provider.last_check_at):%Y-%m-%d %H:%M:%S} {result}"
+
+    @admin.action(description="Close the circuit breaker of the selected deployments")
+    def close_breakers(self, request, queryset) -> None:
+        for deployment in queryset:
+            health.reset(deployment.pk)
+        self.message_user(request, f"Closed {queryset.count()} breaker(s).", messages.SUCCESS)

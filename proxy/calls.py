@@ -1,26 +1,68 @@
-"""Steps 5 to 7 of the request path: call a deployment, fail over, relay the answer."""
+"""Steps 5 to 7 of the request path: choose a deployment, call it, fail over, relay the answer.
+
+A caller's request goes to a provider of the same wire format as bytes (only
+`model` is replaced, and the stream is scanned for usage); to a provider of
+another format it goes through the internal representation (proxy.providers.ir),
+non-stream and stream, one event in and one event out.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
+from proxy import health
 from proxy.context import RequestContext
-from proxy.errors import GatewayError
+from proxy.errors import Caller, GatewayError
+from proxy.providers import anthropic as anthropic_format
+from proxy.providers import openai as openai_format
 from proxy.providers.base import ProviderAdapter, ProviderError
+from proxy.providers.ir import (
+    ChatRequest,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+    StreamUsage,
+    TranslationError,
+)
 from proxy.providers.registry import adapter_for
-from proxy.routing import RouteInfo, deployment_order
+from proxy.providers.sse import SSEParser
+from proxy.routing import DeploymentInfo, RouteInfo, deployment_order
 from proxy.upstream import get_client
 
 logger = logging.getLogger(__name__)
 
 Finish = Callable[[RequestContext], Awaitable[None]]
+
+_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class CallerFormat:
+    """The caller's side of a translation: how its body is read and its answers are written."""
+
+    caller: Caller
+    wire: str
+    decode_request: Callable[[dict[str, Any]], ChatRequest]
+    encode_response: Callable[[Any], dict[str, Any]]
+    error_body: Callable[..., dict[str, Any]]
+
+
+CALLER_FORMATS = {
+    Caller.OPENAI: CallerFormat(Caller.OPENAI, "openai", openai_format.decode_request,
+                                openai_format.encode_response, openai_format.error_body),
+    Caller.ANTHROPIC: CallerFormat(Caller.ANTHROPIC, "anthropic", anthropic_format.decode_request,
+                                   anthropic_format.encode_response, anthropic_format.error_body),
+}
 
 
 def _transport_error(adapter: ProviderAdapter, exc: Exception) -> ProviderError:
@@ -38,64 +80,155 @@ def _transport_error(adapter: ProviderAdapter, exc: Exception) -> ProviderError:
     )
 
 
-def _final_error_response(error: ProviderError) -> HttpResponse:
+def _fails_over(error: ProviderError, route: RouteInfo) -> bool:
+    """Connect errors, timeouts and streams cut before the first byte always fail over; statuses per route."""
+    if error.status is None:
+        return error.retryable
+    return error.status in route.failover_statuses
+
+
+def openai_stream_error_event(message: str, error_class: str) -> bytes:
+    return openai_format.StreamEncoder.error_event(message, error_class)
+
+
+# --- Choosing -----------------------------------------------------------------------------
+
+
+def _no_deployment(route: RouteInfo, open_until: dict[int, float | None], what: str) -> GatewayError:
+    now = time.time()
+    waits = [u - now for u in open_until.values() if u is not None and u > now]
+    headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+    return GatewayError("unavailable", f"{what} has no healthy deployment right now; try again shortly.",
+                        code="no_healthy_deployment", headers=headers)
+
+
+async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[DeploymentInfo], set[int]]:
+    """The deployments to try in order, and which of them are half-open (need the trial token)."""
+    if not route.deployments:
+        raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
+                           code="no_deployment")
+    open_until = await health.open_until_many(d.id for d in route.deployments)
+    now = time.time()
+    states = {i: health.state_at(u, now) for i, u in open_until.items()}
+    usable = [d for d in route.deployments if states[d.id] != "open"]
+    half_open = {i for i, s in states.items() if s == "half_open"}
+    pinned = ctx.pinned_provider
+    if pinned is None:
+        order = deployment_order(route, deployments=usable)
+        if not order:
+            raise _no_deployment(route, open_until, f"The model '{route.model}'")
+        return order, half_open
+    pinned_all = [d for d in route.deployments if d.provider.name == pinned]
+    if not pinned_all and not route.allow_pin_fallback:
+        raise GatewayError("invalid_request", f"Provider '{pinned}' (X-Provider) does not serve the model "
+                           f"'{route.model}'.", code="provider_not_in_route", param="X-Provider")
+    order = deployment_order(route, deployments=[d for d in usable if d.provider.name == pinned])
+    if route.allow_pin_fallback:
+        order += deployment_order(route, deployments=[d for d in usable if d.provider.name != pinned])
+    if not order:
+        raise _no_deployment(route, open_until, f"Provider '{pinned}' (X-Provider) for '{route.model}'")
+    return order, half_open
+
+
+# --- Failover -----------------------------------------------------------------------------
+
+
+async def call_chat(
+    ctx: RequestContext, route: RouteInfo, body: dict[str, Any], finish: Finish, client_headers: dict[str, str],
+) -> HttpResponse:
+    """Serve a chat request, in the caller's format, from the route's deployments in failover order."""
+    caller = CALLER_FORMATS[ctx.caller]
+    order, half_open = await plan_attempts(ctx, route)
+    ir: ChatRequest | None = None
+    last_error: ProviderError | None = None
+    last_same_format = False
+    untranslatable: TranslationError | None = None
+    first_started: float | None = None
+    for deployment in order:
+        if ctx.attempts > route.max_retries:
+            break
+        if first_started is not None and time.monotonic() - first_started > route.retry_budget_seconds:
+            logger.info("request %s: retry budget of %.1fs used up", ctx.request_id, route.retry_budget_seconds)
+            break
+        trial = deployment.id in half_open
+        if trial and not await health.acquire_trial(deployment.id):
+            continue
+        adapter = adapter_for(deployment.provider)
+        same_format = adapter.wire_format == caller.wire
+        if not same_format and ir is None:
+            try:
+                ir = caller.decode_request(body)
+            except TranslationError as error:
+                untranslatable = error
+                continue
+        if first_started is None:
+            first_started = time.monotonic()
+        if ctx.attempts:
+            ctx.failovers += 1
+        ctx.attempts += 1
+        ctx.deployment = deployment
+        try:
+            if same_format:
+                response = await _passthrough(ctx, caller, adapter, deployment, route, body, finish,
+                                              client_headers, trial)
+            else:
+                assert ir is not None
+                response = await _translated(ctx, caller, adapter, deployment, route, ir, finish, trial)
+        except TranslationError as error:
+            ctx.attempts -= 1
+            untranslatable = error
+            continue
+        except ProviderError as error:
+            last_error, last_same_format = error, same_format
+            ctx.error_class = error.error_class
+            fails_over = _fails_over(error, route)
+            logger.info("request %s: attempt %d on %s failed: %s", ctx.request_id, ctx.attempts,
+                        deployment.provider.name, error.error_class)
+            if fails_over:
+                await health.record_failure(deployment.id, error.message, retry_after=error.retry_after,
+                                            trial=trial)
+                continue
+            break
+        if trial:
+            await health.record_success(deployment.id)
+        return response
+    if last_error is None:
+        if untranslatable is not None:
+            raise untranslatable
+        raise GatewayError("unavailable", f"The model '{route.model}' has no healthy deployment right now.",
+                           code="no_healthy_deployment")
+    ctx.status = last_error.status or (504 if last_error.error_class == "timeout" else 502)
+    return _final_error_response(last_error, caller, same_format=last_same_format)
+
+
+def _final_error_response(error: ProviderError, caller: CallerFormat, *, same_format: bool) -> HttpResponse:
     """What the client sees when no deployment could answer."""
-    if error.status is not None and error.body is not None:
+    if error.status is None or error.body is None:
+        kind = "timeout" if error.error_class == "timeout" else "upstream"
+        raise GatewayError(kind, error.message, code=error.error_class)
+    if same_format:
         # Same wire format on both sides: the upstream's own status and error body.
         response = HttpResponse(error.body, status=error.status,
                                 content_type=error.content_type or "application/json")
-        if error.retry_after is not None:
-            response["retry-after"] = str(int(error.retry_after))
-        return response
-    kind = "timeout" if error.error_class == "timeout" else "upstream"
-    raise GatewayError(kind, error.message, code=error.error_class)
+    else:
+        # The provider's credential being refused is the gateway's problem, not the caller's key.
+        status = 502 if error.status in (401, 403) else error.status
+        response = HttpResponse(orjson.dumps(caller.error_body(status, error.message, error.error_class)),
+                                status=status, content_type="application/json")
+    if error.retry_after is not None:
+        response["retry-after"] = str(math.ceil(error.retry_after))
+    return response
 
 
-async def call_openai_chat(
-    ctx: RequestContext, route: RouteInfo, body: dict[str, Any], finish: Finish,
-    client_headers: dict[str, str],
-) -> HttpResponse:
-    """Serve an OpenAI-format request from the route's deployments, in failover order."""
-    order = deployment_order(route)
-    if not order:
-        raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
-                           code="no_deployment")
-    last_error: ProviderError | None = None
-    for deployment in order:
-        ctx.attempts += 1
-        ctx.deployment = deployment
-        adapter = adapter_for(deployment.provider)
-        try:
-            if ctx.stream:
-                return await _stream(ctx, adapter, deployment.upstream_model, body, finish, client_headers)
-            return await _complete(ctx, adapter, deployment.upstream_model, body, client_headers)
-        except ProviderError as error:
-            last_error = error
-            ctx.error_class = error.error_class
-            logger.info("request %s: attempt %d on %s failed: %s", ctx.request_id, ctx.attempts,
-                        deployment.provider.name, error.error_class)
-            if not error.retryable:
-                break
-    assert last_error is not None
-    ctx.status = last_error.status or (504 if last_error.error_class == "timeout" else 502)
-    return _final_error_response(last_error)
+# --- One attempt: sending -----------------------------------------------------------------
 
 
-async def _complete(
-    ctx: RequestContext, adapter: ProviderAdapter, upstream_model: str, body: dict[str, Any],
-    client_headers: dict[str, str],
-) -> HttpResponse:
-    payload = {**body, "model": upstream_model}
-    payload.pop("stream", None)
-    payload.pop("stream_options", None)
+async def _post(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
+                headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
     started = time.perf_counter()
     try:
-        response = await get_client().post(
-            adapter.chat_url(upstream_model=upstream_model, stream=False),
-            content=orjson.dumps(payload),
-            headers=adapter.request_headers(client_headers),
-            timeout=adapter.timeout(),
-        )
+        response = await get_client().post(url, content=orjson.dumps(payload), headers=headers,
+                                           timeout=adapter.timeout())
     except httpx.HTTPError as exc:
         raise _transport_error(adapter, exc) from None
     finally:
@@ -103,15 +236,100 @@ async def _complete(
     content = response.content
     if response.status_code >= 400:
         raise adapter.error_from_response(response, content)
+    return response, content
+
+
+async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
+                       headers: dict[str, str]) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
+    """Send the request and wait for the first bytes of the answer: until then, failover is still possible."""
+    client = get_client()
+    request = client.build_request("POST", url, content=orjson.dumps(payload),
+                                   headers={**headers, "accept": "text/event-stream"}, timeout=adapter.timeout())
+    started = time.perf_counter()
     try:
-        ctx.record_usage(orjson.loads(content).get("usage"))
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        ctx.upstream_seconds += time.perf_counter() - started
+        raise _transport_error(adapter, exc) from None
+    if response.status_code >= 400:
+        try:
+            content = await response.aread()
+        except httpx.HTTPError:
+            content = b""
+        finally:
+            await response.aclose()
+            ctx.upstream_seconds += time.perf_counter() - started
+        raise adapter.error_from_response(response, content)
+    chunks = response.aiter_bytes()
+    try:
+        first = await chunks.__anext__()
+    except (httpx.HTTPError, StopAsyncIteration) as exc:
+        await response.aclose()
+        name = adapter.provider.name
+        raise ProviderError(f"Provider '{name}' ended its stream before sending anything ({exc.__class__.__name__}).",
+                            error_class="timeout" if isinstance(exc, httpx.TimeoutException) else "stream_interrupted",
+                            retryable=True) from None
+    finally:
+        ctx.upstream_seconds += time.perf_counter() - started
     ctx.status = response.status_code
     ctx.error_class = None
-    ctx.capture_response(content)
-    return HttpResponse(content, status=response.status_code,
-                        content_type=response.headers.get("content-type", "application/json"))
+    return response, chunks, first
+
+
+# --- Same format: bytes through -----------------------------------------------------------
+
+
+async def _passthrough(
+    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
+    route: RouteInfo, body: dict[str, Any], finish: Finish, client_headers: dict[str, str], trial: bool,
+) -> HttpResponse:
+    payload = {**body, "model": deployment.upstream_model}
+    if caller.caller is Caller.ANTHROPIC and not payload.get("max_tokens"):
+        payload["max_tokens"] = route.default_max_tokens
+    url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
+    headers = adapter.request_headers(client_headers)
+    if not ctx.stream:
+        payload.pop("stream", None)
+        payload.pop("stream_options", None)
+        response, content = await _post(ctx, adapter, url, payload, headers)
+        _usage_of_answer(ctx, caller, content)
+        ctx.status = response.status_code
+        ctx.error_class = None
+        ctx.capture_response(content)
+        return HttpResponse(content, status=response.status_code,
+                            content_type=response.headers.get("content-type", "application/json"))
+    client_wants_usage = True
+    if caller.caller is Caller.OPENAI:
+        client_options = body.get("stream_options") or {}
+        client_wants_usage = bool(client_options.get("include_usage"))
+        # Always ask for usage, so streamed requests are metered exactly; the extra
+        # chunk is removed again below when the client did not ask for it.
+        payload["stream"] = True
+        payload["stream_options"] = {**client_options, "include_usage": True}
+    response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
+    relay = _relay_openai if caller.caller is Caller.OPENAI else _relay_anthropic
+    return StreamingHttpResponse(
+        relay(ctx, adapter, deployment, response, chunks, first, finish, client_wants_usage),
+        status=response.status_code, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
+    )
+
+
+def _usage_of_answer(ctx: RequestContext, caller: CallerFormat, content: bytes) -> None:
+    try:
+        usage = orjson.loads(content).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    if caller.caller is Caller.OPENAI:
+        ctx.record_usage(usage)
+    elif isinstance(usage, dict):
+        _record_tokens(ctx, anthropic_format._input_tokens(usage), usage.get("output_tokens"))
+
+
+def _record_tokens(ctx: RequestContext, prompt: Any, completion: Any) -> None:
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        ctx.prompt_tokens = prompt
+    if isinstance(completion, int) and not isinstance(completion, bool):
+        ctx.completion_tokens = completion
 
 
 def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -139,88 +357,244 @@ def _usage_chunk(event: bytes) -> tuple[dict | None, bool]:
     return chunk["usage"], chunk.get("choices") == []
 
 
-def openai_stream_error_event(message: str, error_class: str) -> bytes:
-    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": error_class}}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter: ProviderAdapter,
+                        exc: Exception) -> str:
+    # Bytes already reached the client: no failover now. The stream ends with an
+    # error event in the caller's format, and the deployment's breaker hears of it.
+    error = _transport_error(adapter, exc)
+    ctx.error_class = "stream_interrupted"
+    await health.record_failure(deployment.id, f"stream interrupted: {error.message}")
+    return f"The provider's stream ended early: {error.message}"
 
 
-async def _stream(
-    ctx: RequestContext, adapter: ProviderAdapter, upstream_model: str, body: dict[str, Any],
-    finish: Finish, client_headers: dict[str, str],
-) -> HttpResponse:
-    client_options = body.get("stream_options") or {}
-    client_wants_usage = bool(client_options.get("include_usage"))
-    # Always ask for usage, so streamed requests are metered exactly; the extra
-    # chunk is removed again below when the client did not ask for it.
-    payload = {**body, "model": upstream_model, "stream": True,
-               "stream_options": {**client_options, "include_usage": True}}
-    client = get_client()
-    request = client.build_request(
-        "POST",
-        adapter.chat_url(upstream_model=upstream_model, stream=True),
-        content=orjson.dumps(payload),
-        headers={**adapter.request_headers(client_headers), "accept": "text/event-stream"},
-        timeout=adapter.timeout(),
-    )
-    started = time.perf_counter()
+async def _relay_openai(
+    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
+    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, client_wants_usage: bool,
+) -> AsyncIterator[bytes]:
+    pending = b""
+    raw = first
     try:
-        response = await client.send(request, stream=True)
+        while True:
+            if ctx.first_byte_seconds is None:
+                ctx.first_byte_seconds = ctx.elapsed()
+            events, pending = _split_events(pending + raw)
+            out = []
+            for event in events:
+                if event.startswith(b"data: [DONE]"):
+                    if out:
+                        data = b"".join(out)
+                        ctx.capture_response(data)
+                        yield data
+                        out = []
+                    # The audit row is durable before the client sees the end (DESIGN §4).
+                    ctx.capture_response(event)
+                    await finish(ctx)
+                    yield event
+                    continue
+                usage, usage_only = _usage_chunk(event)
+                if usage is not None:
+                    ctx.record_usage(usage)
+                    if usage_only and not client_wants_usage:
+                        continue
+                out.append(event)
+            if out:
+                data = b"".join(out)
+                ctx.capture_response(data)
+                yield data
+            try:
+                raw = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+        if pending.strip():
+            yield pending
     except httpx.HTTPError as exc:
-        ctx.upstream_seconds += time.perf_counter() - started
-        raise _transport_error(adapter, exc) from None
-    ctx.upstream_seconds += time.perf_counter() - started
-    if response.status_code >= 400:
-        try:
-            content = await response.aread()
-        except httpx.HTTPError:
-            content = b""
-        finally:
-            await response.aclose()
-        raise adapter.error_from_response(response, content)
-    ctx.status = response.status_code
-    ctx.error_class = None
+        message = await _stream_broke(ctx, deployment, adapter, exc)
+        await finish(ctx)
+        yield openai_stream_error_event(message, "stream_interrupted")
+    except asyncio.CancelledError:
+        # The client went away: closing the upstream response below cancels the provider's work too.
+        ctx.error_class = "client_disconnected"
+        raise
+    finally:
+        await response.aclose()
+        await finish(ctx)
 
-    async def relay() -> AsyncIterator[bytes]:
-        pending = b""
-        try:
-            async for raw in response.aiter_bytes():
-                if ctx.first_byte_seconds is None:
-                    ctx.first_byte_seconds = ctx.elapsed()
-                events, pending = _split_events(pending + raw)
-                out = []
-                for event in events:
-                    usage, usage_only = _usage_chunk(event)
-                    if usage is not None:
-                        ctx.record_usage(usage)
-                        if usage_only and not client_wants_usage:
-                            continue
-                    out.append(event)
-                if out:
-                    data = b"".join(out)
-                    ctx.capture_response(data)
-                    yield data
-            if pending.strip():
-                yield pending
-        except httpx.HTTPError as exc:
-            # Bytes already reached the client: no failover now, end the stream
-            # with an error event in the caller's format.
-            error = _transport_error(adapter, exc)
-            ctx.error_class = "stream_interrupted"
-            yield openai_stream_error_event(
-                f"The provider's stream ended early: {error.message}", "stream_interrupted"
-            )
-        except asyncio.CancelledError:
-            # The client went away: closing the upstream response below cancels
-            # the provider's work too.
-            ctx.error_class = "client_disconnected"
-            raise
-        finally:
-            await response.aclose()
-            await finish(ctx)
 
+async def _relay_anthropic(
+    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
+    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, client_wants_usage: bool,
+) -> AsyncIterator[bytes]:
+    pending = b""
+    raw = first
+    try:
+        while True:
+            if ctx.first_byte_seconds is None:
+                ctx.first_byte_seconds = ctx.elapsed()
+            events, pending = _split_events(pending + raw)
+            out = []
+            for event in events:
+                if event.startswith(b"event: message_stop"):
+                    if out:
+                        data = b"".join(out)
+                        ctx.capture_response(data)
+                        yield data
+                        out = []
+                    ctx.capture_response(event)
+                    await finish(ctx)
+                    yield event
+                    continue
+                usage = anthropic_format.stream_usage(event)
+                if usage is not None:
+                    _record_tokens(ctx, *usage)
+                elif event.startswith(b"event: error"):
+                    ctx.error_class = "upstream_stream_error"
+                out.append(event)
+            if out:
+                data = b"".join(out)
+                ctx.capture_response(data)
+                yield data
+            try:
+                raw = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+        if pending.strip():
+            yield pending
+    except httpx.HTTPError as exc:
+        message = await _stream_broke(ctx, deployment, adapter, exc)
+        await finish(ctx)
+        yield anthropic_format.StreamEncoder.error_event(message, "stream_interrupted")
+    except asyncio.CancelledError:
+        ctx.error_class = "client_disconnected"
+        raise
+    finally:
+        await response.aclose()
+        await finish(ctx)
+
+
+# --- Another format: through the internal representation ----------------------------------
+
+
+def _stream_encoder(ctx: RequestContext, body_wants_usage: bool) -> Any:
+    if ctx.caller is Caller.ANTHROPIC:
+        return anthropic_format.StreamEncoder()
+    return openai_format.StreamEncoder(include_usage=body_wants_usage)
+
+
+def _account(ctx: RequestContext, event: StreamEvent) -> None:
+    if isinstance(event, StreamStart) and event.input_tokens is not None:
+        ctx.prompt_tokens = event.input_tokens
+    elif isinstance(event, StreamUsage):
+        _record_tokens(ctx, event.input_tokens, event.output_tokens)
+
+
+class _UpstreamStreamError(Exception):
+    def __init__(self, event: StreamError) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+def _decode(decoder: Any, parsed: list[tuple[str | None, bytes]]) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+    for name, data in parsed:
+        try:
+            events.extend(decoder.feed(name, data))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+            logger.warning("skipped an unreadable stream event: %r", data[:200])
+    return events
+
+
+async def _translated(
+    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
+    route: RouteInfo, ir: ChatRequest, finish: Finish, trial: bool,
+) -> HttpResponse:
+    payload = adapter.encode_request(ir, upstream_model=deployment.upstream_model,
+                                     default_max_tokens=route.default_max_tokens, stream=ctx.stream)
+    url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
+    headers = adapter.request_headers({})
+    if not ctx.stream:
+        response, content = await _post(ctx, adapter, url, payload, headers)
+        try:
+            data = orjson.loads(content)
+            answer = adapter.decode_response(data)
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise ProviderError(f"Provider '{deployment.provider.name}' sent an answer that is not valid JSON "
+                                f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer",
+                                retryable=False, status=502) from None
+        answer.model = answer.model or deployment.upstream_model
+        _record_tokens(ctx, answer.usage.input_tokens, answer.usage.output_tokens)
+        out = orjson.dumps(caller.encode_response(answer))
+        ctx.status = response.status_code
+        ctx.error_class = None
+        ctx.capture_response(out)
+        return HttpResponse(out, status=200, content_type="application/json")
+
+    response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
+    parser, decoder = SSEParser(), adapter.stream_decoder()
+    try:
+        head = _decode(decoder, parser.feed(first))
+    except Exception:
+        await response.aclose()
+        raise
+    error = next((e for e in head if isinstance(e, StreamError)), None)
+    if error is not None:
+        # The provider refused inside its stream before anything reached the client: still time to fail over.
+        await response.aclose()
+        status = error.status or 502
+        raise ProviderError(f"Provider '{deployment.provider.name}' answered {status}: {error.message}",
+                            error_class=f"upstream_{status}", retryable=True, status=status,
+                            body=orjson.dumps(caller.error_body(status, error.message)))
+    encoder = _stream_encoder(ctx, ir.include_usage)
     return StreamingHttpResponse(
-        relay(),
-        status=response.status_code,
-        content_type="text/event-stream; charset=utf-8",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        _relay_translated(ctx, adapter, deployment, response, chunks, parser, decoder, encoder, head, finish),
+        status=200, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
     )
+
+
+async def _relay_translated(
+    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
+    chunks: AsyncIterator[bytes], parser: SSEParser, decoder: Any, encoder: Any, head: list[StreamEvent],
+    finish: Finish,
+) -> AsyncIterator[bytes]:
+    def encode(events: list[StreamEvent]) -> bytes:
+        out = []
+        for event in events:
+            if isinstance(event, StreamError):
+                raise _UpstreamStreamError(event)
+            _account(ctx, event)
+            out.append(encoder.encode(event))
+        return b"".join(out)
+
+    try:
+        data = encode(head)
+        if ctx.first_byte_seconds is None:
+            ctx.first_byte_seconds = ctx.elapsed()
+        if data:
+            ctx.capture_response(data)
+            yield data
+        async for raw in chunks:
+            data = encode(_decode(decoder, parser.feed(raw)))
+            if data:
+                ctx.capture_response(data)
+                yield data
+        data = encode(_decode(decoder, parser.close()) + decoder.close()) + encoder.tail()
+        ctx.capture_response(data)
+        yield data
+        # The audit row is durable before the client sees the end (DESIGN §4).
+        ctx.capture_response(encoder.terminal)
+        await finish(ctx)
+        yield encoder.terminal
+    except httpx.HTTPError as exc:
+        message = await _stream_broke(ctx, deployment, adapter, exc)
+        await finish(ctx)
+        yield encoder.error_event(message, "stream_interrupted")
+    except _UpstreamStreamError as exc:
+        ctx.error_class = "upstream_stream_error"
+        await health.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
+        await finish(ctx)
+        yield encoder.error_event(f"The provider reported an error: {exc.event.message}", "upstream_stream_error")
+    except asyncio.CancelledError:
+        ctx.error_class = "client_disconnected"
+        raise
+    finally:
+        await response.aclose()
+        await finish(ctx)

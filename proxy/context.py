@@ -26,6 +26,10 @@ class RequestContext:
     deployment: DeploymentInfo | None = None
     stream: bool = False
     attempts: int = 0
+    # Deployments given up on for this request before the one that answered (or the last failure).
+    failovers: int = 0
+    # The provider named in X-Provider, if any.
+    pinned_provider: str | None = None
     upstream_seconds: float = 0.0
     first_byte_seconds: float | None = None
     prompt_tokens: int | None = None

@@ -45,6 +45,13 @@ class Provider(models.Model):
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
     connect_timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
     enabled = models.BooleanField(default=True)
+    health_check_interval_seconds = models.PositiveIntegerField(
+        default=60, help_text="How often the health check calls the provider's model list (no tokens); 0: never."
+    )
+    # Written by the health check (proxy.tasks), read by the admin.
+    last_check_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_check_ok = models.BooleanField(null=True, editable=False)
+    last_check_error = models.TextField(blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -73,6 +80,10 @@ class Provider(models.Model):
         return ""
 
 
+def default_failover_statuses() -> list[int]:
+    return [408, 429, 500, 502, 503, 504, 529]
+
+
 class ModelRoute(models.Model):
     """A public model name (alias or real name) that clients send as `model`."""
 
@@ -84,6 +95,23 @@ class ModelRoute(models.Model):
         help_text="Reserved against budgets, and sent to providers that require max_tokens, "
         "when a request gives none.",
     )
+    max_retries = models.PositiveSmallIntegerField(
+        default=2, help_text="Further deployments tried after the first one fails (0: no failover)."
+    )
+    retry_budget_seconds = models.FloatField(
+        default=30.0, validators=[MinValueValidator(0)],
+        help_text="No new attempt starts once this long has passed since the first one began.",
+    )
+    failover_statuses = models.JSONField(
+        default=default_failover_statuses, blank=True,
+        help_text="Provider HTTP statuses that make the gateway try the next deployment. "
+        "Connect errors and timeouts always do.",
+    )
+    allow_pin_fallback = models.BooleanField(
+        default=False,
+        help_text="When a request pins a provider (X-Provider) that cannot serve it, use the route's other "
+        "deployments instead of refusing.",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -93,6 +121,13 @@ class ModelRoute(models.Model):
 
     def __str__(self) -> str:
         return self.model
+
+    def clean(self) -> None:
+        statuses = self.failover_statuses
+        if not isinstance(statuses, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 400 <= s <= 599 for s in statuses
+        ):
+            raise ValidationError({"failover_statuses": "Must be a list of HTTP statuses from 400 to 599."})
 
 
 class Deployment(models.Model):
@@ -104,6 +139,9 @@ class Deployment(models.Model):
     weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within its priority.")
     priority = models.IntegerField(default=0, help_text="Lower is preferred; 0 is the first choice.")
     enabled = models.BooleanField(default=True)
+    # The latest failure the proxy saw on this deployment (throttled writes, see proxy.health).
+    last_error = models.TextField(blank=True, editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["route__model", "priority", "-weight", "id"]

@@ -106,3 +106,54 @@ def validate_openai_chat(data: dict[str, Any]) -> None:
             function = tool.get("function")
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise _bad(f"tools[{index}].function.name", f"'tools[{index}].function.name' must be a string.")
+
+
+def validate_anthropic_messages(data: dict[str, Any]) -> None:
+    """Reject what Anthropic's Messages API would reject, with the field named (errors in Anthropic's shape)."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "model: Field required (a non-empty string).")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", "messages: Field required (a non-empty array of messages).")
+    for index, message in enumerate(messages):
+        where = f"messages.{index}"
+        if not isinstance(message, dict):
+            raise _bad(where, f"{where}: must be an object.")
+        if message.get("role") not in ("user", "assistant"):
+            raise _bad(f"{where}.role", f"{where}.role: must be 'user' or 'assistant'.")
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            raise _bad(f"{where}.content", f"{where}.content: must be a string or an array of content blocks.")
+        if isinstance(content, list):
+            for number, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise _bad(f"{where}.content.{number}", f"{where}.content.{number}: must be a content block "
+                               "object with a 'type'.")
+    max_tokens = data.get("max_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise _bad("max_tokens", "max_tokens: must be an integer of at least 1.")
+    if "stream" in data and data["stream"] is not None and not isinstance(data["stream"], bool):
+        raise _bad("stream", "stream: must be a boolean.")
+    system = data.get("system")
+    if system is not None and not (
+        isinstance(system, str) or (isinstance(system, list) and all(isinstance(b, dict) for b in system))
+    ):
+        raise _bad("system", "system: must be a string or an array of text blocks.")
+    for name in ("temperature", "top_p", "top_k"):
+        value = data.get(name)
+        if value is not None and not _is_number(value):
+            raise _bad(name, f"{name}: must be a number.")
+    stop = data.get("stop_sequences")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise _bad("stop_sequences", "stop_sequences: must be an array of strings.")
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _bad("tools", "tools: must be an array of tool objects.")
+        for index, tool in enumerate(tools):
+            if not isinstance(tool.get("name"), str):
+                raise _bad(f"tools.{index}.name", f"tools.{index}.name: Field required.")
+    choice = data.get("tool_choice")
+    if choice is not None and not (isinstance(choice, dict) and choice.get("type") in ("auto", "any", "tool", "none")):
+        raise _bad("tool_choice", "tool_choice: must be an object with type auto, any, tool or none.")

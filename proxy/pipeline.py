@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from proxy.admission import admit, limit_headers, settle
 from proxy.auth import authenticate, key_touch_if_due
-from proxy.calls import call_openai_chat
+from proxy.calls import call_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
-from proxy.parsing import read_json_object, validate_openai_chat
+from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
 from proxy.recording import record
 from proxy.routing import resolve_route
 
@@ -75,18 +77,29 @@ async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
 
 
 async def proxy_openai_chat(request: HttpRequest) -> HttpResponse:
-    ctx = _start(request, Caller.OPENAI, "chat.completions")
+    return await _proxy_chat(request, Caller.OPENAI, "chat.completions", "/v1/chat/completions",
+                             validate_openai_chat)
+
+
+async def proxy_anthropic_messages(request: HttpRequest) -> HttpResponse:
+    return await _proxy_chat(request, Caller.ANTHROPIC, "messages", "/v1/messages", validate_anthropic_messages)
+
+
+async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path: str,
+                      validate: Callable[[dict[str, Any]], None]) -> HttpResponse:
+    ctx = _start(request, caller, endpoint)
     try:
         if request.method != "POST":
-            raise GatewayError("method_not_allowed", "Use POST for /v1/chat/completions.")
+            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.key = await authenticate(request)
         body = read_json_object(request)
-        validate_openai_chat(body)
+        validate(body)
         ctx.route = await resolve_route(ctx.key, body["model"])
         ctx.stream = bool(body.get("stream"))
+        ctx.pinned_provider = request.headers.get("X-Provider") or None
         await admit(ctx, body)
         client_headers = {k.lower(): v for k, v in request.headers.items()}
-        response = await call_openai_chat(ctx, ctx.route, body, request_finish, client_headers)
+        response = await call_chat(ctx, ctx.route, body, request_finish, client_headers)
     except GatewayError as error:
         return await _refuse(ctx, error)
     except Exception:

@@ -13,6 +13,7 @@ from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
 from proxy.auth import _last_touch
 from proxy.models import Deployment, ModelRoute, Provider
+from proxy.health import snapshot as breaker_snapshot
 from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread
 
@@ -33,6 +34,7 @@ def _clear_caches() -> None:
     _last_touch.clear()
     key_cache.clear_local()
     route_cache.clear_local()
+    breaker_snapshot.clear()
     clear_shared_cache()
 
 

@@ -1,14 +1,17 @@
 """What every provider adapter shares: the upstream error type and the adapter base."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 import orjson
 
 from proxy.routing import ProviderInfo
 
-# Statuses that mean "try another deployment" (DESIGN §1 step 6).
+if TYPE_CHECKING:
+    from proxy.providers.ir import ChatRequest, ChatResponse, StreamEvent
+
+# Statuses that mean "try another deployment" (DESIGN §1 step 6); a route may name its own.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
@@ -50,8 +53,20 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+class StreamDecoder(Protocol):
+    """A provider's SSE events in, internal stream events out (incrementally)."""
+
+    def feed(self, event: str | None, data: bytes) -> list[StreamEvent]: ...
+
+    def close(self) -> list[StreamEvent]: ...
+
+
 class ProviderAdapter:
-    """One upstream provider as seen by the proxy. Subclasses define the wire format."""
+    """One upstream provider as seen by the proxy. Subclasses define the wire format.
+
+    Same-format calls use only the URL and headers (bytes pass through); calls from
+    another format go through `encode_request`, `decode_response` and `stream_decoder`.
+    """
 
     wire_format: ClassVar[str]
     # Headers from the client that may go upstream; everything else (the client's
@@ -65,6 +80,20 @@ class ProviderAdapter:
         raise NotImplementedError
 
     def chat_url(self, *, upstream_model: str, stream: bool) -> str:
+        raise NotImplementedError
+
+    def health_url(self) -> str:
+        """A cheap GET that costs no tokens (the provider's model list)."""
+        raise NotImplementedError
+
+    def encode_request(self, request: ChatRequest, *, upstream_model: str, default_max_tokens: int,
+                       stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decode_response(self, data: dict[str, Any]) -> ChatResponse:
+        raise NotImplementedError
+
+    def stream_decoder(self) -> StreamDecoder:
         raise NotImplementedError
 
     def request_headers(self, client_headers: dict[str, str] | None = None) -> dict[str, str]:
