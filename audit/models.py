@@ -1,1 +1,128 @@
-# The AuditEvent table arrives with the audit issue (DESIGN §3).
+"""The audit log (DESIGN §3): one chained, append-only event per proxy request."""
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+GENESIS_HASH = "0" * 64
+
+
+class BodyMode(models.TextChoices):
+    NONE = "none", "none: no body information"
+    METADATA = "metadata", "metadata: request parameters, no content"
+    FULL = "full", "full: redacted request and response bodies"
+
+
+class AuditEvent(models.Model):
+    """One request that reached a proxy endpoint, answered or refused.
+
+    Names things by value (ids and names, not foreign keys), so an event outlives
+    and never changes with the consumer, key, route or provider it names. `seq`
+    is the event's place in the hash chain: contiguous, assigned under the chain
+    head's lock, so `hash` = HMAC(prev_hash + this row's values) links every event
+    to the one before it.
+    """
+
+    seq = models.BigIntegerField(primary_key=True)
+    time = models.DateTimeField(help_text="When the request arrived.")
+    request_id = models.CharField(max_length=64, db_index=True)
+    consumer_id = models.BigIntegerField(null=True, blank=True)
+    consumer_name = models.CharField("consumer", max_length=100, blank=True)
+    key_prefix = models.CharField(max_length=16, blank=True)
+    route = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=100, blank=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=50)
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_class = models.CharField(max_length=64, blank=True)
+    prompt_tokens = models.IntegerField(null=True, blank=True)
+    completion_tokens = models.IntegerField(null=True, blank=True)
+    cost_micros = models.BigIntegerField(default=0, help_text="Cost in micro-dollars.")
+    latency_us = models.BigIntegerField(default=0, help_text="Total latency in microseconds.")
+    ttft_us = models.BigIntegerField(null=True, blank=True, help_text="Time to first byte of a stream (µs).")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    client_ip = models.CharField(max_length=45, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    body_mode = models.CharField(max_length=8, choices=BodyMode.choices, default=BodyMode.NONE)
+    request_body = models.TextField(blank=True)
+    response_body = models.TextField(blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-seq"]
+        indexes = [
+            models.Index(fields=["time"], name="audit_event_time"),
+            models.Index(fields=["consumer_name", "time"], name="audit_event_consumer_time"),
+        ]
+        permissions = [("export_auditevent", "Can export audit events")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status}"
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_micros / 1_000_000
+
+
+class AuditChainHead(models.Model):
+    """The single row that serialises chain extension, and where the chain starts.
+
+    Writers lock it (SELECT ... FOR UPDATE) for the length of one batch. Retention
+    moves `pruned_seq`/`pruned_hash` forward, so verification can still check
+    that the oldest remaining event links to the last deleted one.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    seq = models.BigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default=GENESIS_HASH)
+    pruned_seq = models.BigIntegerField(default=0)
+    pruned_hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    def __str__(self) -> str:
+        return f"audit chain head at {self.seq}"
+
+
+class AuditPolicy(models.Model):
+    """Per consumer: whether request and response bodies go into the audit log."""
+
+    consumer = models.OneToOneField("budgets.Consumer", on_delete=models.CASCADE, related_name="audit_policy")
+    body_mode = models.CharField(max_length=8, choices=BodyMode.choices, default=BodyMode.METADATA)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "audit policy"
+        verbose_name_plural = "audit policies"
+
+    def __str__(self) -> str:
+        return f"{self.consumer}: {self.body_mode}"
+
+
+class AuditExport(models.Model):
+    """One day written by the daily export; the unique day makes the job idempotent."""
+
+    day = models.DateField(unique=True)
+    format = models.CharField(max_length=8)
+    path = models.CharField(max_length=500)
+    rows = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.rows} rows"
+
+
+class AuditSinkCursor(models.Model):
+    """How far a sink has delivered: every event with seq <= last_seq was acknowledged."""
+
+    name = models.CharField(max_length=50, unique=True)
+    last_seq = models.BigIntegerField(default=0)
+    delivered = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_seq}"

@@ -210,6 +210,46 @@ def _budget_beat_schedule() -> dict:
 
 CELERY_BEAT_SCHEDULE.update(_budget_beat_schedule())
 
+# --- Audit log (docs/audit.md) ---------------------------------------------
+# Group commit: rows of concurrent requests wait this long to share one insert
+# (each request still waits for its own row's commit before it is answered).
+TOLLGATE_AUDIT_BATCH_WINDOW_MS = envfloat("TOLLGATE_AUDIT_BATCH_WINDOW_MS", 1.0, minimum=0)
+TOLLGATE_AUDIT_BATCH_MAX = envint("TOLLGATE_AUDIT_BATCH_MAX", 500, minimum=1)
+# Key of the HMAC that chains events; without it, one is derived from SECRET_KEY.
+# Set it explicitly in production and never change it: old events verify with it.
+TOLLGATE_AUDIT_CHAIN_KEY = envsecret("TOLLGATE_AUDIT_CHAIN_KEY") or ""
+# Bodies: the default mode for consumers without an audit policy, the size cut
+# (characters per body) and extra regular expressions redacted besides secrets.
+TOLLGATE_AUDIT_DEFAULT_BODY_MODE = envchoice("TOLLGATE_AUDIT_DEFAULT_BODY_MODE", "metadata",
+                                             ("none", "metadata", "full"))
+TOLLGATE_AUDIT_BODY_MAX_CHARS = envint("TOLLGATE_AUDIT_BODY_MAX_CHARS", 16 * 1024, minimum=0)
+TOLLGATE_AUDIT_REDACT_EMAILS = envbool("TOLLGATE_AUDIT_REDACT_EMAILS", True)
+TOLLGATE_AUDIT_REDACT_CARDS = envbool("TOLLGATE_AUDIT_REDACT_CARDS", True)
+TOLLGATE_AUDIT_REDACT_PATTERNS = [p for p in envstr("TOLLGATE_AUDIT_REDACT_PATTERNS", "").split("\n") if p.strip()]
+TOLLGATE_AUDIT_POLICY_CACHE_SECONDS = envfloat("TOLLGATE_AUDIT_POLICY_CACHE_SECONDS", 30.0, minimum=0)
+# Daily export: a directory (empty disables it), its format, and how long after
+# midnight (UTC) a day counts as complete (a request is dated when it arrived).
+TOLLGATE_AUDIT_EXPORT_DIR = envstr("TOLLGATE_AUDIT_EXPORT_DIR", "")
+TOLLGATE_AUDIT_EXPORT_FORMAT = envchoice("TOLLGATE_AUDIT_EXPORT_FORMAT", "jsonl", ("jsonl", "csv"))
+TOLLGATE_AUDIT_EXPORT_DELAY_MINUTES = envint("TOLLGATE_AUDIT_EXPORT_DELAY_MINUTES", 60, minimum=0)
+# Retention in days (0 keeps everything); only exported (and shipped) events are deleted.
+TOLLGATE_AUDIT_RETENTION_DAYS = envint("TOLLGATE_AUDIT_RETENTION_DAYS", 0, minimum=0)
+# HTTP sink to an external collector (empty URL disables it).
+TOLLGATE_AUDIT_SINK_URL = envstr("TOLLGATE_AUDIT_SINK_URL", "")
+TOLLGATE_AUDIT_SINK_AUTHORIZATION = envsecret("TOLLGATE_AUDIT_SINK_AUTHORIZATION") or ""
+TOLLGATE_AUDIT_SINK_BATCH_SIZE = envint("TOLLGATE_AUDIT_SINK_BATCH_SIZE", 1000, minimum=1)
+TOLLGATE_AUDIT_SINK_FLUSH_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_FLUSH_SECONDS", 5.0, minimum=0.1)
+TOLLGATE_AUDIT_SINK_RETRIES = envint("TOLLGATE_AUDIT_SINK_RETRIES", 3, minimum=0)
+TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS", 1.0, minimum=0)
+TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+
+CELERY_BEAT_SCHEDULE.update({
+    # Both are idempotent and catch up, so running them often costs nothing.
+    "audit-export-daily": {"task": "audit.tasks.audit_export_daily", "schedule": 15 * 60.0},
+    "audit-retention": {"task": "audit.tasks.audit_retention", "schedule": 60 * 60.0},
+    "audit-sink-flush": {"task": "audit.tasks.audit_sink_flush", "schedule": TOLLGATE_AUDIT_SINK_FLUSH_SECONDS},
+})
+
 # --- Providers and routing (docs/providers.md) --------------------------------
 # Circuit breaker per deployment: this many failures within the window open it
 # for the cooldown; then one trial request decides. State lives in the shared cache.

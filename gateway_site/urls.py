@@ -1,8 +1,9 @@
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from gateway_site import health
 from proxy import views as proxy_views
+from proxy.recording import recorded_view
 
 urlpatterns = [
     path("healthz", health.healthz),
@@ -10,8 +11,10 @@ urlpatterns = [
     path("v1/chat/completions", proxy_views.chat_completions),
     path("v1/messages", proxy_views.messages),
     path("v1/messages/count_tokens", proxy_views.messages_count_tokens),
-    path("v1/models", proxy_views.models_list),
-    path("v1/models/<path:model>", proxy_views.model_detail),
-    re_path(r"^v1/(?P<rest>.*)$", proxy_views.not_found),
+    # Views outside the pipeline are audited from here (the pipeline records its own).
+    path("v1/models", recorded_view("models.list")(proxy_views.models_list)),
+    path("v1/models/<path:model>", recorded_view("models.retrieve")(proxy_views.model_detail)),
+    re_path(r"^v1/(?P<rest>.*)$", recorded_view("unknown")(proxy_views.not_found)),
+    path("api/admin/", include("gateway_site.api_urls")),
     path("admin/", admin.site.urls),
 ]

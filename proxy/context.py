@@ -47,6 +47,8 @@ class RequestContext:
     capture_limit: int = 0
     request_body: Any = None
     response_body: bytearray | None = None
+    # The `model` the client asked for, recorded even when no route matched it.
+    requested_model: str | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -13,7 +13,7 @@ from proxy.calls import call_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
-from proxy.recording import record
+from proxy.recording import capture_bodies, hold_terminal_event, record
 from proxy.routing import resolve_route
 
 logger = logging.getLogger("tollgate.requests")
@@ -93,6 +93,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.key = await authenticate(request)
         body = read_json_object(request)
+        await capture_bodies(ctx, body)
         validate(body)
         ctx.route = await resolve_route(ctx.key, body["model"])
         ctx.stream = bool(body.get("stream"))
@@ -109,4 +110,6 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
     if not isinstance(response, StreamingHttpResponse):
         ctx.status = response.status_code
         await request_finish(ctx)
+    else:  # the terminal event waits for the audit event (recorded as the relay ends)
+        response.streaming_content = hold_terminal_event(response.streaming_content)
     return _stamp(response, ctx)

@@ -1,0 +1,27 @@
+"""Celery jobs of the audit log; each calls one service (time limits set here, in one place)."""
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit.services import events_prune, export_daily_run
+from audit.sinks import sink_flush
+
+_LIMITS = {"soft_time_limit": 3300, "time_limit": 3600, "acks_late": True}
+
+
+@shared_task(**_LIMITS)
+def audit_export_daily() -> list[str]:
+    """Export every complete day not exported yet (beat runs it often; it is idempotent)."""
+    return [export.day.isoformat() for export in export_daily_run()]
+
+
+@shared_task(**_LIMITS)
+def audit_retention() -> int:
+    """Delete events past retention that were exported (and shipped)."""
+    return events_prune()
+
+
+@shared_task(soft_time_limit=110, time_limit=120, acks_late=True)
+def audit_sink_flush() -> int:
+    """Ship pending events to the HTTP collector; they wait in the table while it is down."""
+    return sink_flush(max_seconds=60.0)

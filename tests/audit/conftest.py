@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from audit.models import AuditEvent
+from audit.selectors import policy_cache
+from audit.services import AuditRecord, events_append
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy_cache():
+    policy_cache.clear_local()
+    yield
+    policy_cache.clear_local()
+
+
+def records(n: int, *, start: datetime | None = None, step: timedelta = timedelta(seconds=1),
+            consumer: str = "alice-agent", **values) -> list[AuditRecord]:
+    start = start or datetime(2025, 3, 1, tzinfo=UTC)
+    return [
+        AuditRecord(time=start + i * step, request_id=f"req_test{i:08d}", endpoint="chat.completions",
+                    status=200, consumer_id=1, consumer_name=consumer, key_prefix="tg-abcdefg", route="demo",
+                    provider="sandbox", upstream_model="sandbox-model", prompt_tokens=10, completion_tokens=5,
+                    cost_micros=1234, latency_us=52_000, attempts=1, client_ip="127.0.0.1",
+                    user_agent="pytest", **values)
+        for i in range(n)
+    ]
+
+
+def add_events(n: int, *, batch: int = 5000, **kwargs) -> None:
+    """n chained events (written in batches, as the writer would)."""
+    pending = records(n, **kwargs)
+    for i in range(0, n, batch):
+        events_append(pending[i:i + batch])
+
+
+def all_events() -> list[AuditEvent]:
+    return list(AuditEvent.objects.order_by("seq"))
