@@ -4,8 +4,10 @@ from django.contrib import admin, messages
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html_join
 
-from budgets.models import ApiKey, Consumer
+from budgets.models import ApiKey, Budget, BudgetHistory, Consumer, ModelPrice, RateLimit, format_amount
+from budgets.selectors import budget_usage_report
 from budgets.services import key_issue, key_revoke
 
 
@@ -22,12 +24,42 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
+class BudgetInline(admin.TabularInline):
+    model = Budget
+    fk_name = "consumer"
+    extra = 0
+    fields = ("metric", "limit", "period", "timezone", "mode", "alert_at_percent", "alert_email",
+              "alert_webhook", "enabled")
+
+
+class RateLimitInline(admin.TabularInline):
+    model = RateLimit
+    fk_name = "consumer"
+    extra = 0
+    fields = ("requests", "tokens", "window_seconds", "rejected_code", "rejected_msg", "enabled")
+
+
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
     list_display = ("name", "active", "key_count", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "description")
-    inlines = [ApiKeyInline]
+    inlines = [ApiKeyInline, BudgetInline, RateLimitInline]
+    readonly_fields = ("current_usage",)
+
+    @admin.display(description="usage this period")
+    def current_usage(self, obj: Consumer) -> str:
+        if obj.pk is None:
+            return "-"
+        rows = budget_usage_report(consumer=obj)
+        if not rows:
+            return "No budgets."
+        return format_html_join(
+            "\n", "<div>{} {} ({}, {} from {}): {} used, {} reserved, {} left of {}</div>",
+            ((r.owner, r.metric, r.mode, r.period, r.period_start, format_amount(r.metric, r.used),
+              format_amount(r.metric, r.reserved), format_amount(r.metric, r.remaining),
+              format_amount(r.metric, r.limit)) for r in rows),
+        )
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).annotate(_key_count=Count("keys"))
@@ -97,3 +129,46 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 key_revoke(key=key)
                 count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "enabled")
+    list_filter = ("metric", "period", "mode", "enabled")
+    list_select_related = ("consumer", "key")
+    raw_id_fields = ("key",)
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "consumer", "key", "rejected_code", "enabled")
+    list_select_related = ("consumer", "key")
+    raw_id_fields = ("key",)
+
+
+@admin.register(BudgetHistory)
+class BudgetHistoryAdmin(admin.ModelAdmin):
+    list_display = ("budget", "period_start", "metric", "limit", "used", "closed_at")
+    list_filter = ("metric",)
+    list_select_related = ("budget__consumer", "budget__key")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ("model", "input_usd", "output_usd", "valid_from", "note")
+    search_fields = ("model",)
+    date_hierarchy = "valid_from"
+
+    @admin.display(description="input $ / M tokens", ordering="input_per_million")
+    def input_usd(self, obj: ModelPrice) -> str:
+        return f"{obj.input_per_million / 1_000_000:g}"
+
+    @admin.display(description="output $ / M tokens", ordering="output_per_million")
+    def output_usd(self, obj: ModelPrice) -> str:
+        return f"{obj.output_per_million / 1_000_000:g}"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -45,7 +45,9 @@ def _next_first_day(period: str, first: date) -> date:
 def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
     # Midnight wall-clock time in tz; where a DST change skips midnight, zoneinfo
     # resolves it to the instant just after the gap, which is what we want.
-    return datetime(day.year, day.month, day.day, tzinfo=tz)
+    # In UTC: Python subtracts and compares two datetimes of the same zone by wall
+    # clock, which is wrong across a DST change.
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
 
 
 def window_at(period: str, tz_name: str, now: datetime) -> Window:

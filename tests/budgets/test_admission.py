@@ -10,9 +10,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from budgets.models import BudgetReservation, BudgetUsage, ModelPrice
-from budgets.selectors import limits_for_key, price_table
+from budgets.selectors import budget_usage_report, limits_for_key, price_table
 from budgets.services import budget_reserve, budget_settle
-from budgets.selectors import budget_usage_report
 from proxy.admission import estimate_prompt_tokens
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.sandbox import expected_usage
@@ -244,8 +243,8 @@ def test_an_unsettled_reservation_expires_and_stops_blocking_the_budget(personas
     """A worker killed between reserve and settle: its hold is released after the TTL."""
     from asgiref.sync import async_to_sync
 
-    from budgets.selectors import key_info_by_digest
     from budgets.keys import key_digest
+    from budgets.selectors import key_info_by_digest
 
     budget(personas.alice, metric="tokens", limit=1000)
     key = key_info_by_digest(key_digest(personas.alice_key))
