@@ -244,3 +244,24 @@ routes = section_register(
     )
 )
 deployments = routes.add_key(RouteDeployments())
+
+
+# --- Failover, pinning and health (docs/providers.md) ------------------------------------
+
+
+def _check_failover_statuses(value: list) -> str | None:
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 400 <= s <= 599 for s in value):
+        return "failover_statuses must be a list of HTTP statuses from 400 to 599, e.g. [429, 500, 503, 529]"
+    return None
+
+
+def _check_not_negative(value: float) -> str | None:
+    return "retry_budget_seconds must be 0 or more" if value < 0 else None
+
+
+routes.add_field(Field("max_retries", int, check=lambda v: "max_retries must be 0 or more" if v < 0 else None))
+routes.add_field(Field("retry_budget_seconds", float, check=_check_not_negative))
+routes.add_field(Field("failover_statuses", list, check=_check_failover_statuses))
+routes.add_field(Field("allow_pin_fallback", bool))
+providers.add_field(Field("health_check_interval_seconds", int,
+                          check=lambda v: "health_check_interval_seconds must be 0 (off) or more" if v < 0 else None))
