@@ -5,8 +5,9 @@ from rest_framework.routers import DefaultRouter
 
 from audit.api import AuditEventViewSet
 
-# trailing_slash="/?": `/api/admin/audit-events/export?...` works with or without the slash.
-router = DefaultRouter(trailing_slash="/?")
+router = DefaultRouter()
+# Accept every path with or without its trailing slash (`/api/admin/audit-events/export?...`).
+router.trailing_slash = "/?"
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
 
 urlpatterns = router.urls

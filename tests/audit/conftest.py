@@ -19,14 +19,11 @@ def fresh_policy_cache():
 def records(n: int, *, start: datetime | None = None, step: timedelta = timedelta(seconds=1),
             consumer: str = "alice-agent", **values) -> list[AuditRecord]:
     start = start or datetime(2025, 3, 1, tzinfo=UTC)
-    return [
-        AuditRecord(time=start + i * step, request_id=f"req_test{i:08d}", endpoint="chat.completions",
-                    status=200, consumer_id=1, consumer_name=consumer, key_prefix="tg-abcdefg", route="demo",
-                    provider="sandbox", upstream_model="sandbox-model", prompt_tokens=10, completion_tokens=5,
-                    cost_micros=1234, latency_us=52_000, attempts=1, client_ip="127.0.0.1",
-                    user_agent="pytest", **values)
-        for i in range(n)
-    ]
+    fields = {"endpoint": "chat.completions", "status": 200, "consumer_id": 1, "consumer_name": consumer,
+              "key_prefix": "tg-abcdefg", "route": "demo", "provider": "sandbox", "upstream_model": "sandbox-model",
+              "prompt_tokens": 10, "completion_tokens": 5, "cost_micros": 1234, "latency_us": 52_000,
+              "attempts": 1, "client_ip": "127.0.0.1", "user_agent": "pytest", **values}
+    return [AuditRecord(time=start + i * step, request_id=f"req_test{i:08d}", **fields) for i in range(n)]
 
 
 def add_events(n: int, *, batch: int = 5000, **kwargs) -> None:
