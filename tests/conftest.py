@@ -12,8 +12,8 @@ from budgets.models import Consumer
 from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
 from proxy.auth import _last_touch
-from proxy.models import Deployment, ModelRoute, Provider
 from proxy.health import snapshot as breaker_snapshot
+from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread
 
