@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The benchmark's one command: bash tests/benchmarks/run.sh [--seconds N] [--skip-slow]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+[ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev]"; }
+ulimit -n 65536 2>/dev/null || true
+exec .venv/bin/python tests/benchmarks/bench_gateway.py "$@"
