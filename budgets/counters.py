@@ -15,25 +15,43 @@ from datetime import date
 import redis.asyncio as aioredis
 from django.conf import settings
 
-# Per budget i (KEYS 2i-1 = hash, 2i = holds), then per token window j (KEYS 2n+j).
-# ARGV: now, hold expiry, request id, n budgets, m windows, then per budget
-# (limit or -1 for soft, amount, key ttl), then per window (limit, amount, ttl).
+# Per budget i (KEYS 2i-1 = hash, 2i = holds), then per token window j (KEYS 2n+j), then
+# per request-rate window k (KEYS 2n+m+k: django-ratelimit's own counter keys).
+# ARGV: now, hold expiry, request id, n budgets, m token windows, p request windows, then
+# per budget (limit or -1 for soft, amount, key ttl), per token window (limit, amount,
+# ttl), per request window (limit, ttl).
 # Returns {status, index, values...}: status 0 admitted (values: per budget used+reserved,
-# per window count, after this request), 1 refused by budget `index`, 2 refused by
-# token window `index` (values: the current amount), 3 budget `index` needs seeding.
+# per token window and per request window the count, after this request), 1 refused by
+# budget `index`, 2 by token window `index`, 4 by request window `index` (values: the
+# current amount), 3 budget `index` needs seeding. A request window counts every
+# attempt, refused or not, as django-ratelimit does.
 RESERVE = """
 local now = tonumber(ARGV[1])
 local expiry = ARGV[2]
 local member = ARGV[3]
 local n = tonumber(ARGV[4])
 local m = tonumber(ARGV[5])
+local p = tonumber(ARGV[6])
+local rbase = 7 + 3 * n + 3 * m
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[2 * i - 1], 'used') == 0 then
+    return {3, i}
+  end
+end
+local requests = {}
+for k = 1, p do
+  local key = KEYS[2 * n + m + k]
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('EXPIRE', key, ARGV[rbase + 1 + 2 * (k - 1)]) end
+  requests[k] = count
+  if count > tonumber(ARGV[rbase + 2 * (k - 1)]) then
+    return {4, k, count}
+  end
+end
 local current = {}
 for i = 1, n do
   local h = KEYS[2 * i - 1]
   local z = KEYS[2 * i]
-  if redis.call('HEXISTS', h, 'used') == 0 then
-    return {3, i}
-  end
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
   if #expired > 0 then
     for _, e in ipairs(expired) do
@@ -44,14 +62,14 @@ for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
   end
   local total = tonumber(redis.call('HGET', h, 'used') or '0') + tonumber(redis.call('HGET', h, 'reserved') or '0')
-  local limit = tonumber(ARGV[6 + 3 * (i - 1)])
-  local amount = tonumber(ARGV[7 + 3 * (i - 1)])
+  local limit = tonumber(ARGV[7 + 3 * (i - 1)])
+  local amount = tonumber(ARGV[8 + 3 * (i - 1)])
   if limit >= 0 and total + amount > limit then
     return {1, i, total}
   end
   current[i] = total
 end
-local base = 6 + 3 * n
+local base = 7 + 3 * n
 local windows = {}
 for j = 1, m do
   local count = tonumber(redis.call('GET', KEYS[2 * n + j]) or '0')
@@ -66,9 +84,9 @@ local out = {0, 0}
 for i = 1, n do
   local h = KEYS[2 * i - 1]
   local z = KEYS[2 * i]
-  local limit = tonumber(ARGV[6 + 3 * (i - 1)])
-  local amount = tonumber(ARGV[7 + 3 * (i - 1)])
-  local ttl = tonumber(ARGV[8 + 3 * (i - 1)])
+  local limit = tonumber(ARGV[7 + 3 * (i - 1)])
+  local amount = tonumber(ARGV[8 + 3 * (i - 1)])
+  local ttl = tonumber(ARGV[9 + 3 * (i - 1)])
   if limit >= 0 and amount > 0 then
     redis.call('HINCRBY', h, 'reserved', amount)
     redis.call('HSET', h, 'r:' .. member, amount)
@@ -85,6 +103,9 @@ for j = 1, m do
   local count = redis.call('INCRBY', KEYS[2 * n + j], amount)
   redis.call('EXPIRE', KEYS[2 * n + j], ttl)
   out[#out + 1] = count
+end
+for k = 1, p do
+  out[#out + 1] = requests[k]
 end
 return out
 """

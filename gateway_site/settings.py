@@ -181,6 +181,9 @@ TOLLGATE_LIMITS_FAIL_OPEN = envbool("TOLLGATE_LIMITS_FAIL_OPEN", False)
 TOLLGATE_LIMITS_CACHE_SECONDS = envfloat("TOLLGATE_LIMITS_CACHE_SECONDS", 30.0, minimum=0)
 # A reservation not settled within this time (its worker was killed) stops holding budget.
 TOLLGATE_RESERVATION_TTL_SECONDS = envint("TOLLGATE_RESERVATION_TTL_SECONDS", 900, minimum=10)
+# With Redis, each worker writes settled charges to the database copy this often, in
+# one transaction (0: with every request, which costs a commit per request).
+TOLLGATE_BUDGET_MIRROR_SECONDS = envfloat("TOLLGATE_BUDGET_MIRROR_SECONDS", 0.5, minimum=0)
 # Budget alerts by email go through Django's email settings (EMAIL_HOST, ...), from this address.
 TOLLGATE_ALERT_FROM_EMAIL = envstr("TOLLGATE_ALERT_FROM_EMAIL", "tollgate@localhost")
 # django-ratelimit counts requests per window on the shared cache; failures are

@@ -16,6 +16,12 @@ requires_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_
 
 
 @pytest.fixture(autouse=True)
+def database_copy_at_once(settings) -> None:
+    """In-process tests read BudgetUsage right after a request: write it with the request."""
+    settings.TOLLGATE_BUDGET_MIRROR_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
 def fresh_limit_caches() -> Iterator[None]:
     """Rolled-back tests send no signals: never let one test's limits reach the next."""
     limits_cache.clear_local()
