@@ -1,13 +1,33 @@
 """The `consumers:` section of the configuration file (docs/configuration-as-code.md).
 
 Keys are never part of it: they are issued with `manage.py issuekey` and shown once.
-Later issues add a consumer's `budgets:` and `rate_limits:` with `consumers.add_key(...)`
-and a `prices:` section with `section_register(...)`, here.
+A consumer's `budgets:` and `rate_limits:` and the top-level `prices:` section are
+below (docs/budgets.md).
 """
 from __future__ import annotations
 
-from budgets.models import Consumer
-from gateway_site.configfile_registry import Field, ModelSection, Plan, section_register
+from functools import partial
+from typing import Any
+
+from django.utils import timezone
+
+from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
+from gateway_site.configfile_registry import (
+    MISSING,
+    ConfigError,
+    ConfigList,
+    Field,
+    FlowMap,
+    Item,
+    ModelSection,
+    Plan,
+    fields_bind,
+    mapping_parse,
+    model_clean,
+    section_register,
+    value_describe,
+    value_format,
+)
 
 _NO_KEYS = (
     "{key!r}: keys are never written in the configuration file; issue one with "
@@ -32,3 +52,264 @@ consumers = section_register(
         prune_note=_consumer_prune_note,
     )
 )
+
+
+# --- budgets:, rate_limits: and prices: (issue 4, docs/budgets.md) ------------------
+
+MICRO = 1_000_000
+
+
+def _usd_to_micro(value: float) -> int:
+    return round(value * MICRO)
+
+
+def _micro_to_usd(value: int) -> float | int:
+    usd = value / MICRO
+    return int(usd) if usd.is_integer() else usd
+
+
+def _non_negative(what: str):
+    return lambda value: None if value >= 0 else f"{what} must be >= 0, got {value}"
+
+
+class ConsumerRows:
+    """A consumer's own `budgets:` or `rate_limits:` list (key-level rows are left alone).
+
+    Rows are matched by `identity` (a budget by metric and period, a rate limit by what
+    it counts and its window) and updated in place, so editing a limit never resets the
+    usage counted so far. The list replaces the consumer's rows: rows not listed go.
+    """
+
+    def __init__(self, *, key: str, label: str, model, fields: list[Field]) -> None:
+        self.key = key
+        self.label = label
+        self.model = model
+        self.fields = fields_bind(model, fields)
+
+    # Subclasses: identity, file-to-model conversion and back.
+    def identity(self, values: dict[str, Any]) -> tuple: ...
+    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]: ...
+    def from_row(self, row) -> dict[str, Any]: ...
+    def check(self, values: dict[str, Any], where: str) -> None: ...
+
+    def parse(self, value: Any, *, where: str) -> list[Item]:
+        if not isinstance(value, ConfigList):
+            raise ConfigError(f"{where}: {self.key} must be a list, got {value_describe(value)}")
+        parsed: list[Item] = []
+        first: dict[tuple, str] = {}
+        for raw, item_where in zip(value, value.item_where, strict=True):
+            values = mapping_parse(raw, fields=self.fields, what=self.label, where=item_where)
+            self.check(values, item_where)
+            ident = self.identity(values)
+            if ident in first:
+                raise ConfigError(f"{item_where}: duplicate {self.label} {self._name(ident)} (first at {first[ident]})")
+            first[ident] = item_where
+            parsed.append(Item(name=self._name(ident), where=item_where, values=values, extras={"identity": ident}))
+        return parsed
+
+    @staticmethod
+    def _name(ident: tuple) -> str:
+        return "/".join(str(part) for part in ident)
+
+    def _current(self, obj: Consumer | None) -> dict[tuple, Any]:
+        if obj is None:
+            return {}
+        rows = self.model.objects.filter(consumer=obj).order_by("id")
+        return {self.identity(self.from_row(row)): row for row in rows}
+
+    def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
+        wanted: list[Item] = [] if value is MISSING else value
+        current = self._current(obj)
+        wanted_ids = {w.extras["identity"] for w in wanted}
+        for ident, row in current.items():
+            if ident not in wanted_ids:
+                plan.add("-", f"{self.label} {item.name} {self._name(ident)}",
+                         partial(self._delete, row.pk), where=item.where)
+        for w in wanted:
+            attrs = self.to_attrs(w.values)
+            model_clean(self.model(**attrs), where=w.where, what=self.label, keys={}, exclude=["consumer", "key"],
+                        full=False)
+            row = current.get(w.extras["identity"])
+            if row is None:
+                shown = ", ".join(f"{k}={value_format(v)}" for k, v in self._shown(w.values).items())
+                plan.add("+", f"{self.label} {item.name} ({shown})", partial(self._create, item.name, w),
+                         where=w.where)
+                continue
+            have = self.from_row(row)
+            changed = {k: v for k, v in w.values.items() if have.get(k) != v}
+            if changed:
+                shown = ", ".join(f"{k} {value_format(have.get(k))} → {value_format(v)}" for k, v in changed.items())
+                plan.add("~", f"{self.label} {item.name} {w.name}: {shown}", partial(self._update, row.pk, w),
+                         where=w.where)
+
+    def _shown(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {f.key: values[f.key] for f in self.fields
+                if f.required or f.always_export or values[f.key] != f.default}
+
+    def _create(self, consumer_name: str, w: Item) -> None:
+        row = self.model(consumer=Consumer.objects.get(name=consumer_name), **self.to_attrs(w.values))
+        model_clean(row, where=w.where, what=self.label, keys={})
+        row.save()
+
+    def _update(self, pk: int, w: Item) -> None:
+        row = self.model.objects.get(pk=pk)
+        for attr, value in self.to_attrs(w.values).items():
+            setattr(row, attr, value)
+        model_clean(row, where=w.where, what=self.label, keys={})
+        row.save()
+
+    def _delete(self, pk: int) -> None:
+        self.model.objects.filter(pk=pk).delete()
+
+    def export(self, obj: Consumer) -> Any:
+        rows = self.model.objects.filter(consumer=obj).order_by("id")
+        rows = [FlowMap(self._shown(self.from_row(row))) for row in rows]
+        return rows or MISSING
+
+
+class ConsumerBudgets(ConsumerRows):
+    def __init__(self) -> None:
+        super().__init__(key="budgets", label="budget", model=Budget, fields=[
+            Field("metric", str, required=True, choices=tuple(Metric.values)),
+            Field("limit", float, required=True, check=_non_negative("limit")),
+            Field("period", str, choices=tuple(Period.values), always_export=True),
+            Field("timezone", str),
+            Field("mode", str, choices=tuple(Mode.values)),
+            Field("alert_at_percent", int, nullable=True),
+            Field("alert_email", str),
+            Field("alert_webhook", str),
+            Field("enabled", bool),
+        ])
+
+    def check(self, values: dict[str, Any], where: str) -> None:
+        limit = values["limit"]
+        if values["metric"] != Metric.COST_USD:
+            if not float(limit).is_integer():
+                raise ConfigError(f"{where}: a {values['metric']} budget's limit must be a whole number, got {limit}")
+            values["limit"] = int(limit)
+        elif float(limit).is_integer():
+            values["limit"] = int(limit)
+
+    def identity(self, values: dict[str, Any]) -> tuple:
+        return (values["metric"], values["period"])
+
+    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        attrs = dict(values)
+        if values["metric"] == Metric.COST_USD:
+            attrs["limit"] = _usd_to_micro(values["limit"])  # the file says dollars
+        return attrs
+
+    def from_row(self, row: Budget) -> dict[str, Any]:
+        values = {f.key: getattr(row, f.attr) for f in self.fields}
+        if row.metric == Metric.COST_USD:
+            values["limit"] = _micro_to_usd(row.limit)
+        return values
+
+
+class ConsumerRateLimits(ConsumerRows):
+    def __init__(self) -> None:
+        super().__init__(key="rate_limits", label="rate limit", model=RateLimit, fields=[
+            Field("requests", int, nullable=True),
+            Field("tokens", int, nullable=True),
+            Field("window_seconds", int, always_export=True),
+            Field("rejected_code", int),
+            Field("rejected_msg", str),
+            Field("enabled", bool),
+        ])
+
+    def check(self, values: dict[str, Any], where: str) -> None:
+        if (values["requests"] is None) == (values["tokens"] is None):
+            raise ConfigError(f"{where}: a rate limit counts either requests or tokens: give exactly one of them")
+
+    def identity(self, values: dict[str, Any]) -> tuple:
+        return ("requests" if values["requests"] is not None else "tokens", values["window_seconds"])
+
+    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        return dict(values)
+
+    def from_row(self, row: RateLimit) -> dict[str, Any]:
+        return {f.key: getattr(row, f.attr) for f in self.fields}
+
+
+consumers.add_key(ConsumerBudgets())
+consumers.add_key(ConsumerRateLimits())
+
+
+class PricesSection:
+    """`prices:` the price table. A changed price is a new row valid from now, so past
+    costs keep the price they were charged at; an unchanged one changes nothing."""
+
+    key = "prices"
+    order = 40
+
+    def __init__(self) -> None:
+        self.fields = fields_bind(None, [
+            Field("model", str, required=True),
+            Field("input_per_million_usd", float, required=True, check=_non_negative("input_per_million_usd")),
+            Field("output_per_million_usd", float, required=True, check=_non_negative("output_per_million_usd")),
+            Field("note", str, default=""),
+        ])
+
+    def parse(self, value: Any, *, where: str) -> list[Item]:
+        if not isinstance(value, ConfigList):
+            raise ConfigError(f"{where}: 'prices' must be a list of prices, got {value_describe(value)}")
+        parsed: list[Item] = []
+        first: dict[str, str] = {}
+        for raw, item_where in zip(value, value.item_where, strict=True):
+            values = mapping_parse(raw, fields=self.fields, what="price", where=item_where)
+            name = values["model"]
+            if name in first:
+                raise ConfigError(f"{item_where}: duplicate price for {name!r} (first at {first[name]})")
+            first[name] = item_where
+            parsed.append(Item(name=name, where=item_where, values=values, extras={}))
+        return parsed
+
+    @staticmethod
+    def _current() -> dict[str, ModelPrice]:
+        current: dict[str, ModelPrice] = {}
+        for row in ModelPrice.objects.filter(valid_from__lte=timezone.now()).order_by("model", "-valid_from"):
+            current.setdefault(row.model, row)
+        return current
+
+    def diff(self, parsed: list[Item], plan: Plan) -> None:
+        current = self._current()
+        for item in parsed:
+            prices = (_usd_to_micro(item.values["input_per_million_usd"]),
+                      _usd_to_micro(item.values["output_per_million_usd"]))
+            row = current.get(item.name)
+            shown = (f"${value_format(item.values['input_per_million_usd'])} in, "
+                     f"${value_format(item.values['output_per_million_usd'])} out per million tokens")
+            if row is None:
+                plan.add("+", f"price {item.name} ({shown})", partial(self._create, item, prices), where=item.where)
+            elif (row.input_per_million, row.output_per_million) != prices or row.note != item.values["note"]:
+                plan.add("~", f"price {item.name}: {shown}, from now on", partial(self._create, item, prices),
+                         where=item.where)
+
+    def _create(self, item: Item, prices: tuple[int, int]) -> None:
+        ModelPrice.objects.create(model=item.name, input_per_million=prices[0], output_per_million=prices[1],
+                                  note=item.values["note"], valid_from=timezone.now())
+
+    def prune(self, parsed: list[Item], plan: Plan) -> None:
+        listed = {item.name for item in parsed}
+        for name in sorted(set(ModelPrice.objects.values_list("model", flat=True)) - listed):
+            if not plan.prune:
+                plan.left_alone.append(f"price {name}")
+                continue
+            plan.add("-", f"price {name}", partial(self._delete, name), where=plan.section_where[self.key])
+
+    @staticmethod
+    def _delete(model: str) -> None:
+        ModelPrice.objects.filter(model=model).delete()
+
+    def export(self) -> list[FlowMap]:
+        rows = []
+        for name, row in sorted(self._current().items()):
+            entry = FlowMap(model=name, input_per_million_usd=_micro_to_usd(row.input_per_million),
+                            output_per_million_usd=_micro_to_usd(row.output_per_million))
+            if row.note:
+                entry["note"] = row.note
+            rows.append(entry)
+        return rows
+
+
+prices = section_register(PricesSection())

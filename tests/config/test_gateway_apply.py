@@ -287,8 +287,8 @@ def test_unknown_provider_key_and_section_are_errors(write) -> None:
     message = apply_error(write(BASE.replace("    timeout_seconds: 60", "    timeout: 60")))
     assert ":6: unknown key 'timeout' in provider" in message
 
-    message = apply_error(write(BASE + "prices: []\n"))
-    assert ":21: unknown section 'prices' (expected one of:" in message
+    message = apply_error(write(BASE + "pricing: []\n"))
+    assert ":21: unknown section 'pricing' (expected one of:" in message
 
 
 def test_a_deployment_naming_an_unknown_provider_is_refused(write) -> None:
