@@ -6,6 +6,7 @@ from datetime import date
 from celery import shared_task
 
 from budgets import services
+from gateway_site.status import stamp
 
 TASK_OPTIONS = {"soft_time_limit": 300, "time_limit": 360, "acks_late": True}
 
@@ -13,6 +14,7 @@ TASK_OPTIONS = {"soft_time_limit": 300, "time_limit": 360, "acks_late": True}
 @shared_task(**TASK_OPTIONS)
 def budget_reset() -> dict[str, int]:
     report = services.budget_reset()
+    stamp("budget_reset")  # the admin's health page shows when it last ran
     return {"closed": report.closed, "alerts": report.alerts}
 
 

@@ -23,11 +23,12 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpResponseBase, JsonResponse  # noqa: E402
 from django.urls import Resolver404, resolve  # noqa: E402
 
+from gateway_site.status import heartbeat_loop, heartbeat_remove  # noqa: E402
 from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
-LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz")
+LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 
 class LeanASGIHandler(ASGIHandler):
@@ -109,11 +110,20 @@ lean_application = LeanASGIHandler()
 
 
 async def _lifespan(receive, send) -> None:
+    heartbeat: asyncio.Task | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            # This worker's heartbeat for the admin's health page (gateway_site/status.py).
+            heartbeat = asyncio.create_task(heartbeat_loop())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if heartbeat is not None:
+                heartbeat.cancel()
+                try:
+                    await asyncio.to_thread(heartbeat_remove)
+                except Exception:
+                    logger.warning("could not remove this worker's heartbeat", exc_info=True)
             await close_clients()
             await send({"type": "lifespan.shutdown.complete"})
             return

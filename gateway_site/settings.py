@@ -15,6 +15,7 @@ from gateway_site.env import (
     envstr,
     parse_database_url,
 )
+from gateway_site.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -163,14 +164,9 @@ TOLLGATE_UPSTREAM_MAX_KEEPALIVE = envint("TOLLGATE_UPSTREAM_MAX_KEEPALIVE", 200,
 TOLLGATE_SANDBOX_URL = envstr("TOLLGATE_SANDBOX_URL", "http://127.0.0.1:8787")
 
 LOG_LEVEL = envchoice("TOLLGATE_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical"))
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL.upper()},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# One JSON object per line (or text), the same for Django, gunicorn, uvicorn and Celery (docs/operations.md).
+LOG_FORMAT = envchoice("TOLLGATE_LOG_FORMAT", "text" if DEBUG else "json", ("json", "text"))
+LOGGING = logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL, access_log=envbool("TOLLGATE_ACCESS_LOG", False))
 
 # --- Budgets and rate limits (docs/budgets.md) --------------------------------
 # When Redis (the shared counters) cannot be reached, refuse requests with a 503
@@ -269,4 +265,36 @@ CELERY_BEAT_SCHEDULE["proxy-health-check"] = {
     "task": "proxy.tasks.provider_health_check",
     "schedule": TOLLGATE_HEALTH_CHECK_TICK_SECONDS,
     "options": {"expires": TOLLGATE_HEALTH_CHECK_TICK_SECONDS},
+}
+
+# --- Operations: metrics and logs (docs/operations.md, docs/deployment.md) ---------------
+# Reverse proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored
+# and the connection's own address is the client's (audit, per-address limits, /metrics).
+TOLLGATE_TRUSTED_PROXIES = envlist("TOLLGATE_TRUSTED_PROXIES", [])
+# Who may read GET /metrics: loopback and private networks by default; with a token set,
+# a scraper must also send it as a bearer token.
+TOLLGATE_METRICS_ALLOW = envlist("TOLLGATE_METRICS_ALLOW", [
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"])
+TOLLGATE_METRICS_TOKEN = envsecret("TOLLGATE_METRICS_TOKEN") or ""
+# One series per consumer multiplies the request metrics; turn off for thousands of consumers.
+TOLLGATE_METRICS_CONSUMER_LABELS = envbool("TOLLGATE_METRICS_CONSUMER_LABELS", True)
+# How often each gateway worker writes its heartbeat to the shared cache (admin health page).
+TOLLGATE_HEARTBEAT_SECONDS = envfloat("TOLLGATE_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+
+
+def _validate_networks() -> None:
+    from gateway_site.clientaddr import parse_networks
+
+    parse_networks(TOLLGATE_TRUSTED_PROXIES, setting="TOLLGATE_TRUSTED_PROXIES")
+    parse_networks(TOLLGATE_METRICS_ALLOW, setting="TOLLGATE_METRICS_ALLOW")
+
+
+_validate_networks()
+# Celery logs through the LOGGING above instead of installing its own handlers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_IMPORTS = ("gateway_site.tasks",)
+CELERY_BEAT_SCHEDULE["ops-heartbeat"] = {
+    "task": "gateway_site.tasks.ops_heartbeat",
+    "schedule": 30.0,
+    "options": {"expires": 30.0},
 }

@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from gateway_site import health
+from gateway_site import admin_health, health, metrics
 from proxy import views as proxy_views
 from proxy.recording import recorded_view
 
 urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics.metrics_view),
     path("v1/chat/completions", proxy_views.chat_completions),
     path("v1/messages", proxy_views.messages),
     path("v1/messages/count_tokens", proxy_views.messages_count_tokens),
@@ -16,5 +17,6 @@ urlpatterns = [
     path("v1/models/<path:model>", recorded_view("models.retrieve")(proxy_views.model_detail)),
     re_path(r"^v1/(?P<rest>.*)$", recorded_view("unknown")(proxy_views.not_found)),
     path("api/admin/", include("gateway_site.api_urls")),
+    path("admin/gateway-health/", admin.site.admin_view(admin_health.health_view), name="gateway-health"),
     path("admin/", admin.site.urls),
 ]

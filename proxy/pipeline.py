@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from gateway_site import metrics
+from gateway_site.clientaddr import client_address
 from proxy.admission import admit, limit_headers, settle
 from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_chat
@@ -20,7 +23,8 @@ logger = logging.getLogger("tollgate.requests")
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
+    """The peer, or X-Forwarded-For's client when the peer is in TOLLGATE_TRUSTED_PROXIES."""
+    return client_address(request.META)
 
 
 async def request_finish(ctx: RequestContext) -> None:
@@ -31,23 +35,28 @@ async def request_finish(ctx: RequestContext) -> None:
     try:
         await settle(ctx)
     finally:
+        audit_started = time.perf_counter()
         await record(ctx)
+        audit_seconds = time.perf_counter() - audit_started
     await key_touch_if_due(ctx.key)
-    logger.info(
-        "request_id=%s consumer=%s route=%s provider=%s status=%s error=%s attempts=%d "
-        "prompt_tokens=%s completion_tokens=%s latency_ms=%.1f overhead_ms=%.2f",
-        ctx.request_id,
-        ctx.key.consumer_name if ctx.key else "-",
-        ctx.route.model if ctx.route else "-",
-        ctx.deployment.provider.name if ctx.deployment else "-",
-        ctx.status,
-        ctx.error_class or "-",
-        ctx.attempts,
-        ctx.prompt_tokens,
-        ctx.completion_tokens,
-        ctx.elapsed() * 1000,
-        ctx.overhead_ms(),
-    )
+    metrics.request_observe(ctx, audit_seconds=audit_seconds)
+    # Structured fields (gateway_site/logs.py): never a key or a body.
+    logger.info("request finished", extra={
+        "request_id": ctx.request_id,
+        "consumer": ctx.key.consumer_name if ctx.key else None,
+        "route": ctx.route.model if ctx.route else None,
+        "provider": ctx.deployment.provider.name if ctx.deployment else None,
+        "endpoint": ctx.endpoint,
+        "status": ctx.status,
+        "error_class": ctx.error_class,
+        "attempts": ctx.attempts,
+        "stream": ctx.stream,
+        "prompt_tokens": ctx.prompt_tokens,
+        "completion_tokens": ctx.completion_tokens,
+        "latency_ms": round(ctx.elapsed() * 1000, 1),
+        "overhead_ms": round(ctx.overhead_ms(), 2),
+        "ttft_ms": None if ctx.first_byte_seconds is None else round(ctx.first_byte_seconds * 1000, 1),
+    })
 
 
 def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
@@ -111,5 +120,5 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         ctx.status = response.status_code
         await request_finish(ctx)
     else:  # the terminal event waits for the audit event (recorded as the relay ends)
-        response.streaming_content = hold_terminal_event(response.streaming_content)
+        response.streaming_content = metrics.stream_track(ctx, hold_terminal_event(response.streaming_content))
     return _stamp(response, ctx)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -107,10 +108,26 @@ def sandbox_command(port: int, *extra: str) -> list[str]:
             "--port", str(port), *extra]
 
 
+def procfile_command(process: str) -> list[str]:
+    """A process's command line in the repository's Procfile (the documented production start)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and not name.startswith("#") and name.strip() == process:
+            return shlex.split(command)
+    raise LookupError(f"Procfile has no {process!r} process")
+
+
+# What a test changes in the Procfile's web command: where it listens, how many workers, and a
+# short shutdown. Options after the config file override it (tests/ops/test_production_start.py).
+def gateway_test_overrides(port: int, workers: int) -> list[str]:
+    return ["-b", f"127.0.0.1:{port}", "-w", str(workers), "--graceful-timeout", "5"]
+
+
 def gateway_command(port: int, workers: int = 2) -> list[str]:
-    """The production start, as docs/deployment.md gives it."""
-    return [sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers),
-            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "gateway_site.asgi:application"]
+    """The production start: the Procfile's `web` command (docs/deployment.md), on a free port."""
+    program, *args = procfile_command("web")
+    # This virtualenv's gunicorn, whatever is on PATH.
+    return [sys.executable, "-m", program, *args, *gateway_test_overrides(port, workers)]
 
 
 @contextmanager

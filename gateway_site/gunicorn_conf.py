@@ -1,0 +1,63 @@
+"""gunicorn settings of the production start (Procfile, deploy/*.service, docs/deployment.md).
+
+    gunicorn -c python:gateway_site.gunicorn_conf gateway_site.asgi:application
+
+Read by gunicorn's master before it forks the workers, from the environment:
+PORT or TOLLGATE_BIND (address), WEB_CONCURRENCY (workers, default one per core),
+TOLLGATE_GRACEFUL_TIMEOUT, TOLLGATE_LOG_FORMAT/TOLLGATE_LOG_LEVEL (gunicorn's
+and uvicorn's own lines in the application's format), PROMETHEUS_MULTIPROC_DIR.
+Command-line options given after `-c` override these (the tests pass -b and -w).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+from gateway_site.env import envbool, envchoice, envint, envstr
+from gateway_site.logs import logging_config
+
+worker_class = "uvicorn_worker.UvicornWorker"
+bind = [envstr("TOLLGATE_BIND", f"127.0.0.1:{envstr('PORT', '8000')}")]
+workers = envint("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
+graceful_timeout = envint("TOLLGATE_GRACEFUL_TIMEOUT", 30, minimum=1)
+# Keep-alive towards the reverse proxy: longer than nginx's upstream keepalive_timeout default.
+keepalive = envint("TOLLGATE_KEEPALIVE_SECONDS", 75, minimum=1)
+# The client address is worked out once, by the application (TOLLGATE_TRUSTED_PROXIES,
+# gateway_site/clientaddr.py); uvicorn must not rewrite it from X-Forwarded-For before.
+forwarded_allow_ips = ""
+
+logconfig_dict = logging_config(
+    fmt=envchoice("TOLLGATE_LOG_FORMAT", "text" if envbool("DJANGO_DEBUG", False) else "json", ("json", "text")),
+    level=envchoice("TOLLGATE_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
+    access_log=envbool("TOLLGATE_ACCESS_LOG", False),
+)
+
+# Metrics from every worker are added up from files in one directory (prometheus-client's
+# multiprocess mode). It must be set before any worker imports prometheus_client: the
+# workers are forked from this process, so setting it here is enough.
+_created_metrics_dir = False
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tollgate-metrics-")
+    _created_metrics_dir = True
+
+
+def on_starting(server) -> None:
+    """Start from zero: files left by a previous run would be added to this one's counters."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+
+
+def child_exit(server, worker) -> None:
+    """A worker is gone (restart, crash): drop its live gauges (open streams, backlog)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _created_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
