@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Max, Min
+from django.db.models import F, Max, Min
 from django.utils import timezone
 
 from audit.chain import chain_key, event_seal
@@ -133,6 +133,11 @@ def event_build(record: AuditRecord) -> AuditEvent:
 
 def _chain_head_locked() -> AuditChainHead:
     """The chain head, locked until the end of the transaction (created if missing)."""
+    if connection.vendor == "sqlite":
+        # Write first: a deferred transaction that reads before writing fails at
+        # once (SQLITE_BUSY_SNAPSHOT) when another process committed meanwhile,
+        # while one that starts by writing waits for the lock (busy timeout).
+        AuditChainHead.objects.filter(pk=1).update(seq=F("seq"))
     head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
     if head is None:
         AuditChainHead.objects.bulk_create([AuditChainHead(pk=1)], ignore_conflicts=True)
