@@ -73,6 +73,18 @@ AUDIT_BACKLOG = Gauge("tollgate_audit_backlog", "Audit events waiting for their 
                       multiprocess_mode="livesum")
 
 
+_children: dict[tuple, Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """metric.labels(*values), remembered: labels() validates and locks on every call (label sets are bounded)."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def _status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status else "none"
 
@@ -89,29 +101,29 @@ def request_observe(ctx: RequestContext, *, audit_seconds: float | None = None) 
         route = ctx.route.model if ctx.route else NONE
         provider = ctx.deployment.provider.name if ctx.deployment else NONE
         consumer = _consumer(ctx)
-        REQUESTS.labels(ctx.endpoint, route, provider, consumer, _status_class(ctx.status)).inc()
+        _child(REQUESTS, ctx.endpoint, route, provider, consumer, _status_class(ctx.status)).inc()
         if ctx.error_class or (ctx.status or 0) >= 400:
             error_class = ctx.error_class or f"http_{ctx.status}"
-            ERRORS.labels(route, provider, consumer, error_class).inc()
+            _child(ERRORS, route, provider, consumer, error_class).inc()
             if error_class in REFUSAL_CLASSES:
-                REFUSALS.labels(route, consumer, error_class).inc()
+                _child(REFUSALS, route, consumer, error_class).inc()
         if ctx.failovers:
-            FAILOVERS.labels(route).inc(ctx.failovers)
+            _child(FAILOVERS, route).inc(ctx.failovers)
         if ctx.attempts > 1:
-            RETRIES.labels(route).inc(ctx.attempts - 1)
+            _child(RETRIES, route).inc(ctx.attempts - 1)
         if ctx.attempts:
-            UPSTREAM_LATENCY.labels(route, provider).observe(ctx.upstream_seconds)
+            _child(UPSTREAM_LATENCY, route, provider).observe(ctx.upstream_seconds)
         if ctx.stream and ctx.first_byte_seconds is not None:
-            TTFT.labels(route, provider).observe(ctx.first_byte_seconds)
-            OVERHEAD.labels(route).observe(max(0.0, ctx.first_byte_seconds - ctx.upstream_seconds))
+            _child(TTFT, route, provider).observe(ctx.first_byte_seconds)
+            _child(OVERHEAD, route).observe(max(0.0, ctx.first_byte_seconds - ctx.upstream_seconds))
         else:
-            OVERHEAD.labels(route).observe(ctx.overhead_ms() / 1000.0)
+            _child(OVERHEAD, route).observe(ctx.overhead_ms() / 1000.0)
         if ctx.prompt_tokens:
-            TOKENS.labels(route, provider, consumer, "prompt").inc(ctx.prompt_tokens)
+            _child(TOKENS, route, provider, consumer, "prompt").inc(ctx.prompt_tokens)
         if ctx.completion_tokens:
-            TOKENS.labels(route, provider, consumer, "completion").inc(ctx.completion_tokens)
+            _child(TOKENS, route, provider, consumer, "completion").inc(ctx.completion_tokens)
         if ctx.cost_microusd:
-            COST.labels(route, provider, consumer).inc(ctx.cost_microusd / 1_000_000)
+            _child(COST, route, provider, consumer).inc(ctx.cost_microusd / 1_000_000)
         if audit_seconds is not None:
             AUDIT_WRITE.observe(audit_seconds)
     except Exception:  # metrics must never fail a request
@@ -120,7 +132,7 @@ def request_observe(ctx: RequestContext, *, audit_seconds: float | None = None) 
 
 async def stream_track(ctx: RequestContext, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Relay `stream`, counted in tollgate_open_streams while it is being sent."""
-    gauge = OPEN_STREAMS.labels(ctx.route.model if ctx.route else NONE)
+    gauge = _child(OPEN_STREAMS, ctx.route.model if ctx.route else NONE)
     gauge.inc()
     try:
         async for chunk in stream:

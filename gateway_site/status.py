@@ -164,7 +164,9 @@ def database_check() -> Check:
     try:
         return _timed(probe)
     finally:
-        connection.close_if_unusable_or_obsolete()
+        # A broken connection must not serve the next check (inside a transaction it is not ours).
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 def redis_check() -> Check | None:

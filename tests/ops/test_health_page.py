@@ -1,0 +1,53 @@
+"""The admin's gateway health page: workers, database, Redis, Celery, last budget reset and audit export."""
+from __future__ import annotations
+
+import time
+from datetime import date
+
+import pytest
+from django.urls import reverse
+
+from audit.models import AuditExport
+from budgets.tasks import budget_reset
+from gateway_site import status
+from gateway_site.tasks import ops_heartbeat
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_heartbeat_shows_the_worker_up_and_an_old_one_down():
+    status.heartbeat_write(started=time.time() - 60)
+    (worker,) = status.workers()
+    assert worker.up and worker.pid > 0
+    assert status.workers(now=time.time() + 3600)[0].up is False
+
+
+def test_celery_and_budget_reset_stamp_their_runs():
+    assert status.last_stamp("celery_heartbeat") is None
+    ops_heartbeat.apply()
+    budget_reset.apply()
+    report = status.status_report()
+    assert report.celery_heartbeat is not None
+    assert report.budget_reset is not None
+    assert report.database.ok
+
+
+def test_the_page_shows_the_gateway_at_a_glance(client, personas):
+    status.heartbeat_write(started=time.time())
+    ops_heartbeat.apply()
+    AuditExport.objects.create(day=date(2025, 3, 1), format="jsonl", path="/x", rows=3, sha256="0" * 64)
+    client.force_login(personas.admin)
+    index = client.get(reverse("admin:index"))
+    assert reverse("gateway-health").encode() in index.content
+    page = client.get(reverse("gateway-health"))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Gateway workers: 1 up" in text
+    assert "Database" in text and "reachable" in text
+    assert "Celery heartbeat" in text and "alive" in text
+    assert "2025-03-01" in text
+
+
+def test_only_staff_see_it(client, personas):
+    response = client.get(reverse("gateway-health"))
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
