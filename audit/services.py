@@ -148,6 +148,9 @@ def _chain_head_locked() -> AuditChainHead:
 def _append(events: list[AuditEvent], progress: list[str]) -> None:
     key = chain_key()
     with transaction.atomic():
+        if not settings.TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         head = _chain_head_locked()
         seq, prev = head.seq, head.hash
         for event in events:

@@ -2,10 +2,11 @@
 
 Each request hands its record to this process's writer and waits until the
 transaction holding its row has committed; only then is its answer released.
-Records that arrive within `TOLLGATE_AUDIT_BATCH_WINDOW_MS` of the first one, or
-while the previous batch is being committed, share one transaction, so under
-load the cost of a commit (and of taking the chain head's lock) is shared by the
-whole batch instead of paid per request. The insert itself runs in a thread: the
+Records that arrive while the previous batch is being committed (or within
+`TOLLGATE_AUDIT_BATCH_WINDOW_MS` of the first one; 0 by default, since a commit
+takes longer than the gap between requests under load anyway) share one
+transaction, so under load the cost of a commit, its fsync and the chain head's
+lock is shared by the whole batch instead of paid per request. The insert itself runs in a thread: the
 event loop never blocks on the database.
 """
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""A consumer's `audit:` key in the configuration file: its body mode (docs/audit.md).
+
+    consumers:
+      - name: alice-agent
+        audit: full        # none | metadata | full; left out: TOLLGATE_AUDIT_DEFAULT_BODY_MODE
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from audit.models import AuditPolicy, BodyMode
+from budgets.configfile import consumers
+from budgets.models import Consumer
+from gateway_site.configfile_registry import MISSING, ConfigError, Item, Plan, value_describe
+
+
+class ConsumerAudit:
+    """Stored as the consumer's AuditPolicy row; no row means the default mode."""
+
+    key = "audit"
+
+    def parse(self, value: Any, *, where: str) -> str:
+        if not isinstance(value, str) or value not in BodyMode.values:
+            raise ConfigError(f"{where}: audit must be one of {', '.join(BodyMode.values)} "
+                              f"(the body mode), got {value_describe(value)}")
+        return value
+
+    def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
+        have = None
+        if obj is not None:
+            have = AuditPolicy.objects.filter(consumer=obj).values_list("body_mode", flat=True).first()
+        if value is MISSING:
+            if have is not None:
+                plan.add("-", f"audit policy of {item.name} ({have}; the default applies)",
+                         partial(self._delete, item.name), where=item.where)
+        elif value != have:
+            sign, text = ("+", f"audit policy of {item.name} ({value})") if have is None else \
+                ("~", f"audit policy of {item.name}: {have} → {value}")
+            plan.add(sign, text, partial(self._set, item.name, value), where=item.where)
+
+    @staticmethod
+    def _set(consumer_name: str, mode: str) -> None:
+        consumer = Consumer.objects.get(name=consumer_name)
+        # save() (not update()) so the signal drops every worker's cached policy.
+        policy = AuditPolicy.objects.filter(consumer=consumer).first() or AuditPolicy(consumer=consumer)
+        policy.body_mode = mode
+        policy.save()
+
+    @staticmethod
+    def _delete(consumer_name: str) -> None:
+        for policy in AuditPolicy.objects.filter(consumer__name=consumer_name):
+            policy.delete()
+
+    def export(self, obj: Consumer) -> Any:
+        mode = AuditPolicy.objects.filter(consumer=obj).values_list("body_mode", flat=True).first()
+        return MISSING if mode is None else mode
+
+
+consumers.add_key(ConsumerAudit())
