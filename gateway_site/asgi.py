@@ -125,6 +125,14 @@ async def _lifespan(receive, send) -> None:
                 except Exception:
                     logger.warning("could not remove this worker's heartbeat", exc_info=True)
             await close_clients()
+            # The last half second of settled budget usage, for the database copy
+            # (gunicorn stops workers by signal, so atexit hooks never run).
+            from budgets.services import usage_mirror
+
+            try:
+                await asyncio.to_thread(usage_mirror.flush)
+            except Exception:
+                logger.warning("could not write the last budget usage to the database", exc_info=True)
             await send({"type": "lifespan.shutdown.complete"})
             return
 
