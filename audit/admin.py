@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -133,3 +134,20 @@ class AuditExportAdmin(ReadOnlyAdmin):
 class AuditSinkCursorAdmin(ReadOnlyAdmin):
     list_display = ("name", "last_seq", "delivered", "last_error", "updated_at")
 
+
+
+@admin.register(LogEntry)
+class LogEntryAdmin(ReadOnlyAdmin):
+    """Django's admin log (who changed what in the admin), read-only for gateway-admin and compliance."""
+
+    list_display = ("action_time", "user", "content_type", "object_repr", "action_flag", "change_message")
+    list_filter = ("action_flag", "content_type", "action_time")
+    search_fields = ("object_repr", "change_message", "user__username")
+    list_select_related = ("user", "content_type")
+    date_hierarchy = "action_time"
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return is_audit_reader(request.user) or super().has_view_permission(request, obj)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return is_audit_reader(request.user) or super().has_module_permission(request)

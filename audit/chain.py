@@ -51,13 +51,6 @@ def event_hash(values: tuple, *, key: bytes | None = None) -> str:
     return hmac.new(key or chain_key(), payload, hashlib.sha256).hexdigest()
 
 
-def event_seal(event: AuditEvent, *, seq: int, prev_hash: str, key: bytes) -> str:
-    event.seq = seq
-    event.prev_hash = prev_hash
-    event.hash = event_hash(tuple(getattr(event, name) for name in CHAIN_FIELDS), key=key)
-    return event.hash
-
-
 @dataclass(frozen=True)
 class ChainReport:
     checked: int

@@ -44,11 +44,47 @@ def _luhn_ok(candidate: str) -> bool:
     return total % 10 == 0
 
 
+class Redactor:
+    """The patterns of one configuration, compiled once."""
+
+    def __init__(self, *, emails: bool, cards: bool, extra: tuple[str, ...]) -> None:
+        self.secret = [(re.compile(p), r, hints) for p, r, hints in _SECRET_PATTERNS]
+        self.email = re.compile(_EMAIL) if emails else None
+        self.card = re.compile(_CARD) if cards else None
+        self.configured = [re.compile(p) for p in extra]
+        # One search that says whether any secret pattern could match (most texts: no).
+        hints = {h for _, _, hs in _SECRET_PATTERNS for h in hs}
+        self.any_hint = re.compile("|".join(re.escape(h) for h in sorted(hints)), re.IGNORECASE)
+
+    def __call__(self, text: str, secrets: Iterable[str] = ()) -> str:
+        if not text:
+            return text
+        for secret in secrets:
+            if secret and len(secret) >= 4 and secret in text:
+                text = text.replace(secret, REDACTED)
+        if self.any_hint.search(text):
+            lowered = text.lower()
+            for pattern, replacement, hints in self.secret:
+                if any(hint in lowered for hint in hints):
+                    text = pattern.sub(replacement, text)
+        if self.email is not None and "@" in text:
+            text = self.email.sub("[REDACTED:email]", text)
+        if self.card is not None and len(text) >= 13 and sum(map(text.count, "0123456789")) >= 13:
+            text = self.card.sub(_card_sub, text)
+        for pattern in self.configured:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+
 @lru_cache(maxsize=8)
-def _compiled(emails: bool, cards: bool, extra: tuple[str, ...]) -> tuple:
-    secret = [(re.compile(p), r, hints) for p, r, hints in _SECRET_PATTERNS]
-    configured = [re.compile(p) for p in extra]
-    return (secret, re.compile(_EMAIL) if emails else None, re.compile(_CARD) if cards else None, configured)
+def _redactor(emails: bool, cards: bool, extra: tuple[str, ...]) -> Redactor:
+    return Redactor(emails=emails, cards=cards, extra=extra)
+
+
+def redactor() -> Redactor:
+    """The redactor for the current settings (look it up once per event, not per field)."""
+    return _redactor(settings.TOLLGATE_AUDIT_REDACT_EMAILS, settings.TOLLGATE_AUDIT_REDACT_CARDS,
+                     tuple(settings.TOLLGATE_AUDIT_REDACT_PATTERNS))
 
 
 def _card_sub(match: re.Match) -> str:
@@ -57,37 +93,17 @@ def _card_sub(match: re.Match) -> str:
 
 def redact(text: str, *, secrets: Iterable[str] = ()) -> str:
     """`text` with secrets and the configured patterns replaced by markers."""
-    if not text:
-        return text
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    secret_patterns, email, card, configured = _compiled(
-        settings.TOLLGATE_AUDIT_REDACT_EMAILS,
-        settings.TOLLGATE_AUDIT_REDACT_CARDS,
-        tuple(settings.TOLLGATE_AUDIT_REDACT_PATTERNS),
-    )
-    lowered = text.lower()
-    for pattern, replacement, hints in secret_patterns:
-        if any(hint in lowered for hint in hints):
-            text = pattern.sub(replacement, text)
-    if email is not None and "@" in text:
-        text = email.sub("[REDACTED:email]", text)
-    if card is not None and sum(map(text.count, "0123456789")) >= 13:
-        text = card.sub(_card_sub, text)
-    for pattern in configured:
-        text = pattern.sub(REDACTED, text)
-    return text
+    return redactor()(text, secrets)
 
 
-def redact_cut(text: str, *, limit: int, secrets: Iterable[str] = ()) -> str:
+def redact_cut(text: str, *, limit: int, secrets: Iterable[str] = (), using: Redactor | None = None) -> str:
     """Redact, then cut to `limit` characters (marking the cut)."""
     if limit <= 0 or not text:
         return ""
     # Redacting megabytes that will be cut anyway is waste; the margin keeps a
     # secret that straddles the limit whole, so it is redacted before the cut.
     was_cut = len(text) > limit + 1024
-    text = redact(text[: limit + 1024], secrets=secrets)
+    text = (using or redactor())(text[: limit + 1024], secrets)
     if was_cut or len(text) > limit:
         return text[:limit] + "…[cut]"
     return text
