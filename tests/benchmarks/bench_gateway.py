@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks.streamclient import many_streams  # noqa: E402
-from tests.servers import free_port, wait_until_up  # noqa: E402
+from tests.servers import free_port, gateway_command, wait_until_up  # noqa: E402
 
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say something short."}],
                    "max_tokens": 64}).encode()
@@ -222,9 +222,8 @@ def main() -> None:
     sandbox = subprocess.Popen([python, "manage.py", "sandbox_provider", "--port", str(sandbox_port),
                                 "--log-level", "warning"], cwd=ROOT, env=env,
                                stdout=open(logs / "sandbox.log", "wb"), stderr=subprocess.STDOUT)
-    gateway = subprocess.Popen([python, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker",
-                                "-w", str(args.workers), "-b", f"127.0.0.1:{gateway_port}", "--backlog", "8192",
-                                "--graceful-timeout", "5", "gateway_site.asgi:application"],
+    # The production start (the Procfile's web command), as the e2e tests run it.
+    gateway = subprocess.Popen([*gateway_command(gateway_port, args.workers), "--backlog", "8192"],
                                cwd=ROOT, env=env, stdout=open(logs / "gateway.log", "wb"),
                                stderr=subprocess.STDOUT)
     report: dict = {"machine": {"cores": os.cpu_count()}, "workers": args.workers, "seconds": args.seconds}
