@@ -225,3 +225,21 @@ def test_no_secret_appears_in_any_stored_field(personas, demo_route, faulty, mon
         assert secret not in stored
         assert secret[5:25] not in stored, "no long piece of a secret either"
     assert "[REDACTED:gateway-key]" in stored and "[REDACTED:provider-key]" in stored
+
+
+def test_a_stream_releases_its_terminal_event_only_after_the_audit_event_is_stored(personas, demo_route):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    seen: list[tuple[bool, bool]] = []
+
+    async def stream() -> None:
+        response = await AsyncClient().post(
+            "/v1/chat/completions", data=orjson.dumps({**HELLO, "stream": True}), content_type="application/json",
+            headers={"Authorization": f"Bearer {personas.alice_key}"})
+        async for chunk in response.streaming_content:
+            seen.append((b"[DONE]" in chunk, await AuditEvent.objects.aexists()))
+
+    async_to_sync(stream)()
+    assert seen[-1] == (True, True), "the terminal event comes after the audit event"
+    assert not any(stored for done, stored in seen[:-1]), "the event is written when the stream ends"
