@@ -66,6 +66,36 @@ def key_revoke(*, key: ApiKey) -> ApiKey:
     return key
 
 
+@transaction.atomic
+def key_rotate(*, key: ApiKey, grace_seconds: int = 86400) -> IssuedKey:
+    """Issue a successor of `key` and let `key` expire after `grace_seconds` (at once when 0).
+
+    The successor keeps the key's consumer, name, expiry and allowed routes, and gets
+    copies of the key's own budgets and rate limits (the old key keeps its own, which
+    limit it for the rest of the grace period). A revoked key cannot be rotated.
+    """
+    from budgets.models import Budget, RateLimit
+
+    if grace_seconds < 0:
+        raise ValueError("grace_seconds must be 0 or more")
+    key = ApiKey.objects.select_for_update().select_related("consumer").get(pk=key.pk)
+    if key.revoked_at is not None:
+        raise ValueError(f"Key {key.prefix}… is revoked; issue a new key instead.")
+    issued = key_issue(consumer=key.consumer, name=key.name, expires_at=key.expires_at,
+                       allowed_routes=key.allowed_routes)
+    for budget in Budget.objects.filter(key=key):
+        budget.pk, budget.key = None, issued.key
+        budget.save()
+    for rate in RateLimit.objects.filter(key=key):
+        rate.pk, rate.key = None, issued.key
+        rate.save()
+    ends = timezone.now() + timedelta(seconds=grace_seconds)
+    if key.expires_at is None or key.expires_at > ends:
+        key.expires_at = ends
+        key.save(update_fields=["expires_at"])  # post_save invalidates the key caches
+    return issued
+
+
 def key_touch(*, key_ids: list[int], when: datetime) -> None:
     """Record last use; called at most once a minute per key, off the request path."""
     ApiKey.objects.filter(pk__in=key_ids).update(last_used_at=when)
