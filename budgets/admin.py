@@ -1,14 +1,47 @@
+"""Consumers, keys, budgets and rate limits in the admin (docs/admin.md).
+
+Keys are issued, rotated and revoked only through budgets.services, the same
+functions the admin API calls; every admin action writes Django's admin log.
+"""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Count, Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.utils.html import format_html_join
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from budgets.models import ApiKey, Budget, BudgetHistory, Consumer, ModelPrice, RateLimit, format_amount
+from budgets.models import (
+    ApiKey,
+    Budget,
+    BudgetHistory,
+    BudgetUsage,
+    Consumer,
+    ModelPrice,
+    RateLimit,
+    format_amount,
+)
 from budgets.selectors import budget_usage_report
-from budgets.services import key_issue, key_revoke
+from budgets.services import IssuedKey, key_issue, key_revoke, key_rotate
+
+
+def usage_bar(*, label: str, used: int, limit: int, metric: str) -> str:
+    """One budget as a small horizontal bar: green, orange from 80 %, red at the limit."""
+    share = used / limit if limit else 1.0
+    percent = min(100, round(share * 100))
+    colour = "#2e7d32" if share < 0.8 else "#ef6c00" if share < 1 else "#c62828"
+    return format_html(
+        '<div class="tg-usage" title="{label}: {used} of {limit}">'
+        '<span class="tg-usage-track"><span class="tg-usage-fill" style="width:{percent}%;background:{colour}">'
+        "</span></span> {label} {used} / {limit}</div>",
+        label=label, used=format_amount(metric, used), limit=format_amount(metric, limit),
+        percent=percent, colour=colour,
+    )
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -20,7 +53,7 @@ class ApiKeyInline(admin.TabularInline):
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        # Keys are issued on the API key page, which shows the plaintext once.
+        # Keys are issued by the "Issue key" button (the API key add page), which shows the plaintext once.
         return False
 
 
@@ -41,11 +74,13 @@ class RateLimitInline(admin.TabularInline):
 
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
-    list_display = ("name", "active", "key_count", "created_at")
+    list_display = ("name", "active", "key_count", "budget_usage", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "description")
     inlines = [ApiKeyInline, BudgetInline, RateLimitInline]
     readonly_fields = ("current_usage",)
+    list_per_page = 50
+    change_form_template = "admin/budgets/consumer/change_form.html"
 
     @admin.display(description="usage this period")
     def current_usage(self, obj: Consumer) -> str:
@@ -55,27 +90,98 @@ class ConsumerAdmin(admin.ModelAdmin):
         if not rows:
             return "No budgets."
         return format_html_join(
-            "\n", "<div>{} {} ({}, {} from {}): {} used, {} reserved, {} left of {}</div>",
-            ((r.owner, r.metric, r.mode, r.period, r.period_start, format_amount(r.metric, r.used),
-              format_amount(r.metric, r.reserved), format_amount(r.metric, r.remaining),
-              format_amount(r.metric, r.limit)) for r in rows),
+            "\n", "{} <div class='help'>{}, {}, {} from {}: {} reserved, {} left; resets {}</div>",
+            ((usage_bar(label=f"{r.owner} {r.metric}", used=r.used, limit=r.limit, metric=r.metric),
+              r.mode, r.period, r.timezone, r.period_start, format_amount(r.metric, r.reserved),
+              format_amount(r.metric, r.remaining), r.resets_at) for r in rows),
         )
 
     def get_queryset(self, request: HttpRequest):
-        return super().get_queryset(request).annotate(_key_count=Count("keys"))
+        consumers = super().get_queryset(request).annotate(_key_count=Count("keys", distinct=True))
+        if getattr(request, "resolver_match", None) and request.resolver_match.url_name.endswith("changelist"):
+            # Current windows only (ends_at is indexed): three queries for the whole page, whatever its size.
+            now = timezone.now()
+            current = BudgetUsage.objects.filter(starts_at__lte=now, ends_at__gt=now)
+            budgets = (Budget.objects.filter(enabled=True).order_by("id")
+                       .prefetch_related(Prefetch("usages", queryset=current, to_attr="current_usages")))
+            consumers = consumers.prefetch_related(Prefetch("budgets", queryset=budgets, to_attr="list_budgets"))
+        return consumers
 
     @admin.display(description="keys", ordering="_key_count")
     def key_count(self, obj: Consumer) -> int:
         return obj._key_count
 
+    @admin.display(description="budgets (current period, database copy)")
+    def budget_usage(self, obj: Consumer) -> str:
+        budgets = getattr(obj, "list_budgets", None)
+        if not budgets:
+            return "-"
+        return format_html_join("", "{}", (
+            (usage_bar(label=f"{b.metric}/{b.period}", metric=b.metric, limit=b.limit,
+                       used=sum(u.used for u in b.current_usages)),) for b in budgets))
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "active"), ("expired", "expired"), ("revoked", "revoked")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        return queryset
+
+
+class RotateForm(forms.Form):
+    grace_hours = forms.DecimalField(
+        min_value=0, max_value=24 * 365, initial=24, decimal_places=2,
+        help_text="How long the old key keeps working (0: it stops at once).")
+
+
+class ExpiryForm(forms.Form):
+    expires_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM (UTC); empty: never expires.",
+                                     widget=forms.DateTimeInput(attrs={"placeholder": "2030-01-31 00:00"}))
+
+
+def _issued_response(model_admin: admin.ModelAdmin, request: HttpRequest, issued: list[IssuedKey],
+                     title: str) -> HttpResponse:
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": title,
+        "opts": model_admin.opts,
+        "issued": issued,
+        # The single-key page keeps its old names.
+        "key": issued[0].key if issued else None,
+        "plaintext": issued[0].plaintext if issued else None,
+    }
+    response = TemplateResponse(request, "admin/budgets/apikey/issued.html", context)
+    # The page holds secrets: never cache it anywhere.
+    response["Cache-Control"] = "no-store"
+    return response
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "consumer", "name", "status", "created_at", "expires_at", "last_used_at")
-    list_filter = ("consumer",)
+    list_display = ("prefix", "consumer", "name", "status_badge", "created_at", "expires_at", "last_used_at")
+    list_filter = (StatusFilter, "created_at", "last_used_at")
     list_select_related = ("consumer",)
-    search_fields = ("prefix", "name", "consumer__name")
-    actions = ["revoke_keys"]
+    search_fields = ("=prefix", "name", "consumer__name")
+    autocomplete_fields = ("consumer",)
+    actions = ["revoke_keys", "rotate_keys", "set_expiry"]
+    list_per_page = 100
+
+    @admin.display(description="status")
+    def status_badge(self, obj: ApiKey) -> str:
+        status = obj.status
+        colour = {"active": "#2e7d32", "expired": "#757575", "revoked": "#c62828"}[status]
+        return format_html('<strong style="color:{}">{}</strong>', colour, status)
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None):
         if obj is None:
@@ -103,46 +209,91 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.digest = issued.key.digest
         obj.created_at = issued.key.created_at
         # Kept on the request only, to be shown once by response_add.
-        request._tollgate_issued_key = issued.plaintext  # type: ignore[attr-defined]
+        request._tollgate_issued_key = issued  # type: ignore[attr-defined]
 
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue=None) -> HttpResponse:
-        plaintext = getattr(request, "_tollgate_issued_key", None)
-        if plaintext is None:
+        issued = getattr(request, "_tollgate_issued_key", None)
+        if issued is None:
             return super().response_add(request, obj, post_url_continue)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "API key issued",
-            "opts": self.opts,
-            "key": obj,
-            "plaintext": plaintext,
-        }
-        response = TemplateResponse(request, "admin/budgets/apikey/issued.html", context)
-        # The page holds a secret: never cache it anywhere.
-        response["Cache-Control"] = "no-store"
-        return response
+        return _issued_response(self, request, [issued], "API key issued")
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset) -> None:
         count = 0
-        for key in queryset:
+        for key in queryset.select_related("consumer"):
             if key.revoked_at is None:
                 key_revoke(key=key)
+                self.log_change(request, key, "Revoked.")
                 count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+    def _action_form(self, request: HttpRequest, queryset, form, action: str, title: str, button: str):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "form": form,
+            "keys": queryset,
+            "action": action,
+            "button": button,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/budgets/apikey/action_form.html", context)
+
+    @admin.action(description="Rotate selected keys (new key, old one valid for a grace period)",
+                  permissions=["change"])
+    def rotate_keys(self, request: HttpRequest, queryset):
+        form = RotateForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return self._action_form(request, queryset, form, "rotate_keys", "Rotate keys", "Rotate")
+        grace = int(form.cleaned_data["grace_hours"] * 3600)
+        issued: list[IssuedKey] = []
+        for key in queryset.select_related("consumer"):
+            if key.revoked_at is not None:
+                self.message_user(request, f"{key.prefix}… is revoked: not rotated.", messages.WARNING)
+                continue
+            new = key_rotate(key=key, grace_seconds=grace)
+            key.refresh_from_db(fields=["expires_at"])
+            self.log_change(request, key, f"Rotated: replaced by {new.key.prefix}…, expires {key.expires_at}.")
+            self.log_addition(request, new.key, f"Issued by rotating {key.prefix}….")
+            issued.append(new)
+        if not issued:
+            return None
+        return _issued_response(self, request, issued, "API keys rotated")
+
+    @admin.action(description="Set expiry of selected keys", permissions=["change"])
+    def set_expiry(self, request: HttpRequest, queryset):
+        form = ExpiryForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            form.initial.setdefault("expires_at", (timezone.now() + timedelta(days=90)).replace(microsecond=0))
+            return self._action_form(request, queryset, form, "set_expiry", "Set key expiry", "Set expiry")
+        expires_at = form.cleaned_data["expires_at"]
+        count = 0
+        for key in queryset.select_related("consumer"):
+            key.expires_at = expires_at
+            key.save(update_fields=["expires_at"])  # post_save invalidates the key caches
+            self.log_change(request, key, f"Expiry set to {expires_at or 'never'}.")
+            count += 1
+        self.message_user(request, f"Set the expiry of {count} key(s).", messages.SUCCESS)
+        return None
 
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     list_display = ("__str__", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "enabled")
     list_filter = ("metric", "period", "mode", "enabled")
-    list_select_related = ("consumer", "key")
+    list_select_related = ("consumer", "key__consumer")
+    search_fields = ("consumer__name", "key__prefix")
+    autocomplete_fields = ("consumer",)
     raw_id_fields = ("key",)
 
 
 @admin.register(RateLimit)
 class RateLimitAdmin(admin.ModelAdmin):
     list_display = ("__str__", "consumer", "key", "rejected_code", "enabled")
-    list_select_related = ("consumer", "key")
+    list_select_related = ("consumer", "key__consumer")
+    search_fields = ("consumer__name", "key__prefix")
+    autocomplete_fields = ("consumer",)
     raw_id_fields = ("key",)
 
 

@@ -1,13 +1,24 @@
-"""The admin REST API under /api/admin/ (issue #6 registers its viewsets on the same router)."""
+"""The admin REST API under /api/admin/ (docs/admin.md)."""
 from __future__ import annotations
 
 from rest_framework.routers import DefaultRouter
 
+import gateway_site.api_schema  # noqa: F401 -- registers the audit views' OpenAPI descriptions
 from audit.api import AuditEventViewSet
+from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet, UsageViewSet
+from proxy.api import DeploymentViewSet, ModelRouteViewSet, ProviderViewSet
 
 router = DefaultRouter()
 # Accept every path with or without its trailing slash (`/api/admin/audit-events/export?...`).
 router.trailing_slash = "/?"
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
+router.register("consumers", ConsumerViewSet, basename="consumer")
+router.register("keys", ApiKeyViewSet, basename="key")
+router.register("budgets", BudgetViewSet, basename="budget")
+router.register("rate-limits", RateLimitViewSet, basename="rate-limit")
+router.register("providers", ProviderViewSet, basename="provider")
+router.register("routes", ModelRouteViewSet, basename="route")
+router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("usage", UsageViewSet, basename="usage")
 
 urlpatterns = router.urls

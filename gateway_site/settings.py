@@ -303,3 +303,28 @@ CELERY_BEAT_SCHEDULE["ops-heartbeat"] = {
     "schedule": 30.0,
     "options": {"expires": 30.0},
 }
+
+# --- Admin portal and API (docs/admin.md) ---------------------------------------------
+# OpenAPI 3 schema (drf-spectacular) with Swagger UI served from the sidecar package: no CDN.
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK.update({
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Errors as {"error": {"message", "code", "fields"}}; bad input is a 400 naming the field.
+    "EXCEPTION_HANDLER": "gateway_site.api_errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "gateway_site.api_errors.Pagination",
+    "PAGE_SIZE": 100,
+})
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tollgate admin API",
+    "DESCRIPTION": "Consumers, keys, budgets, rate limits, providers, routes, deployments, usage and the "
+                   "audit log. Authenticate with `Authorization: Token <token>` (manage.py drf_create_token).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs, like the API, are for staff (token or admin session).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/admin/",
+}

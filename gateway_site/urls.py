@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from gateway_site import admin_health, health, metrics
+from gateway_site import admin_health, dashboard, health, metrics
 from proxy import views as proxy_views
 from proxy.recording import recorded_view
 
@@ -17,6 +18,10 @@ urlpatterns = [
     path("v1/models/<path:model>", recorded_view("models.retrieve")(proxy_views.model_detail)),
     re_path(r"^v1/(?P<rest>.*)$", recorded_view("unknown")(proxy_views.not_found)),
     path("api/admin/", include("gateway_site.api_urls")),
+    # OpenAPI 3 schema of the admin API and its browsable docs (Swagger UI from drf-spectacular-sidecar).
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/gateway-health/", admin.site.admin_view(admin_health.health_view), name="gateway-health"),
+    path("admin/dashboard/", admin.site.admin_view(dashboard.dashboard_view), name="gateway-dashboard"),
     path("admin/", admin.site.urls),
 ]

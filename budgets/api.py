@@ -1,0 +1,315 @@
+"""Consumers, keys, budgets, rate limits and usage in the admin REST API (docs/admin.md).
+
+Writes go through the same services as the admin (key_issue, key_revoke, key_rotate);
+serializers run the models' own validation, so bad input is a 400 naming the field.
+"""
+from __future__ import annotations
+
+import copy
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from audit.permissions import IsAuditReader
+from budgets.models import ApiKey, Budget, Consumer, RateLimit
+from budgets.selectors import budget_usage_report
+from budgets.services import key_issue, key_revoke, key_rotate
+from gateway_site.api_errors import ModelPermissions
+
+MAX_GRACE_SECONDS = 365 * 86400
+
+
+class ModelValidationMixin:
+    """Run the model's clean() and constraints, so what the database would refuse is a 400, not a 500."""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
+        for name, value in attrs.items():
+            setattr(instance, name, value)
+        try:
+            instance.clean()
+            instance.validate_constraints()
+        except DjangoValidationError as exc:
+            raise ValidationError(serializers.as_serializer_error(exc)) from None
+        return attrs
+
+
+def _query_int(request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise ValidationError({name: ["Must be a whole number (an id)."]})
+    return int(value)
+
+
+# --- Consumers ----------------------------------------------------------------------------
+
+
+class ConsumerSerializer(ModelValidationMixin, serializers.ModelSerializer):
+    key_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Consumer
+        fields = ["id", "name", "description", "active", "key_count", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def get_key_count(self, consumer: Consumer) -> int:
+        count = getattr(consumer, "_key_count", None)
+        return consumer.keys.count() if count is None else count
+
+
+class BudgetUsageSerializer(serializers.Serializer):
+    budget_id = serializers.IntegerField()
+    owner = serializers.CharField()
+    metric = serializers.CharField()
+    mode = serializers.CharField()
+    period = serializers.CharField()
+    timezone = serializers.CharField()
+    period_start = serializers.DateField()
+    resets_at = serializers.DateTimeField()
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    reserved = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+
+
+class ConsumerViewSet(viewsets.ModelViewSet):
+    """Consumers: who calls the gateway. `?search=` filters by name; deleting one deletes its keys and budgets."""
+
+    serializer_class = ConsumerSerializer
+    permission_classes = [ModelPermissions]
+    queryset = Consumer.objects.all()
+
+    def get_queryset(self):
+        consumers = Consumer.objects.annotate(_key_count=Count("keys")).order_by("name")
+        search = self.request.query_params.get("search")
+        if search:
+            consumers = consumers.filter(name__icontains=search)
+        return consumers
+
+    @extend_schema(parameters=[OpenApiParameter("search", str, description="Part of the name.")])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(responses=BudgetUsageSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def usage(self, request, pk=None):
+        """Each budget of the consumer and its keys in the current period: limit, used, reserved, remaining."""
+        rows = budget_usage_report(consumer=self.get_object())
+        return Response(BudgetUsageSerializer(rows, many=True).data)
+
+
+# --- Keys ---------------------------------------------------------------------------------
+
+
+class ApiKeySerializer(ModelValidationMixin, serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True)
+    allowed_routes = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
+                                           max_length=1000, help_text="Route names; empty: every route.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "consumer", "name", "prefix", "status", "created_at", "expires_at", "revoked_at",
+                  "last_used_at", "allowed_routes"]
+        read_only_fields = ["consumer", "prefix", "created_at", "revoked_at", "last_used_at"]
+
+
+class ApiKeyIssueSerializer(serializers.Serializer):
+    consumer = serializers.PrimaryKeyRelatedField(queryset=Consumer.objects.all())
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_in_days = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                               max_value=36500)
+    allowed_routes = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
+                                           default=list, max_length=1000)
+
+    def validate(self, attrs):
+        if attrs.get("expires_at") and attrs.get("expires_in_days"):
+            raise ValidationError({"expires_in_days": ["Give expires_at or expires_in_days, not both."]})
+        return attrs
+
+
+class ApiKeyIssuedSerializer(ApiKeySerializer):
+    plaintext = serializers.CharField(read_only=True, help_text="The key itself: shown in this answer only.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "plaintext"]
+
+
+class RotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(min_value=0, max_value=MAX_GRACE_SECONDS, default=86400,
+                                             help_text="How long the old key keeps working.")
+
+
+def _issued_data(issued) -> dict:
+    issued.key.plaintext = issued.plaintext
+    return ApiKeyIssuedSerializer(issued.key).data
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("consumer", int, description="Only this consumer's keys (its id)."),
+    OpenApiParameter("status", str, enum=["active", "expired", "revoked"]),
+])
+class ApiKeyViewSet(viewsets.ModelViewSet):
+    """Gateway keys. Issuing one (POST) answers with its plaintext, once; only a digest is kept."""
+
+    serializer_class = ApiKeySerializer
+    permission_classes = [ModelPermissions]
+    queryset = ApiKey.objects.all()
+
+    def get_queryset(self):
+        from django.utils import timezone
+
+        keys = ApiKey.objects.select_related("consumer").order_by("consumer__name", "-created_at", "id")
+        consumer = _query_int(self.request, "consumer")
+        if consumer is not None:
+            keys = keys.filter(consumer_id=consumer)
+        wanted = self.request.query_params.get("status")
+        now = timezone.now()
+        if wanted == "revoked":
+            keys = keys.filter(revoked_at__isnull=False)
+        elif wanted == "expired":
+            keys = keys.filter(revoked_at__isnull=True, expires_at__lte=now)
+        elif wanted == "active":
+            keys = keys.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        elif wanted:
+            raise ValidationError({"status": ["Use active, expired or revoked."]})
+        return keys
+
+    @extend_schema(request=ApiKeyIssueSerializer, responses={201: ApiKeyIssuedSerializer})
+    def create(self, request, *args, **kwargs):
+        form = ApiKeyIssueSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        issued = key_issue(**form.validated_data)
+        return Response(_issued_data(issued), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ApiKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        """Revoke the key now (idempotent)."""
+        key = key_revoke(key=self.get_object())
+        return Response(ApiKeySerializer(key).data)
+
+    @extend_schema(request=RotateSerializer, responses={201: inline_serializer("RotatedKey", {
+        "key": ApiKeyIssuedSerializer(), "previous": ApiKeySerializer()})})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, pk=None):
+        """Issue a successor (plaintext in this answer only); the old key expires after grace_seconds."""
+        form = RotateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        key = self.get_object()
+        if key.revoked_at is not None:
+            raise ValidationError({"key": [f"Key {key.prefix}… is revoked; issue a new key instead."]})
+        issued = key_rotate(key=key, grace_seconds=form.validated_data["grace_seconds"])
+        key.refresh_from_db()
+        return Response({"key": _issued_data(issued), "previous": ApiKeySerializer(key).data},
+                        status=status.HTTP_201_CREATED)
+
+
+# --- Budgets and rate limits --------------------------------------------------------------
+
+
+class BudgetSerializer(ModelValidationMixin, serializers.ModelSerializer):
+    class Meta:
+        model = Budget
+        fields = ["id", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "alert_at_percent",
+                  "alert_email", "alert_webhook", "enabled", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class RateLimitSerializer(ModelValidationMixin, serializers.ModelSerializer):
+    class Meta:
+        model = RateLimit
+        fields = ["id", "consumer", "key", "requests", "tokens", "window_seconds", "rejected_code", "rejected_msg",
+                  "enabled"]
+
+
+_OWNER_FILTERS = [
+    OpenApiParameter("consumer", int, description="Only this consumer's (its id)."),
+    OpenApiParameter("key", int, description="Only this key's (its id)."),
+]
+
+
+class _OwnedViewSet(viewsets.ModelViewSet):
+    permission_classes = [ModelPermissions]
+
+    def get_queryset(self):
+        rows = self.queryset.select_related("consumer", "key__consumer").order_by("id")
+        for name in ("consumer", "key"):
+            value = _query_int(self.request, name)
+            if value is not None:
+                rows = rows.filter(**{f"{name}_id": value})
+        return rows
+
+
+@extend_schema(parameters=_OWNER_FILTERS)
+class BudgetViewSet(_OwnedViewSet):
+    """Budgets: tokens, requests or cost (micro-dollars) per day, week or month, of a consumer or one key."""
+
+    serializer_class = BudgetSerializer
+    queryset = Budget.objects.all()
+
+
+@extend_schema(parameters=_OWNER_FILTERS)
+class RateLimitViewSet(_OwnedViewSet):
+    """Rate limits: requests or tokens per window of seconds, of a consumer or one key."""
+
+    serializer_class = RateLimitSerializer
+    queryset = RateLimit.objects.all()
+
+
+# --- Usage summaries (from the audit log, as the dashboard) -------------------------------
+
+
+class DaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    requests = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    failovers = serializers.IntegerField()
+
+
+class TopSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    requests = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    errors = serializers.IntegerField()
+
+
+class UsageSummarySerializer(serializers.Serializer):
+    since = serializers.DateField()
+    until = serializers.DateField()
+    totals = DaySerializer()
+    days = DaySerializer(many=True)
+    consumers = TopSerializer(many=True)
+    models = TopSerializer(many=True)
+    providers = TopSerializer(many=True)
+
+
+class UsageViewSet(viewsets.ViewSet):
+    """Requests, tokens, cost, errors and failovers per UTC day, and the top consumers, models and providers."""
+
+    permission_classes = [IsAuditReader]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", int, description="1 to 90 (default 30)."),
+                    OpenApiParameter("consumer", str, description="Only this consumer (its name).")],
+        responses=UsageSummarySerializer,
+    )
+    def list(self, request):
+        from gateway_site.dashboard import usage_summary
+
+        days = _query_int(request, "days") or 30
+        if not 1 <= days <= 90:
+            raise ValidationError({"days": ["From 1 to 90."]})
+        consumer = request.query_params.get("consumer") or None
+        return Response(UsageSummarySerializer(usage_summary(days=days, consumer=consumer)).data)

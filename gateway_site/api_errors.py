@@ -1,0 +1,93 @@
+"""The admin API's shared pieces: one error shape, one pagination, one permission rule (docs/admin.md).
+
+Every error body has `{"error": {"message", "code"}}`. A 400 for bad input also
+keeps DRF's per-field lists at the top level (`{"limit": ["..."]}`), and its
+message names the field(s): `limit: Ensure this value is greater than or equal to 0.`
+"""
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.db.models import ProtectedError, RestrictedError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import DjangoModelPermissions
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger("tollgate.api")
+
+
+class Pagination(PageNumberPagination):
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class ModelPermissions(DjangoModelPermissions):
+    """The admin's permissions (the groups' model permissions), including view_ for reads."""
+
+    perms_map = {
+        **DjangoModelPermissions.perms_map,
+        "GET": ["%(app_label)s.view_%(model_name)s"],
+        "HEAD": ["%(app_label)s.view_%(model_name)s"],
+        "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
+    }
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff
+                    and super().has_permission(request, view))
+
+
+def _first_message(value) -> str:
+    while isinstance(value, (list, dict)):
+        if not value:
+            return ""
+        value = value[0] if isinstance(value, list) else next(iter(value.values()))
+    return str(value)
+
+
+def _field_summary(data) -> str:
+    if isinstance(data, dict):
+        parts = []
+        for name, value in data.items():
+            message = _first_message(value)
+            parts.append(message if name in ("non_field_errors", "__all__") else f"{name}: {message}")
+        return "; ".join(parts) or "Invalid input."
+    return _first_message(data) or "Invalid input."
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    elif isinstance(exc, (ProtectedError, RestrictedError)):
+        names = sorted({str(o) for o in exc.protected_objects if o is not None}
+                       if isinstance(exc, ProtectedError) else set())[:5]
+        message = "It is still in use" + (f" by: {', '.join(names)}" if names else "") + "; remove those first."
+        return Response({"error": {"message": message, "code": "protected"}}, status=status.HTTP_409_CONFLICT)
+    elif isinstance(exc, IntegrityError):
+        return Response({"error": {"message": f"Conflicts with existing data: {exc}".strip(), "code": "conflict"}},
+                        status=status.HTTP_409_CONFLICT)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is None:
+        logger.exception("admin API error", exc_info=exc)
+        return Response({"error": {"message": "Internal error; it has been logged.", "code": "server_error"}},
+                        status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    if isinstance(exc, exceptions.ValidationError):
+        data = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        response.data = {"error": {"message": _field_summary(data), "code": "invalid"}, **data}
+    else:
+        detail = response.data.get("detail") if isinstance(response.data, dict) else response.data
+        code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
+        response.data = {"error": {"message": str(detail), "code": str(code)}, "detail": str(detail)}
+    return response

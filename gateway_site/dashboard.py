@@ -1,0 +1,299 @@
+"""The admin's usage dashboard: 30 days of audit events as server-drawn SVG charts (docs/admin.md).
+
+Each chart is one aggregate query (a single GROUP BY) over the audit log's time
+index; closed days never change, so their numbers are kept in the shared cache
+and only today is counted again on each load (see `usage_summary`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.contrib import admin
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, F, FloatField, Q, Sum
+from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from audit.models import AuditEvent
+from audit.permissions import is_audit_reader
+
+logger = logging.getLogger(__name__)
+
+DAYS = 30
+TOP = 8
+PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#9e9d24", "#5d4037", "#9e9e9e")
+_ERROR = Q(status__gte=400) | Q(status__isnull=True) | ~Q(error_class="")
+_TOKENS = Coalesce(F("prompt_tokens"), 0) + Coalesce(F("completion_tokens"), 0)
+
+
+@dataclass
+class Day:
+    day: date
+    requests: int = 0
+    tokens: int = 0
+    cost_micros: int = 0
+    errors: int = 0
+    failovers: int = 0
+
+
+@dataclass
+class Summary:
+    since: date
+    until: date  # inclusive
+    days: list[Day]
+    consumers: list[dict]  # top consumers over the period: name, requests, tokens, cost_micros
+    consumer_days: dict[str, list[int]]  # tokens per day of each top consumer (and "others")
+    models: list[dict]
+    providers: list[dict]
+    nearest_budgets: list[dict] = field(default_factory=list)
+
+    @property
+    def totals(self) -> Day:
+        total = Day(self.until)
+        for d in self.days:
+            total.requests += d.requests
+            total.tokens += d.tokens
+            total.cost_micros += d.cost_micros
+            total.errors += d.errors
+            total.failovers += d.failovers
+        return total
+
+
+def _bounds(days: int, now: datetime) -> tuple[date, date, datetime]:
+    until = now.astimezone(UTC).date()
+    since = until - timedelta(days=days - 1)
+    return since, until, datetime.combine(since, time.min, tzinfo=UTC)
+
+
+def _events(start: datetime, consumer: str | None):
+    events = AuditEvent.objects.filter(time__gte=start)
+    return events.filter(consumer_name=consumer) if consumer else events
+
+
+def _daily(start: datetime, consumer: str | None) -> dict[date, Day]:
+    rows = (_events(start, consumer).annotate(day=TruncDate("time", tzinfo=UTC)).values("day")
+            .annotate(requests=Count("seq"), tokens=Sum(_TOKENS), cost_micros=Sum("cost_micros"),
+                      errors=Count("seq", filter=_ERROR), failovers=Count("seq", filter=Q(attempts__gt=1)))
+            .order_by())
+    return {r["day"]: Day(r["day"], r["requests"], r["tokens"] or 0, r["cost_micros"] or 0, r["errors"],
+                          r["failovers"]) for r in rows}
+
+
+def _top(start: datetime, consumer: str | None, column: str, limit: int) -> list[dict]:
+    rows = (_events(start, consumer).values(column)
+            .annotate(requests=Count("seq"), tokens=Sum(_TOKENS), cost_micros=Sum("cost_micros"),
+                      errors=Count("seq", filter=_ERROR))
+            .order_by("-tokens", "-requests", column)[:limit])
+    return [{"name": r[column] or "(none)", "requests": r["requests"], "tokens": r["tokens"] or 0,
+             "cost_micros": r["cost_micros"] or 0, "cost_usd": (r["cost_micros"] or 0) / 1e6,
+             "errors": r["errors"]} for r in rows]
+
+
+def _consumer_days(start: datetime, names: list[str]) -> dict[tuple[str, date], int]:
+    rows = (AuditEvent.objects.filter(time__gte=start, consumer_name__in=names)
+            .annotate(day=TruncDate("time", tzinfo=UTC))
+            .values("day", "consumer_name").annotate(tokens=Sum(_TOKENS)).order_by())
+    return {(r["consumer_name"], r["day"]): r["tokens"] or 0 for r in rows}
+
+
+def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dict]:
+    """Budgets in their current window, by share used (database copy), highest first."""
+    from budgets.models import BudgetUsage, format_amount
+
+    now = now or timezone.now()
+    rows = (BudgetUsage.objects.filter(starts_at__lte=now, ends_at__gt=now, budget__enabled=True,
+                                       budget__limit__gt=0)
+            .annotate(share=Cast(F("used"), FloatField()) / Cast(F("budget__limit"), FloatField()))
+            .select_related("budget__consumer", "budget__key__consumer")
+            .order_by("-share")[:limit])
+    result = []
+    for usage in rows:
+        budget = usage.budget
+        owner = budget.consumer or (budget.key.consumer if budget.key_id else None)
+        result.append({
+            "consumer": owner.name if owner else "?", "consumer_id": owner.pk if owner else None,
+            "scope": f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            "metric": budget.metric, "period": budget.period, "used": usage.used, "limit": budget.limit,
+            "percent": round(100 * usage.used / budget.limit, 1),
+            "used_display": format_amount(budget.metric, usage.used),
+            "limit_display": format_amount(budget.metric, budget.limit),
+        })
+    return result
+
+
+def usage_summary(*, days: int = DAYS, consumer: str | None = None, now: datetime | None = None) -> Summary:
+    """Requests, tokens, cost, errors and failovers per day (UTC) and the top consumers, models, providers."""
+    now = now or timezone.now()
+    since, until, start = _bounds(days, now)
+    daily = _daily(start, consumer)
+    day_list = [daily.get(since + timedelta(days=i)) or Day(since + timedelta(days=i)) for i in range(days)]
+    consumers = [] if consumer else _top(start, None, "consumer_name", TOP)
+    consumer_days: dict[str, list[int]] = {}
+    if consumers:
+        per_day = _consumer_days(start, [c["name"] for c in consumers if c["name"] != "(none)"])
+        for c in consumers:
+            consumer_days[c["name"]] = [per_day.get((c["name"], d.day), 0) for d in day_list]
+        named = [sum(values[i] for values in consumer_days.values()) for i in range(days)]
+        others = [max(0, d.tokens - named[i]) for i, d in enumerate(day_list)]
+        if any(others):
+            consumer_days["others"] = others
+    return Summary(
+        since=since, until=until, days=day_list, consumers=consumers, consumer_days=consumer_days,
+        models=_top(start, consumer, "upstream_model", TOP), providers=_top(start, consumer, "provider", TOP),
+        nearest_budgets=[] if consumer else nearest_budgets(now=now),
+    )
+
+
+def cached_usage_summary(*, days: int = DAYS, consumer: str | None = None, max_age: int = 30) -> Summary:
+    """usage_summary, kept `max_age` seconds in the shared cache (several admins, one computation)."""
+    key = f"dashboard:v1:{days}:{consumer or ''}"
+    try:
+        summary = cache.get(key)
+    except Exception:
+        summary = None
+    if summary is None:
+        summary = usage_summary(days=days, consumer=consumer)
+        try:
+            cache.set(key, summary, timeout=max_age)
+        except Exception:
+            logger.warning("could not cache the dashboard", exc_info=True)
+    return summary
+
+
+# --- SVG, drawn here so that nothing is loaded from elsewhere ------------------------------
+
+
+def _fmt(value: float) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.1f}".rstrip("0").rstrip(".") + suffix
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value)}"
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return step * magnitude
+    return value
+
+
+def svg_columns(title: str, labels: list[str], series: dict[str, list[float]], *, stacked: bool = True,
+                width: int = 560, height: int = 220, unit: str = "") -> SafeString:
+    """A column chart (stacked series per label), with an axis, a legend and a tooltip per column."""
+    left, right, top, bottom = 48, 8, 24, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    names = list(series)
+    totals = [sum(series[n][i] for n in names) for i in range(len(labels))] if stacked else \
+        [max((series[n][i] for n in names), default=0) for i in range(len(labels))]
+    peak = _nice_max(max(totals, default=0))
+    slot = plot_w / max(1, len(labels))
+    bar_w = max(1.0, slot * (0.8 if stacked else 0.8 / max(1, len(names))))
+    parts = [f'<svg class="tg-chart" role="img" aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg" '
+             f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMinYMin meet">',
+             f'<text x="{left}" y="14" class="tg-chart-title">{escape(title)}</text>']
+    for i in range(5):
+        y = top + plot_h - plot_h * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="tg-grid"/>'
+                     f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="tg-axis">'
+                     f'{_fmt(peak * i / 4)}{escape(unit)}</text>')
+    for i, label in enumerate(labels):
+        x0 = left + slot * i + slot * 0.1
+        base = 0.0
+        for n, name in enumerate(names):
+            value = series[name][i]
+            if value <= 0:
+                continue
+            h = plot_h * value / peak
+            x = x0 if stacked else x0 + n * bar_w
+            y = top + plot_h - (base + h if stacked else h)
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                         f'fill="{PALETTE[n % len(PALETTE)]}"><title>{escape(label)} {escape(name)}: '
+                         f'{_fmt(value)}{escape(unit)}</title></rect>')
+            if stacked:
+                base += h
+        if i % max(1, len(labels) // 6) == 0:
+            parts.append(f'<text x="{x0 + bar_w / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle" '
+                         f'class="tg-axis">{escape(label)}</text>')
+    if len(names) > 1:
+        x = left
+        for n, name in enumerate(names):
+            parts.append(f'<rect x="{x}" y="{height - 12}" width="10" height="10" '
+                         f'fill="{PALETTE[n % len(PALETTE)]}"/><text x="{x + 14}" y="{height - 3}" '
+                         f'class="tg-axis">{escape(name[:18])}</text>')
+            x += 22 + 7 * min(18, len(name))
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- every label above is escaped
+
+
+def svg_bars(title: str, items: list[tuple[str, float, str]], *, width: int = 560) -> SafeString:
+    """Horizontal bars: (label, value, value as text) per row, longest first."""
+    row_h, label_w = 22, 170
+    height = 24 + row_h * max(1, len(items))
+    peak = max((v for _, v, _ in items), default=0) or 1
+    parts = [f'<svg class="tg-chart" role="img" aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg" '
+             f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMinYMin meet">',
+             f'<text x="0" y="14" class="tg-chart-title">{escape(title)}</text>']
+    if not items:
+        parts.append('<text x="0" y="38" class="tg-axis">No requests in the period.</text>')
+    for i, (label, value, text) in enumerate(items):
+        y = 24 + i * row_h
+        w = (width - label_w - 90) * value / peak
+        parts.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end" class="tg-axis">'
+                     f'{escape(label[:28])}</text><rect x="{label_w}" y="{y + 3}" width="{max(w, 1):.1f}" '
+                     f'height="{row_h - 6}" fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(label)}: '
+                     f'{escape(text)}</title></rect><text x="{label_w + w + 6:.1f}" y="{y + 14}" '
+                     f'class="tg-axis">{escape(text)}</text>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- every label above is escaped
+
+
+def _charts(summary: Summary) -> dict[str, SafeString]:
+    labels = [f"{d.day:%m-%d}" for d in summary.days]
+    return {
+        "tokens": svg_columns("Tokens per day, by consumer", labels,
+                              summary.consumer_days or {"tokens": [d.tokens for d in summary.days]}),
+        "cost": svg_columns("Cost per day (USD)", labels, {"cost": [d.cost_micros / 1e6 for d in summary.days]},
+                            unit=""),
+        "requests": svg_columns("Requests per day (errors in red)", labels, {
+            "answered": [d.requests - d.errors for d in summary.days],
+            "errors": [d.errors for d in summary.days]}),
+        "rates": svg_columns("Error and failover rate per day (%)", labels, {
+            "errors %": [100 * d.errors / d.requests if d.requests else 0 for d in summary.days],
+            "failovers %": [100 * d.failovers / d.requests if d.requests else 0 for d in summary.days]},
+            stacked=False, unit="%"),
+        "models": svg_bars("Top upstream models (tokens)", [
+            (m["name"], m["tokens"], f"{m['tokens']:,} tokens, {m['requests']:,} req") for m in summary.models]),
+        "providers": svg_bars("Top providers (requests)", [
+            (p["name"], p["requests"], f"{p['requests']:,} req, {p['errors']:,} errors") for p in summary.providers]),
+    }
+
+
+def dashboard_view(request: HttpRequest) -> HttpResponse:
+    """Sync view behind admin.site.admin_view; gateway-admin and compliance (audit readers) only."""
+    if not is_audit_reader(request.user):
+        raise PermissionDenied
+    consumer = request.GET.get("consumer") or None
+    summary = cached_usage_summary(consumer=consumer)
+    totals = summary.totals
+    context = {
+        **admin.site.each_context(request),
+        "title": f"Usage dashboard{f': {consumer}' if consumer else ''}",
+        "summary": summary,
+        "totals": totals,
+        "cost_usd": totals.cost_micros / 1e6,
+        "error_rate": 100 * totals.errors / totals.requests if totals.requests else 0.0,
+        "failover_rate": 100 * totals.failovers / totals.requests if totals.requests else 0.0,
+        "charts": _charts(summary),
+        "consumer": consumer,
+    }
+    return TemplateResponse(request, "admin/dashboard.html", context)
