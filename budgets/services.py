@@ -11,7 +11,6 @@ from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -22,6 +21,7 @@ from budgets.models import ApiKey, BudgetReservation, BudgetUsage, Consumer, for
 from budgets.periods import Window, window_at
 from budgets.selectors import BudgetRule, KeyInfo, Limits, RateRule
 from gateway_site.db import run_db
+from gateway_site.sharedcache import cache
 
 
 @dataclass(frozen=True)

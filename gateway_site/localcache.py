@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
-from django.core.cache import cache
+from gateway_site.sharedcache import cache
 
 MISSING: Any = object()
 

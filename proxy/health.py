@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from typing import Literal
 
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
+
+from gateway_site.sharedcache import cache
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ consumers:
       - {{metric: cost_usd, limit: 1000000, period: month}}
     rate_limits:
       - {{requests: 100000000, window_seconds: 60}}
-      - {{tokens: 100000000000, window_seconds: 60}}
+      - {{tokens: 2000000000, window_seconds: 60}}
 """
 
 WRK_SCRIPT = """
