@@ -1,8 +1,9 @@
 """The admin's usage dashboard: 30 days of audit events as server-drawn SVG charts (docs/admin.md).
 
-Each chart is one aggregate query (a single GROUP BY) over the audit log's time
-index; closed days never change, so their numbers are kept in the shared cache
-and only today is counted again on each load (see `usage_summary`).
+Closed days never change: each is added up once into budgets.DailyUsage (one
+GROUP BY per dimension over that day's events), so a load reads a few hundred
+rollup rows plus today's events through the audit log's time index
+(see `usage_summary`; measured in tests/admin_portal/bench_dashboard.py).
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+from celery import shared_task
 from django.contrib import admin
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, FloatField, Q, Sum
 from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.http import HttpRequest, HttpResponse
@@ -27,6 +30,8 @@ from audit.permissions import is_audit_reader
 logger = logging.getLogger(__name__)
 
 DAYS = 30
+# A day is rolled up this long after it ends, so that requests that began before midnight are in it.
+ROLLUP_DELAY = timedelta(hours=1)
 TOP = 8
 PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#9e9d24", "#5d4037", "#9e9e9e")
 _ERROR = Q(status__gte=400) | Q(status__isnull=True) | ~Q(error_class="")
@@ -69,38 +74,84 @@ class Summary:
 def _bounds(days: int, now: datetime) -> tuple[date, date, datetime]:
     until = now.astimezone(UTC).date()
     since = until - timedelta(days=days - 1)
-    return since, until, datetime.combine(since, time.min, tzinfo=UTC)
+    return since, until, _midnight(since)
 
 
-def _events(start: datetime, consumer: str | None):
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+_COLUMNS = {"total": None, "consumer": "consumer_name", "provider": "provider", "model": "upstream_model"}
+
+
+def _live(start: datetime, end: datetime | None, consumer: str | None) -> list[tuple]:
+    """(dimension, name, day, requests, tokens, cost_micros, errors, failovers) from the audit log itself."""
     events = AuditEvent.objects.filter(time__gte=start)
-    return events.filter(consumer_name=consumer) if consumer else events
+    if end is not None:
+        events = events.filter(time__lt=end)
+    if consumer:
+        events = events.filter(consumer_name=consumer)
+    events = events.annotate(day=TruncDate("time", tzinfo=UTC))
+    rows = []
+    for dimension, column in _COLUMNS.items():
+        group = ["day", column] if column else ["day"]
+        for r in (events.values(*group)
+                  .annotate(requests=Count("seq"), tokens=Sum(_TOKENS), cost_micros=Sum("cost_micros"),
+                            errors=Count("seq", filter=_ERROR), failovers=Count("seq", filter=Q(attempts__gt=1)))
+                  .order_by()):
+            rows.append((dimension, r[column] if column else "", r["day"], r["requests"], r["tokens"] or 0,
+                         r["cost_micros"] or 0, r["errors"], r["failovers"]))
+    return rows
 
 
-def _daily(start: datetime, consumer: str | None) -> dict[date, Day]:
-    rows = (_events(start, consumer).annotate(day=TruncDate("time", tzinfo=UTC)).values("day")
-            .annotate(requests=Count("seq"), tokens=Sum(_TOKENS), cost_micros=Sum("cost_micros"),
-                      errors=Count("seq", filter=_ERROR), failovers=Count("seq", filter=Q(attempts__gt=1)))
-            .order_by())
-    return {r["day"]: Day(r["day"], r["requests"], r["tokens"] or 0, r["cost_micros"] or 0, r["errors"],
-                          r["failovers"]) for r in rows}
+def usage_rollup_day(*, day: date) -> int:
+    """Add up one closed UTC day into DailyUsage (replacing what was there); returns its rows."""
+    from budgets.models import DailyUsage
+
+    rows = [DailyUsage(day=day, dimension=dim, name=(name or "")[:200], requests=req, tokens=tok, cost_micros=cost,
+                       errors=err, failovers=fail)
+            for dim, name, _, req, tok, cost, err, fail in _live(_midnight(day), _midnight(day + timedelta(days=1)),
+                                                                  None)]
+    if not any(r.dimension == "total" for r in rows):
+        rows.append(DailyUsage(day=day, dimension="total", name=""))  # marks an empty day as done
+    try:
+        with transaction.atomic():
+            DailyUsage.objects.filter(day=day).delete()
+            DailyUsage.objects.bulk_create(rows)
+    except IntegrityError:
+        pass  # another admin's page rolled the same day up at the same moment
+    return len(rows)
 
 
-def _top(start: datetime, consumer: str | None, column: str, limit: int) -> list[dict]:
-    rows = (_events(start, consumer).values(column)
-            .annotate(requests=Count("seq"), tokens=Sum(_TOKENS), cost_micros=Sum("cost_micros"),
-                      errors=Count("seq", filter=_ERROR))
-            .order_by("-tokens", "-requests", column)[:limit])
-    return [{"name": r[column] or "(none)", "requests": r["requests"], "tokens": r["tokens"] or 0,
-             "cost_micros": r["cost_micros"] or 0, "cost_usd": (r["cost_micros"] or 0) / 1e6,
-             "errors": r["errors"]} for r in rows]
+def _rolled_up(since: date, last_closed: date) -> list[tuple]:
+    """Closed days from the rollup, rolling up (once) any day that is missing."""
+    from budgets.models import DailyUsage
+
+    if last_closed < since:
+        return []
+    done = set(DailyUsage.objects.filter(dimension="total", day__gte=since, day__lte=last_closed)
+               .values_list("day", flat=True))
+    day = since
+    while day <= last_closed:
+        if day not in done:
+            usage_rollup_day(day=day)
+        day += timedelta(days=1)
+    return list(DailyUsage.objects.filter(day__gte=since, day__lte=last_closed)
+                .values_list("dimension", "name", "day", "requests", "tokens", "cost_micros", "errors", "failovers"))
 
 
-def _consumer_days(start: datetime, names: list[str]) -> dict[tuple[str, date], int]:
-    rows = (AuditEvent.objects.filter(time__gte=start, consumer_name__in=names)
-            .annotate(day=TruncDate("time", tzinfo=UTC))
-            .values("day", "consumer_name").annotate(tokens=Sum(_TOKENS)).order_by())
-    return {(r["consumer_name"], r["day"]): r["tokens"] or 0 for r in rows}
+def _sum(rows: list[tuple], dimension: str) -> list[dict]:
+    totals: dict[str, list[int]] = {}
+    for dim, name, _, req, tok, cost, err, _fail in rows:
+        if dim == dimension:
+            t = totals.setdefault(name or "(none)", [0, 0, 0, 0])
+            t[0] += req
+            t[1] += tok
+            t[2] += cost
+            t[3] += err
+    ranked = sorted(totals.items(), key=lambda item: (-item[1][1], -item[1][0], item[0]))[:TOP]
+    return [{"name": name, "requests": req, "tokens": tok, "cost_micros": cost, "cost_usd": cost / 1e6,
+             "errors": err} for name, (req, tok, cost, err) in ranked]
 
 
 def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dict]:
@@ -129,24 +180,46 @@ def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dic
 
 
 def usage_summary(*, days: int = DAYS, consumer: str | None = None, now: datetime | None = None) -> Summary:
-    """Requests, tokens, cost, errors and failovers per day (UTC) and the top consumers, models, providers."""
+    """Requests, tokens, cost, errors and failovers per day (UTC) and the top consumers, models, providers.
+
+    Days that closed more than ROLLUP_DELAY ago come from the DailyUsage rollup (a few
+    hundred rows); the rest (today, and yesterday for a while) from the audit log's
+    time index. One consumer's view reads that consumer's events (its own index).
+    """
     now = now or timezone.now()
     since, until, start = _bounds(days, now)
-    daily = _daily(start, consumer)
-    day_list = [daily.get(since + timedelta(days=i)) or Day(since + timedelta(days=i)) for i in range(days)]
-    consumers = [] if consumer else _top(start, None, "consumer_name", TOP)
+    if consumer:
+        rows = _live(start, None, consumer)
+    else:
+        last_closed = (now - ROLLUP_DELAY).astimezone(UTC).date() - timedelta(days=1)
+        last_closed = min(last_closed, until - timedelta(days=1))
+        live_from = max(start, _midnight(last_closed + timedelta(days=1)))
+        rows = _rolled_up(since, last_closed) + _live(live_from, None, None)
+    by_day: dict[date, Day] = {}
+    for dim, _, day, req, tok, cost, err, fail in rows:
+        if dim == "total":
+            d = by_day.setdefault(day, Day(day))
+            d.requests += req
+            d.tokens += tok
+            d.cost_micros += cost
+            d.errors += err
+            d.failovers += fail
+    day_list = [by_day.get(since + timedelta(days=i)) or Day(since + timedelta(days=i)) for i in range(days)]
+    consumers = [] if consumer else _sum(rows, "consumer")
     consumer_days: dict[str, list[int]] = {}
     if consumers:
-        per_day = _consumer_days(start, [c["name"] for c in consumers if c["name"] != "(none)"])
-        for c in consumers:
-            consumer_days[c["name"]] = [per_day.get((c["name"], d.day), 0) for d in day_list]
+        index = {d.day: i for i, d in enumerate(day_list)}
+        top = {c["name"] for c in consumers}
+        for dim, name, day, _, tok, *_rest in rows:
+            if dim == "consumer" and (name or "(none)") in top and day in index:
+                consumer_days.setdefault(name or "(none)", [0] * days)[index[day]] += tok
         named = [sum(values[i] for values in consumer_days.values()) for i in range(days)]
         others = [max(0, d.tokens - named[i]) for i, d in enumerate(day_list)]
         if any(others):
             consumer_days["others"] = others
     return Summary(
         since=since, until=until, days=day_list, consumers=consumers, consumer_days=consumer_days,
-        models=_top(start, consumer, "upstream_model", TOP), providers=_top(start, consumer, "provider", TOP),
+        models=_sum(rows, "model"), providers=_sum(rows, "provider"),
         nearest_budgets=[] if consumer else nearest_budgets(now=now),
     )
 
@@ -297,3 +370,20 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "consumer": consumer,
     }
     return TemplateResponse(request, "admin/dashboard.html", context)
+
+
+@shared_task(time_limit=1800, soft_time_limit=1700)
+def usage_rollup(days: int = DAYS) -> int:
+    """Celery beat: roll up the closed days of the dashboard's window that are missing (usually none)."""
+    now = timezone.now()
+    since, until, _ = _bounds(days, now)
+    last_closed = min((now - ROLLUP_DELAY).astimezone(UTC).date() - timedelta(days=1), until - timedelta(days=1))
+    from budgets.models import DailyUsage
+
+    done = set(DailyUsage.objects.filter(dimension="total", day__gte=since, day__lte=last_closed)
+               .values_list("day", flat=True))
+    missing = [since + timedelta(days=i) for i in range((last_closed - since).days + 1)
+               if since + timedelta(days=i) not in done]
+    for day in missing:
+        usage_rollup_day(day=day)
+    return len(missing)
