@@ -149,3 +149,19 @@ def test_anonymous_and_bad_tokens_get_nothing(staff):
     assert api().get("/api/admin/audit-events/").status_code == 401
     assert api(token="0" * 40).get("/api/admin/audit-events/export?format=csv").status_code == 401
     assert Client().get(reverse("admin:audit_auditevent_changelist")).status_code == 302  # to the login page
+
+
+def test_the_export_streams_asynchronously_under_asgi(staff):
+    """Under ASGI a synchronous iterator would be collected into memory first; ours is async."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    token = Token.objects.create(user=staff["compliance"]).key
+
+    async def fetch() -> tuple[bool, bytes]:
+        response = await AsyncClient().get("/api/admin/audit-events/export", {"format": "jsonl"},
+                                           headers={"Authorization": f"Token {token}"})
+        return response.is_async, b"".join([chunk async for chunk in response.streaming_content])
+
+    is_async, body = async_to_sync(fetch)()
+    assert is_async and len(body.splitlines()) == 5
