@@ -261,7 +261,8 @@ def _nice_max(value: float) -> float:
 
 
 def svg_columns(title: str, labels: list[str], series: dict[str, list[float]], *, stacked: bool = True,
-                width: int = 560, height: int = 220, unit: str = "") -> SafeString:
+                width: int = 560, height: int = 220, unit: str = "",
+                colours: tuple[str, ...] = PALETTE) -> SafeString:
     """A column chart (stacked series per label), with an axis, a legend and a tooltip per column."""
     left, right, top, bottom = 48, 8, 24, 36
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -290,7 +291,7 @@ def svg_columns(title: str, labels: list[str], series: dict[str, list[float]], *
             x = x0 if stacked else x0 + n * bar_w
             y = top + plot_h - (base + h if stacked else h)
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                         f'fill="{PALETTE[n % len(PALETTE)]}"><title>{escape(label)} {escape(name)}: '
+                         f'fill="{colours[n % len(colours)]}"><title>{escape(label)} {escape(name)}: '
                          f'{_fmt(value)}{escape(unit)}</title></rect>')
             if stacked:
                 base += h
@@ -301,7 +302,7 @@ def svg_columns(title: str, labels: list[str], series: dict[str, list[float]], *
         x = left
         for n, name in enumerate(names):
             parts.append(f'<rect x="{x}" y="{height - 12}" width="10" height="10" '
-                         f'fill="{PALETTE[n % len(PALETTE)]}"/><text x="{x + 14}" y="{height - 3}" '
+                         f'fill="{colours[n % len(colours)]}"/><text x="{x + 14}" y="{height - 3}" '
                          f'class="tg-axis">{escape(name[:18])}</text>')
             x += 22 + 7 * min(18, len(name))
     parts.append("</svg>")
@@ -339,15 +340,16 @@ def _charts(summary: Summary) -> dict[str, SafeString]:
                             unit=""),
         "requests": svg_columns("Requests per day (errors in red)", labels, {
             "answered": [d.requests - d.errors for d in summary.days],
-            "errors": [d.errors for d in summary.days]}),
+            "errors": [d.errors for d in summary.days]}, colours=("#1565c0", "#c62828")),
         "rates": svg_columns("Error and failover rate per day (%)", labels, {
             "errors %": [100 * d.errors / d.requests if d.requests else 0 for d in summary.days],
             "failovers %": [100 * d.failovers / d.requests if d.requests else 0 for d in summary.days]},
-            stacked=False, unit="%"),
+            stacked=False, unit="%", colours=("#c62828", "#ef6c00")),
         "models": svg_bars("Top upstream models (tokens)", [
-            (m["name"], m["tokens"], f"{m['tokens']:,} tokens, {m['requests']:,} req") for m in summary.models]),
+            (m["name"], m["tokens"], f"{_fmt(m['tokens'])} tok, {_fmt(m['requests'])} req") for m in summary.models]),
         "providers": svg_bars("Top providers (requests)", [
-            (p["name"], p["requests"], f"{p['requests']:,} req, {p['errors']:,} errors") for p in summary.providers]),
+            (p["name"], p["requests"], f"{_fmt(p['requests'])} req, {_fmt(p['errors'])} err")
+            for p in sorted(summary.providers, key=lambda p: -p["requests"])]),
     }
 
 
