@@ -12,7 +12,7 @@ urlpatterns = [
     path("metrics", metrics.metrics_view),
     path("v1/chat/completions", proxy_views.chat_completions),
     path("v1/messages", proxy_views.messages),
-    path("v1/messages/count_tokens", proxy_views.messages_count_tokens),
+    path("v1/messages/count_tokens", recorded_view("messages.count_tokens")(proxy_views.messages_count_tokens)),
     # Views outside the pipeline are audited from here (the pipeline records its own).
     path("v1/models", recorded_view("models.list")(proxy_views.models_list)),
     path("v1/models/<path:model>", recorded_view("models.retrieve")(proxy_views.model_detail)),

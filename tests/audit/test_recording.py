@@ -243,3 +243,11 @@ def test_a_stream_releases_its_terminal_event_only_after_the_audit_event_is_stor
     async_to_sync(stream)()
     assert seen[-1] == (True, True), "the terminal event comes after the audit event"
     assert not any(stored for done, stored in seen[:-1]), "the event is written when the stream ends"
+
+
+def test_anthropic_messages_and_token_counting_are_recorded(personas, demo_route):
+    body = {"model": "demo", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    assert call("POST", "/v1/messages", body=body, headers={"x-api-key": personas.alice_key}).status_code == 200
+    call("POST", "/v1/messages/count_tokens", body=body, headers={"x-api-key": personas.alice_key})
+    assert [(e.endpoint, e.consumer_name) for e in all_events()] == [
+        ("messages", "alice-agent"), ("messages.count_tokens", "alice-agent")]
