@@ -160,6 +160,9 @@ TOLLGATE_ROUTE_CACHE_SECONDS = envfloat("TOLLGATE_ROUTE_CACHE_SECONDS", 30.0, mi
 # Upstream connection pool, per worker process.
 TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 TOLLGATE_UPSTREAM_MAX_KEEPALIVE = envint("TOLLGATE_UPSTREAM_MAX_KEEPALIVE", 200, minimum=0)
+# Add x-tollgate-stages (milliseconds per stage of the request path) to proxy
+# responses: for the benchmark's profile, not for production.
+TOLLGATE_STAGE_TIMING = envbool("TOLLGATE_STAGE_TIMING", False)
 # What the quickstart and sandbox use when nothing else is configured.
 TOLLGATE_SANDBOX_URL = envstr("TOLLGATE_SANDBOX_URL", "http://127.0.0.1:8787")
 

@@ -49,6 +49,16 @@ class RequestContext:
     response_body: bytearray | None = None
     # The `model` the client asked for, recorded even when no route matched it.
     requested_model: str | None = None
+    # Seconds spent in each stage of the request path (for profiling; see lap()).
+    stages: dict[str, float] = field(default_factory=dict)
+    _lap_mark: float | None = None
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap (or the start) to `stage`."""
+        now = time.perf_counter()
+        since = self.started if self._lap_mark is None else self._lap_mark
+        self.stages[stage] = self.stages.get(stage, 0.0) + (now - since)
+        self._lap_mark = now
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

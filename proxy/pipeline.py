@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from gateway_site import metrics
@@ -32,12 +33,15 @@ async def request_finish(ctx: RequestContext) -> None:
     if ctx.finished:
         return
     ctx.finished = True
+    ctx.lap("answer")  # the call's own end: relaying (streams) or building the response
     try:
         await settle(ctx)
     finally:
+        ctx.lap("settle")
         audit_started = time.perf_counter()
         await record(ctx)
         audit_seconds = time.perf_counter() - audit_started
+        ctx.lap("audit")
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
     # Structured fields (gateway_site/logs.py): never a key or a body.
@@ -68,6 +72,9 @@ def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
         response["x-tollgate-attempts"] = str(ctx.attempts)
     for name, value in limit_headers(ctx).items():
         response[name] = value
+    if settings.TOLLGATE_STAGE_TIMING:
+        # Milliseconds per stage, for the benchmark's profile (docs/performance.md).
+        response["x-tollgate-stages"] = ";".join(f"{k}={v * 1000:.3f}" for k, v in ctx.stages.items())
     return response
 
 
@@ -101,15 +108,23 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.key = await authenticate(request)
+        ctx.lap("auth")
         body = read_json_object(request)
         await capture_bodies(ctx, body)
         validate(body)
+        ctx.lap("parse")
         ctx.route = await resolve_route(ctx.key, body["model"])
         ctx.stream = bool(body.get("stream"))
         ctx.pinned_provider = request.headers.get("X-Provider") or None
+        ctx.lap("route")
         await admit(ctx, body)
+        ctx.lap("admit")
         client_headers = {k.lower(): v for k, v in request.headers.items()}
         response = await call_chat(ctx, ctx.route, body, request_finish, client_headers)
+        # Provider time and the gateway's own time (translation, failover) of the call.
+        ctx.stages["upstream"] = ctx.upstream_seconds
+        ctx.lap("call")
+        ctx.stages["call"] -= ctx.upstream_seconds
     except GatewayError as error:
         return await _refuse(ctx, error)
     except Exception:
