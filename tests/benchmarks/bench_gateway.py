@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,20 @@ def wrk(url: str, concurrency: int, seconds: int, script: Path) -> dict:
     }
 
 
+def stage_profile(url: str, key: str, n: int = 400) -> dict:
+    """Mean and p50 milliseconds per stage of the request path, from x-tollgate-stages, one client."""
+    samples: dict[str, list[float]] = {}
+    with httpx.Client(headers={"authorization": f"Bearer {key}", "content-type": "application/json"}) as client:
+        for _ in range(n):
+            response = client.post(url, content=BODY)
+            for item in response.headers.get("x-tollgate-stages", "").split(";"):
+                if "=" in item:
+                    name, value = item.split("=")
+                    samples.setdefault(name, []).append(float(value))
+    return {name: {"mean_ms": statistics.fmean(values), "p50_ms": percentile(values, 0.5)}
+            for name, values in samples.items()}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -208,6 +223,7 @@ def main() -> None:
     sandbox_port, gateway_port = free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url,
            "DJANGO_SECRET_KEY": "benchmark-only-secret", "TOLLGATE_LOG_LEVEL": "warning",
+           "TOLLGATE_STAGE_TIMING": "1",
            "TOLLGATE_CELERY_QUEUE": "tollgate-bench"}
     env.pop("DJANGO_DEBUG", None)
     python = sys.executable
@@ -244,6 +260,7 @@ def main() -> None:
             direct_url = f"http://127.0.0.1:{sandbox_port}/v1/chat/completions"
             gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             wrk(gateway_url, 16, 2, gateway_script)  # warm up: connections, caches, pools
+            report["stages"] = stage_profile(gateway_url, key)
             report["non_stream"] = {}
             for concurrency in (1, 16, 64):
                 direct = wrk(direct_url, concurrency, args.seconds, direct_script)
@@ -292,6 +309,8 @@ def print_table(report: dict) -> None:
         print(f"{'c=' + str(concurrency):<14}{d['rps']:>12.0f}{g['rps']:>13.0f}{row['rps_ratio']:>7.2f}"
               f"{d['p50_ms']:>10.2f}ms{g['p50_ms']:>7.2f}ms{row['added_p50_ms']:>9.2f}ms{g['p99_ms']:>7.2f}ms"
               f"{g['cpu_ms_per_request']:>12.2f}{g['non_2xx']:>8}")
+    print("\nwhere a request's time goes (one client, ms): " + "  ".join(
+        f"{name} {v['p50_ms']:.3f}" for name, v in report["stages"].items()))
     s = report["streams_1000"]
     for side in ("direct", "gateway"):
         r = s[side]
