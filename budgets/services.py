@@ -552,9 +552,11 @@ async def _settle_redis(admission: Admission, charges: list[int], tokens: int) -
     try:
         result = await counters.run(counters.SETTLE, keys, args)
     except counters.UNAVAILABLE_ERRORS:
-        if admission.metered:
-            raise
-        return  # served unmetered and Redis still away: the database mirror below has it
+        # Redis went away (before or after admitting): the database mirror below still gets the
+        # charge, and a restarted Redis is seeded from it; a metered hold expires by itself.
+        logger.warning("request %s: settling in Redis failed; charged to the database copy",
+                       admission.request_id)
+        return
     values = [int(v) for v in result]
     for hold, total in zip(admission.holds, values, strict=False):
         if total >= 0:
