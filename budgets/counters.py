@@ -178,11 +178,17 @@ def client() -> aioredis.Redis:
     redis_client = _clients.get(loop)
     if redis_client is None:
         options = settings.CACHES["default"].get("OPTIONS", {})
-        redis_client = aioredis.Redis.from_url(
+        # A bounded pool: a burst of concurrent requests waits briefly for one of a
+        # few dozen connections instead of opening hundreds (each a Redis client,
+        # and each a chance to time out while the machine is saturated).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
+            max_connections=settings.TOLLGATE_REDIS_MAX_CONNECTIONS,
+            timeout=5,
             socket_timeout=options.get("socket_timeout", 2),
             socket_connect_timeout=options.get("socket_connect_timeout", 2),
         )
+        redis_client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = redis_client
     return redis_client
 

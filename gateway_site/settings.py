@@ -160,6 +160,8 @@ TOLLGATE_ROUTE_CACHE_SECONDS = envfloat("TOLLGATE_ROUTE_CACHE_SECONDS", 30.0, mi
 # Upstream connection pool, per worker process.
 TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 TOLLGATE_UPSTREAM_MAX_KEEPALIVE = envint("TOLLGATE_UPSTREAM_MAX_KEEPALIVE", 200, minimum=0)
+# Redis connections per worker for budget and rate-limit counters.
+TOLLGATE_REDIS_MAX_CONNECTIONS = envint("TOLLGATE_REDIS_MAX_CONNECTIONS", 64, minimum=1)
 # Add x-tollgate-stages (milliseconds per stage of the request path) to proxy
 # responses: for the benchmark's profile, not for production.
 TOLLGATE_STAGE_TIMING = envbool("TOLLGATE_STAGE_TIMING", False)
