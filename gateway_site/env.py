@@ -112,9 +112,12 @@ def parse_database_url(url: str, *, base_dir: Path) -> dict:
         pool_max = int(query.pop("pool_max_size", "10"))
         pool_min = int(query.pop("pool_min_size", "1"))
         use_pool = query.pop("pool", "1") not in ("0", "false", "no")
+        # Seconds a request waits for a pooled connection; while the database is down every
+        # database call waits this long before the request is refused (docs/reliability.md).
+        pool_timeout = float(query.pop("pool_timeout", "5"))
         options: dict = dict(query)
         if use_pool:
-            options["pool"] = {"min_size": pool_min, "max_size": pool_max, "timeout": 10}
+            options["pool"] = {"min_size": pool_min, "max_size": pool_max, "timeout": pool_timeout}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path[1:]),

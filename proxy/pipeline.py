@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from gateway_site import metrics
@@ -21,6 +22,10 @@ from proxy.recording import capture_bodies, hold_terminal_event, record
 from proxy.routing import resolve_route
 
 logger = logging.getLogger("tollgate.requests")
+
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "The gateway cannot reach its database, so it cannot record requests and refuses them. Retry shortly."
+)
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -85,10 +90,19 @@ def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContex
     return ctx
 
 
+def _database_unavailable() -> GatewayError:
+    return GatewayError("unavailable", DATABASE_UNAVAILABLE_MESSAGE, code="database_unavailable",
+                        headers={"retry-after": "1"})
+
+
 async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
     ctx.status = error.status
     ctx.error_class = ctx.error_class or error.code or error.kind
-    await request_finish(ctx)
+    try:
+        await request_finish(ctx)
+    except DatabaseError:
+        logger.error("request %s: the database is unreachable; refused", ctx.request_id)
+        error = _database_unavailable()
     return _stamp(error_response(error, ctx.caller), ctx)
 
 
@@ -127,13 +141,21 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         ctx.stages["call"] -= ctx.upstream_seconds
     except GatewayError as error:
         return await _refuse(ctx, error)
+    except DatabaseError:
+        logger.error("request %s: the database is unreachable; refused", ctx.request_id)
+        return await _refuse(ctx, _database_unavailable())
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",
                                                code="internal_error"))
     if not isinstance(response, StreamingHttpResponse):
         ctx.status = response.status_code
-        await request_finish(ctx)
+        try:
+            await request_finish(ctx)
+        except DatabaseError:
+            # No audit event, so no answer (DESIGN §4): the caller gets a 503 instead.
+            logger.error("request %s: the database is unreachable; answer withheld", ctx.request_id)
+            return _stamp(error_response(_database_unavailable(), ctx.caller), ctx)
     else:  # the terminal event waits for the audit event (recorded as the relay ends)
         response.streaming_content = metrics.stream_track(ctx, hold_terminal_event(response.streaming_content))
     return _stamp(response, ctx)

@@ -1,7 +1,8 @@
 """Rows the fault tests (and the soak script) need: a sandbox provider, routes, consumers with budgets.
 
 Importable (inside a test that may write the test database) or runnable against any
-database: `DATABASE_URL=... python -m tests.faults.seed <sandbox port> [consumers] [flaky port]` prints the keys as JSON.
+database: `DATABASE_URL=... python -m tests.faults.seed <sandbox port> [consumers] [flaky port]`
+prints the keys as JSON.
 """
 from __future__ import annotations
 
