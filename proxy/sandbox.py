@@ -974,6 +974,7 @@ class SandboxApp:
         self.total = 0
         self.by_path: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
+        self.client_disconnects = 0  # streams whose client went away before the end
 
     def reset(self) -> None:
         self.config = dataclasses.replace(self.startup_config)
@@ -981,9 +982,11 @@ class SandboxApp:
         self.total = 0
         self.by_path.clear()
         self.by_status.clear()
+        self.client_disconnects = 0
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.total, "by_path": dict(self.by_path), "by_status": dict(self.by_status)}
+        return {"requests": self.total, "by_path": dict(self.by_path), "by_status": dict(self.by_status),
+                "client_disconnects": self.client_disconnects}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -1189,6 +1192,7 @@ class SandboxApp:
                 if gone is not None and index:
                     await asyncio.sleep(delay)
                     if gone.done():
+                        self.client_disconnects += 1
                         return
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -607,7 +607,8 @@ def test_it_merges_runtime_config_and_resets_to_the_startup_config(sandbox):
     reset = sandbox.http.post(f"{sandbox.url}/_sandbox/reset").json()
     assert reset == {"latency_ms": 0, "chunk_delay_ms": 0, "chunks": 8, "fail_status": None, "fail_count": 0,
                      "disconnect_after": None, "hang_ms": 0, "require_key": None}
-    assert sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json() == {"requests": 0, "by_path": {}, "by_status": {}}
+    assert sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json() == {"requests": 0, "by_path": {}, "by_status": {},
+                                                                        "client_disconnects": 0}
 
 
 def test_it_counts_requests_by_path_and_status(sandbox):
@@ -617,7 +618,7 @@ def test_it_counts_requests_by_path_and_status(sandbox):
     stats = sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json()
     assert stats == {"requests": 3,
                      "by_path": {"/v1/chat/completions": 2, "/v1beta/models/sandbox-small:generateContent": 1},
-                     "by_status": {"200": 2, "429": 1}}
+                     "by_status": {"200": 2, "429": 1}, "client_disconnects": 0}
 
 
 def test_it_keeps_the_last_requests_newest_first(sandbox):
