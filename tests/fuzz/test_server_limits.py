@@ -1,0 +1,122 @@
+"""What only a real server receives: enormous headers and bodies over the limit (issue 8; docs/reliability.md).
+
+The production start (gunicorn, uvicorn workers): a 4xx, never a 5xx, the workers' memory
+bounded by the body limit, and the server still answering afterwards.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from django.db import connection
+
+from tests.e2e.test_audit_kill import worker_pids
+from tests.faults.conftest import running_gateway
+from tests.faults.seed import PREFIX, seed, unseed
+from tests.servers import database_url_for, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
+
+LIMIT = 1024 * 1024  # TOLLGATE_MAX_BODY_BYTES for this server
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+    sandbox_port = free_port()
+    with django_db_blocker.unblock():
+        seeded = seed(sandbox_port)
+        database_url = database_url_for(connection.settings_dict)
+    try:
+        with running_gateway(sandbox_port=sandbox_port, database_url=database_url,
+                             redis_url=os.environ.get("REDIS_URL"), TOLLGATE_MAX_BODY_BYTES=str(LIMIT)) as running:
+            running.key = seeded.key
+            yield running
+    finally:
+        with django_db_blocker.unblock():
+            unseed()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def workers_rss(gateway) -> int:
+    return sum(rss_kib(pid) for pid in worker_pids(gateway.process.pid))
+
+
+def healthy(gateway) -> bool:
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
+                          json={"model": f"{PREFIX}demo", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    return response.status_code == 200
+
+
+@pytest.mark.parametrize("size", [20_000, 200_000, 2_000_000])
+def test_enormous_headers_are_refused_and_the_server_carries_on(gateway, size):
+    headers = {"authorization": f"Bearer {gateway.key}", "x-filler": "a" * size}
+    try:
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, timeout=10,
+                              json={"model": f"{PREFIX}demo", "messages": [{"role": "user", "content": "hi"}]})
+        # Served (an unknown header is ignored) or refused, never a server error.
+        assert response.status_code < 500
+        print(f"{size} bytes of header: {response.status_code}")
+    except httpx.RemoteProtocolError:
+        print(f"{size} bytes of header: connection closed")  # the oversized head refused
+    assert healthy(gateway)
+
+
+def test_thousands_of_headers_are_refused_or_ignored(gateway):
+    headers = [("authorization", f"Bearer {gateway.key}")] + [(f"x-h{i}", "v") for i in range(5000)]
+    try:
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, timeout=10,
+                              json={"model": f"{PREFIX}demo", "messages": [{"role": "user", "content": "hi"}]})
+        assert response.status_code < 500
+    except httpx.RemoteProtocolError:
+        pass
+    assert healthy(gateway)
+
+
+def _chunks(total: int, size: int = 256 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        yield b"x" * min(size, total - sent)
+        sent += size
+
+
+def test_bodies_over_the_limit_are_413_and_memory_stays_bounded(gateway):
+    healthy(gateway)
+    before = workers_rss(gateway)
+    headers = {"authorization": f"Bearer {gateway.key}", "content-type": "application/json"}
+    for _ in range(3):
+        # Declared (Content-Length) and undeclared (chunked) bodies, 40 times the limit.
+        declared = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers,
+                              content=b"x" * (40 * LIMIT), timeout=30)
+        assert declared.status_code == 413
+        assert declared.json()["error"]["type"] == "invalid_request_error"
+        try:
+            chunked = httpx.post(f"{gateway.url}/v1/messages", headers=headers, content=_chunks(40 * LIMIT),
+                                 timeout=30)
+            assert chunked.status_code == 413
+            assert chunked.json()["type"] == "error"
+        except (httpx.RemoteProtocolError, httpx.WriteError):
+            pass  # refused before the body was all sent
+    grown = workers_rss(gateway) - before
+    print(f"workers' memory grew by {grown} KiB after 240 MiB of oversized bodies")
+    # Not one of the 40 MiB bodies was held in memory: what grew is allocator noise and spooling buffers.
+    assert grown < 16 * LIMIT // 1024
+    assert healthy(gateway)
+
+
+def test_a_slow_or_truncated_body_does_not_hang_a_worker(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                     b"Content-Type: application/json\r\n\r\n{\"model\":")
+        # The client goes away mid-body.
+    assert healthy(gateway)
