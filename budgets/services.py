@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -578,6 +578,7 @@ class _UsageMirror:
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, date], list] = {}
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def add(self, hold: Hold, charge: int) -> None:
         with self._lock:
@@ -600,19 +601,39 @@ class _UsageMirror:
         try:
             for connection in connections.all(initialized_only=True):
                 connection.close_if_unusable_or_obsolete()
-            with transaction.atomic():
-                for hold, charge in pending.values():
-                    if not _window_rows(hold).update(used=F("used") + charge):
-                        _ensure_usage_row(hold)
-                        _window_rows(hold).update(used=F("used") + charge)
+            try:
+                with transaction.atomic():
+                    for hold, charge in pending.values():
+                        _mirror_charge(hold, charge)
+            except IntegrityError:
+                # A budget was deleted while its charges waited: write the others one by
+                # one and drop those (retrying them would fail forever).
+                for window_id, (hold, charge) in list(pending.items()):
+                    try:
+                        with transaction.atomic():
+                            _mirror_charge(hold, charge)
+                    except IntegrityError:
+                        logger.warning("dropped %d of usage for budget %s, which no longer exists",
+                                       charge, hold.rule.id)
+                    del pending[window_id]
+            self._failing = False
         except Exception:
-            logger.exception("writing %d budget charges to the database failed; retrying", len(pending))
+            # Logged with its traceback once per outage, not on every retry.
+            logger.error("writing %d budget charges to the database failed; retrying", len(pending),
+                         exc_info=not self._failing)
+            self._failing = True
             with self._lock:
                 for window_id, (hold, charge) in pending.items():
                     self._pending.setdefault(window_id, [hold, 0])[1] += charge
         finally:
             if threading.current_thread() is self._thread:
                 connections.close_all()  # back to the pool between flushes
+
+
+def _mirror_charge(hold: Hold, charge: int) -> None:
+    if not _window_rows(hold).update(used=F("used") + charge):
+        _ensure_usage_row(hold)
+        _window_rows(hold).update(used=F("used") + charge)
 
 
 usage_mirror = _UsageMirror()
