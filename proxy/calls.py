@@ -307,9 +307,18 @@ async def _passthrough(
         payload["stream"] = True
         payload["stream_options"] = {**client_options, "include_usage": True}
     response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
-    relay = _relay_openai if caller.caller is Caller.OPENAI else _relay_anthropic
+    if caller.caller is Caller.OPENAI:
+        relay = _relay_same_format(
+            ctx, adapter, deployment, response, chunks, first, finish, terminal=b"data: [DONE]",
+            keep=_openai_event_filter(ctx, client_wants_usage),
+            error_event=lambda message: openai_stream_error_event(message, "stream_interrupted"))
+    else:
+        relay = _relay_same_format(
+            ctx, adapter, deployment, response, chunks, first, finish, terminal=b"event: message_stop",
+            keep=_anthropic_event_filter(ctx),
+            error_event=lambda message: anthropic_format.StreamEncoder.error_event(message, "stream_interrupted"))
     return StreamingHttpResponse(
-        relay(ctx, adapter, deployment, response, chunks, first, finish, client_wants_usage),
+        relay,
         status=response.status_code, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
     )
 
@@ -367,10 +376,41 @@ async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter
     return f"The provider's stream ended early: {error.message}"
 
 
-async def _relay_openai(
+def _openai_event_filter(ctx: RequestContext, client_wants_usage: bool) -> Callable[[bytes], bool]:
+    """Meter OpenAI chunks; drop the usage-only chunk the client did not ask for."""
+    def keep(event: bytes) -> bool:
+        usage, usage_only = _usage_chunk(event)
+        if usage is not None:
+            ctx.record_usage(usage)
+            if usage_only and not client_wants_usage:
+                return False
+        return True
+    return keep
+
+
+def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
+    """Meter Anthropic events (message_start and message_delta carry usage); keep them all."""
+    def keep(event: bytes) -> bool:
+        usage = anthropic_format.stream_usage(event)
+        if usage is not None:
+            _record_tokens(ctx, *usage)
+        elif event.startswith(b"event: error"):
+            ctx.error_class = "upstream_stream_error"
+        return True
+    return keep
+
+
+async def _relay_same_format(
     ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
-    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, client_wants_usage: bool,
+    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, *,
+    terminal: bytes, keep: Callable[[bytes], bool], error_event: Callable[[str], bytes],
 ) -> AsyncIterator[bytes]:
+    """Relay the provider's SSE bytes as they come, event by event, metering on the way.
+
+    `terminal` starts the stream's last event ([DONE] or message_stop): it is held
+    until the request is finished, so the audit row is durable before the client
+    sees the end (DESIGN §4).
+    """
     pending = b""
     raw = first
     try:
@@ -380,23 +420,17 @@ async def _relay_openai(
             events, pending = _split_events(pending + raw)
             out = []
             for event in events:
-                if event.startswith(b"data: [DONE]"):
+                if event.startswith(terminal):
                     if out:
                         data = b"".join(out)
                         ctx.capture_response(data)
                         yield data
                         out = []
-                    # The audit row is durable before the client sees the end (DESIGN §4).
                     ctx.capture_response(event)
                     await finish(ctx)
                     yield event
-                    continue
-                usage, usage_only = _usage_chunk(event)
-                if usage is not None:
-                    ctx.record_usage(usage)
-                    if usage_only and not client_wants_usage:
-                        continue
-                out.append(event)
+                elif keep(event):
+                    out.append(event)
             if out:
                 data = b"".join(out)
                 ctx.capture_response(data)
@@ -410,60 +444,9 @@ async def _relay_openai(
     except httpx.HTTPError as exc:
         message = await _stream_broke(ctx, deployment, adapter, exc)
         await finish(ctx)
-        yield openai_stream_error_event(message, "stream_interrupted")
+        yield error_event(message)
     except asyncio.CancelledError:
         # The client went away: closing the upstream response below cancels the provider's work too.
-        ctx.error_class = "client_disconnected"
-        raise
-    finally:
-        await response.aclose()
-        await finish(ctx)
-
-
-async def _relay_anthropic(
-    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
-    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, client_wants_usage: bool,
-) -> AsyncIterator[bytes]:
-    pending = b""
-    raw = first
-    try:
-        while True:
-            if ctx.first_byte_seconds is None:
-                ctx.first_byte_seconds = ctx.elapsed()
-            events, pending = _split_events(pending + raw)
-            out = []
-            for event in events:
-                if event.startswith(b"event: message_stop"):
-                    if out:
-                        data = b"".join(out)
-                        ctx.capture_response(data)
-                        yield data
-                        out = []
-                    ctx.capture_response(event)
-                    await finish(ctx)
-                    yield event
-                    continue
-                usage = anthropic_format.stream_usage(event)
-                if usage is not None:
-                    _record_tokens(ctx, *usage)
-                elif event.startswith(b"event: error"):
-                    ctx.error_class = "upstream_stream_error"
-                out.append(event)
-            if out:
-                data = b"".join(out)
-                ctx.capture_response(data)
-                yield data
-            try:
-                raw = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-        if pending.strip():
-            yield pending
-    except httpx.HTTPError as exc:
-        message = await _stream_broke(ctx, deployment, adapter, exc)
-        await finish(ctx)
-        yield anthropic_format.StreamEncoder.error_event(message, "stream_interrupted")
-    except asyncio.CancelledError:
         ctx.error_class = "client_disconnected"
         raise
     finally:
