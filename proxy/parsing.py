@@ -69,7 +69,7 @@ def validate_openai_chat(data: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise _bad(where, f"'{where}' must be an object.")
         role = message.get("role")
-        if role not in OPENAI_ROLES:
+        if not isinstance(role, str) or role not in OPENAI_ROLES:
             raise _bad(f"{where}.role", f"'{where}.role' must be one of: {', '.join(sorted(OPENAI_ROLES))}.")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
