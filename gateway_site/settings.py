@@ -340,3 +340,17 @@ CELERY_BEAT_SCHEDULE["dashboard-usage-rollup"] = {
     "schedule": 15 * 60.0,
     "options": {"expires": 15 * 60.0},
 }
+
+# --- Reliability and security (docs/reliability.md) ------------------------------------
+# Probing defence (proxy/probing.py), per client address in the shared cache: failed
+# authentications within the window are slowed past SLOW_AFTER (SLOW_SECONDS more per failure,
+# at most 5 s) and answered 429 for BLOCK_SECONDS past BLOCK_AFTER.
+TOLLGATE_PROBE_WINDOW_SECONDS = envint("TOLLGATE_PROBE_WINDOW_SECONDS", 600, minimum=1)
+TOLLGATE_PROBE_SLOW_AFTER = envint("TOLLGATE_PROBE_SLOW_AFTER", 5, minimum=0)
+TOLLGATE_PROBE_SLOW_SECONDS = envfloat("TOLLGATE_PROBE_SLOW_SECONDS", 0.2, minimum=0)
+TOLLGATE_PROBE_BLOCK_AFTER = envint("TOLLGATE_PROBE_BLOCK_AFTER", 20, minimum=1)
+TOLLGATE_PROBE_BLOCK_SECONDS = envint("TOLLGATE_PROBE_BLOCK_SECONDS", 900, minimum=1)
+# Distinct model names refused to one address or key within the window that raise a security alert.
+TOLLGATE_PROBE_MODEL_ALERT_AFTER = envint("TOLLGATE_PROBE_MODEL_ALERT_AFTER", 10, minimum=1)
+# Security alerts are logged (logger tollgate.security) and POSTed here as JSON when set.
+TOLLGATE_SECURITY_ALERT_WEBHOOK = envstr("TOLLGATE_SECURITY_ALERT_WEBHOOK", "")

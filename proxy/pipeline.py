@@ -13,13 +13,13 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from gateway_site import metrics
 from gateway_site.clientaddr import client_address
 from proxy.admission import admit, limit_headers, settle
-from proxy.auth import authenticate, key_touch_if_due
+from proxy.auth import key_touch_if_due
 from proxy.calls import call_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
+from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.recording import capture_bodies, hold_terminal_event, record
-from proxy.routing import resolve_route
 
 logger = logging.getLogger("tollgate.requests")
 
@@ -121,13 +121,13 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
     try:
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
-        ctx.key = await authenticate(request)
+        ctx.key = await authenticate_watched(request, ctx.client_ip)
         ctx.lap("auth")
         body = read_json_object(request)
         await capture_bodies(ctx, body)
         validate(body)
         ctx.lap("parse")
-        ctx.route = await resolve_route(ctx.key, body["model"])
+        ctx.route = await resolve_route_watched(ctx.key, body["model"], ctx.client_ip)
         ctx.stream = bool(body.get("stream"))
         ctx.pinned_provider = request.headers.get("X-Provider") or None
         ctx.lap("route")
