@@ -354,3 +354,7 @@ TOLLGATE_PROBE_BLOCK_SECONDS = envint("TOLLGATE_PROBE_BLOCK_SECONDS", 900, minim
 TOLLGATE_PROBE_MODEL_ALERT_AFTER = envint("TOLLGATE_PROBE_MODEL_ALERT_AFTER", 10, minimum=1)
 # Security alerts are logged (logger tollgate.security) and POSTed here as JSON when set.
 TOLLGATE_SECURITY_ALERT_WEBHOOK = envstr("TOLLGATE_SECURITY_ALERT_WEBHOOK", "")
+# Gateway keys are blanked from every log line, whatever logger wrote it (a key in a URL).
+LOGGING.setdefault("filters", {})["redact_keys"] = {"()": "gateway_site.secretfilter.RedactKeys"}
+for _handler in LOGGING["handlers"].values():
+    _handler.setdefault("filters", []).append("redact_keys")
