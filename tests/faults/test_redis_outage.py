@@ -63,9 +63,10 @@ def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(fail_open):
         during = [o for o in outcomes if o.started > down_at + 0.5 and o.ended < up_at]
         print(f"fail_open={fail_open}: {len(outcomes)} requests, {len(during)} while down, "
               f"recovered {recovered:.2f}s after Redis came back")
-        assert before and all(o.answered for o in before)
+        assert before and all(o.answered for o in before), {(o.status, o.code) for o in before}
         assert during, "no request was sent while Redis was down"
-        assert max(o.ended - o.started for o in outcomes) < REFUSAL_DEADLINE_SECONDS
+        slowest = max(outcomes, key=lambda o: o.ended - o.started)
+        assert slowest.ended - slowest.started < REFUSAL_DEADLINE_SECONDS, slowest
         assert all(o.status is not None for o in outcomes), "a request got no answer at all"
         if fail_open:
             assert all(o.answered for o in during), {(o.status, o.code) for o in during}
@@ -80,7 +81,7 @@ def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(fail_open):
         audited = _audited_tokens()
         database = BudgetUsage.objects.get(budget=budget, period_start=day)
         assert database.reserved == 0
-        assert database.used == audited
+        assert database.used == audited, f"database copy {database.used}, audited {audited}"
         # Redis came back empty and was seeded from the database copy, then counted on.
         assert live_used <= audited
     finally:
