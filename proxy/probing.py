@@ -4,8 +4,9 @@ Scanners send a harmless prompt with made-up keys, or to dozens of model names, 
 proxy that answers. Per client address, in the shared cache (so every worker sees it):
 
 - failed authentications are counted in a window; past TOLLGATE_PROBE_SLOW_AFTER each further
-  refusal is delayed, past TOLLGATE_PROBE_BLOCK_AFTER the address gets 429s for
-  TOLLGATE_PROBE_BLOCK_SECONDS whatever key it sends;
+  refusal is delayed, past TOLLGATE_PROBE_BLOCK_AFTER its bad keys get 429s for
+  TOLLGATE_PROBE_BLOCK_SECONDS (a valid key is still served: the check runs only on failure,
+  so an authenticated request never waits for the shared cache);
 - distinct model names an address or a key was refused are counted; at
   TOLLGATE_PROBE_MODEL_ALERT_AFTER a security alert is logged and POSTed to
   TOLLGATE_SECURITY_ALERT_WEBHOOK (once per window).
