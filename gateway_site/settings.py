@@ -358,3 +358,17 @@ TOLLGATE_SECURITY_ALERT_WEBHOOK = envstr("TOLLGATE_SECURITY_ALERT_WEBHOOK", "")
 LOGGING.setdefault("filters", {})["redact_keys"] = {"()": "gateway_site.secretfilter.RedactKeys"}
 for _handler in LOGGING["handlers"].values():
     _handler.setdefault("filters", []).append("redact_keys")
+# Behind a TLS proxy (not in debug) the site is HTTPS only: plain-HTTP requests are redirected,
+# except the health probes that load balancers send straight to the gateway, and browsers are
+# told to keep to HTTPS (HSTS; SecurityMiddleware sends it on HTTPS responses only).
+_TLS_ONLY = envbool("TOLLGATE_BEHIND_TLS_PROXY", False) and not DEBUG
+SECURE_SSL_REDIRECT = envbool("DJANGO_SSL_REDIRECT", _TLS_ONLY)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 31_536_000 if _TLS_ONLY else 0, minimum=0)
+# No script of the admin reads the CSRF cookie (forms carry the token): keep it from scripts too.
+CSRF_COOKIE_HTTPONLY = True
+# Subdomains and the browsers' preload list are a decision for the whole domain, not for the
+# gateway: off unless asked for, and `check --deploy` is told so rather than warning each time.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
