@@ -1,4 +1,4 @@
-"""ASGI entry point: gunicorn -k uvicorn_worker.UvicornWorker gateway_site.asgi:application
+"""ASGI entry point: gunicorn -k gateway_site.workers.TollgateWorker gateway_site.asgi:application
 
 Proxy and health paths go to a Django handler without middleware: none of the
 admin's middleware (sessions, CSRF, messages) applies to them, and each sync

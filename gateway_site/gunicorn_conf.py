@@ -18,7 +18,7 @@ import tempfile
 from gateway_site.env import envbool, envchoice, envint, envstr
 from gateway_site.logs import logging_config
 
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "gateway_site.workers.TollgateWorker"
 bind = [envstr("TOLLGATE_BIND", f"127.0.0.1:{envstr('PORT', '8000')}")]
 workers = envint("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
 graceful_timeout = envint("TOLLGATE_GRACEFUL_TIMEOUT", 30, minimum=1)

@@ -46,7 +46,7 @@ def test_the_gunicorn_config_uses_uvicorn_workers_and_leaves_forwarded_addresses
             "print(c.worker_class, repr(c.forwarded_allow_ips), c.bind, c.workers, c._created_metrics_dir)")
     env = {**os.environ, "PORT": "9001", "WEB_CONCURRENCY": "3", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["uvicorn_worker.UvicornWorker", "''", "['127.0.0.1:9001']", "3", "False"]
+    assert out.stdout.split() == ["gateway_site.workers.TollgateWorker", "''", "['127.0.0.1:9001']", "3", "False"]
 
 
 def test_a_dead_worker_leaves_no_live_gauge(tmp_path):

@@ -1,0 +1,11 @@
+"""The gunicorn worker of the production start (gateway_site/gunicorn_conf.py)."""
+from __future__ import annotations
+
+from uvicorn_worker import UvicornWorker
+
+
+class TollgateWorker(UvicornWorker):
+    """uvicorn without its `server: uvicorn` banner: an unauthenticated caller learns no version
+    or stack (docs/reliability.md, Probing). uvicorn still adds its `date` header."""
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
