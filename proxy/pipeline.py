@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.conf import settings
@@ -12,13 +12,15 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from gateway_site import metrics
 from gateway_site.clientaddr import client_address
+from gateway_site.db import database_mark_down, database_usable
 from proxy.admission import admit, limit_headers, settle
 from proxy.auth import key_touch_if_due
-from proxy.calls import call_chat
+from proxy.calls import call_chat, openai_stream_error_event
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
 from proxy.probing import authenticate_watched, resolve_route_watched
+from proxy.providers import anthropic as anthropic_format
 from proxy.recording import capture_bodies, hold_terminal_event, record
 
 logger = logging.getLogger("tollgate.requests")
@@ -95,6 +97,27 @@ def _database_unavailable() -> GatewayError:
                         headers={"retry-after": "1"})
 
 
+async def _end_cleanly(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay a stream; if the gateway fails inside it, end it with an error event in the caller's format
+    instead of a dropped connection (the headers, and a 200, are already sent)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except DatabaseError:
+        logger.error("request %s: the database is unreachable; stream ended without its end", ctx.request_id)
+        database_mark_down()
+        yield _stream_error(ctx.caller, DATABASE_UNAVAILABLE_MESSAGE, "database_unavailable", 503)
+    except Exception:
+        logger.exception("request %s failed inside the gateway while streaming", ctx.request_id)
+        yield _stream_error(ctx.caller, "The gateway failed to handle this request.", "internal_error", 500)
+
+
+def _stream_error(caller: Caller, message: str, code: str, status: int) -> bytes:
+    if caller is Caller.ANTHROPIC:
+        return anthropic_format.StreamEncoder.error_event(message, code, status)
+    return openai_stream_error_event(message, code)
+
+
 async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
     ctx.status = error.status
     ctx.error_class = ctx.error_class or error.code or error.kind
@@ -102,6 +125,7 @@ async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
         await request_finish(ctx)
     except DatabaseError:
         logger.error("request %s: the database is unreachable; refused", ctx.request_id)
+        database_mark_down()
         error = _database_unavailable()
     return _stamp(error_response(error, ctx.caller), ctx)
 
@@ -121,6 +145,9 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
     try:
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
+        if not await database_usable():
+            # No audit row could be written: refuse before anything is spent (DESIGN §4).
+            raise DatabaseError("the database is known to be down")
         ctx.key = await authenticate_watched(request, ctx.client_ip)
         ctx.lap("auth")
         body = read_json_object(request)
@@ -143,6 +170,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         return await _refuse(ctx, error)
     except DatabaseError:
         logger.error("request %s: the database is unreachable; refused", ctx.request_id)
+        database_mark_down()
         return await _refuse(ctx, _database_unavailable())
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
@@ -155,7 +183,9 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         except DatabaseError:
             # No audit event, so no answer (DESIGN §4): the caller gets a 503 instead.
             logger.error("request %s: the database is unreachable; answer withheld", ctx.request_id)
+            database_mark_down()
             return _stamp(error_response(_database_unavailable(), ctx.caller), ctx)
     else:  # the terminal event waits for the audit event (recorded as the relay ends)
-        response.streaming_content = metrics.stream_track(ctx, hold_terminal_event(response.streaming_content))
+        response.streaming_content = metrics.stream_track(
+            ctx, _end_cleanly(ctx, hold_terminal_event(response.streaming_content)))
     return _stamp(response, ctx)

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from budgets.models import Consumer
 from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
+from gateway_site.db import database_forget_down
 from proxy.auth import _last_touch
 from proxy.health import snapshot as breaker_snapshot
 from proxy.models import Deployment, ModelRoute, Provider
@@ -31,6 +32,7 @@ def clear_shared_cache() -> None:
 
 
 def _clear_caches() -> None:
+    database_forget_down()
     _last_touch.clear()
     key_cache.clear_local()
     route_cache.clear_local()
