@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, parsers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.response import Response
@@ -91,3 +91,39 @@ def api_exception_handler(exc, context):
         code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
         response.data = {"error": {"message": str(detail), "code": str(code)}, "detail": str(detail)}
     return response
+
+
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+class _RefuseNul:
+    """Refuse NUL characters in any field: PostgreSQL cannot store them in text,
+    so they would otherwise surface as a 500 when the row is saved."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)  # type: ignore[misc]
+        fields = getattr(data, "data", data)  # multipart returns DataAndFiles
+        if hasattr(fields, "lists"):
+            fields = {key: values for key, values in fields.lists()}
+        if _contains_nul(fields):
+            raise exceptions.ParseError("Strings must not contain NUL (\\u0000) characters.")
+        return data
+
+
+class JSONParser(_RefuseNul, parsers.JSONParser):
+    pass
+
+
+class FormParser(_RefuseNul, parsers.FormParser):
+    pass
+
+
+class MultiPartParser(_RefuseNul, parsers.MultiPartParser):
+    pass

@@ -316,6 +316,11 @@ REST_FRAMEWORK.update({
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Errors as {"error": {"message", "code", "fields"}}; bad input is a 400 naming the field.
     "EXCEPTION_HANDLER": "gateway_site.api_errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "gateway_site.api_errors.JSONParser",
+        "gateway_site.api_errors.FormParser",
+        "gateway_site.api_errors.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "gateway_site.api_errors.Pagination",
     "PAGE_SIZE": 100,
 })
