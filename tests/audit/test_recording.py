@@ -143,7 +143,7 @@ def test_an_internal_error_is_recorded(personas, demo_route, monkeypatch):
     async def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("proxy.pipeline.resolve_route", broken)
+    monkeypatch.setattr("proxy.pipeline.resolve_route_watched", broken)
     response = chat(personas.alice_key, HELLO)
     assert response.status_code == 500
     assert (only_event().status, only_event().error_class) == (500, "internal_error")
