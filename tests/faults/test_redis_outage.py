@@ -33,6 +33,9 @@ def _audited_tokens() -> int:
 
 
 @pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+# Timing under load (servers stopped and started within seconds): one retry, so a CI
+# machine's momentary stall is not a failure; a real regression fails both runs.
+@pytest.mark.flaky(reruns=1)
 def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(fail_open):
     sandbox_port = free_port()
     seeded = seed(sandbox_port)
