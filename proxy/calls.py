@@ -331,14 +331,7 @@ def _usage_of_answer(ctx: RequestContext, caller: CallerFormat, content: bytes) 
     if caller.caller is Caller.OPENAI:
         ctx.record_usage(usage)
     elif isinstance(usage, dict):
-        _record_tokens(ctx, anthropic_format._input_tokens(usage), usage.get("output_tokens"))
-
-
-def _record_tokens(ctx: RequestContext, prompt: Any, completion: Any) -> None:
-    if isinstance(prompt, int) and not isinstance(prompt, bool):
-        ctx.prompt_tokens = prompt
-    if isinstance(completion, int) and not isinstance(completion, bool):
-        ctx.completion_tokens = completion
+        ctx.record_tokens(anthropic_format._input_tokens(usage), usage.get("output_tokens"))
 
 
 def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -393,7 +386,7 @@ def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
     def keep(event: bytes) -> bool:
         usage = anthropic_format.stream_usage(event)
         if usage is not None:
-            _record_tokens(ctx, *usage)
+            ctx.record_tokens(*usage)
         elif event.startswith(b"event: error"):
             ctx.error_class = "upstream_stream_error"
         return True
@@ -467,7 +460,7 @@ def _account(ctx: RequestContext, event: StreamEvent) -> None:
     if isinstance(event, StreamStart) and event.input_tokens is not None:
         ctx.prompt_tokens = event.input_tokens
     elif isinstance(event, StreamUsage):
-        _record_tokens(ctx, event.input_tokens, event.output_tokens)
+        ctx.record_tokens(event.input_tokens, event.output_tokens)
 
 
 class _UpstreamStreamError(Exception):
@@ -504,7 +497,7 @@ async def _translated(
                                 f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer",
                                 retryable=False, status=502) from None
         answer.model = answer.model or deployment.upstream_model
-        _record_tokens(ctx, answer.usage.input_tokens, answer.usage.output_tokens)
+        ctx.record_tokens(answer.usage.input_tokens, answer.usage.output_tokens)
         out = orjson.dumps(caller.encode_response(answer))
         ctx.status = response.status_code
         ctx.error_class = None

@@ -79,10 +79,11 @@ class RequestContext:
 
     def record_usage(self, usage: object) -> None:
         """Take token counts from an OpenAI-shaped `usage` object, ignoring anything malformed."""
-        if not isinstance(usage, dict):
-            return
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
+        if isinstance(usage, dict):
+            self.record_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    def record_tokens(self, prompt: object, completion: object) -> None:
+        """Take prompt and completion token counts, ignoring any that is not an integer."""
         if isinstance(prompt, int) and not isinstance(prompt, bool):
             self.prompt_tokens = prompt
         if isinstance(completion, int) and not isinstance(completion, bool):
