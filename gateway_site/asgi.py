@@ -4,6 +4,9 @@ Proxy and health paths go to a Django handler without middleware: none of the
 admin's middleware (sessions, CSRF, messages) applies to them, and each sync
 middleware would cost a thread hop per request under ASGI. Everything else (the
 admin, the admin API) goes through the full stack.
+
+Before either, a request whose headers add up to more than TOLLGATE_MAX_HEADER_BYTES
+is refused with a 431: uvicorn (httptools) sets no limit of its own.
 """
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ django.setup(set_prefix=False)
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 
+import orjson  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpResponseBase, JsonResponse  # noqa: E402
 from django.urls import Resolver404, resolve  # noqa: E402
 
 from gateway_site.status import heartbeat_loop, heartbeat_remove  # noqa: E402
+from proxy.errors import Caller, GatewayError  # noqa: E402
 from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
@@ -137,10 +143,35 @@ async def _lifespan(receive, send) -> None:
             return
 
 
+async def _refuse_headers(scope, send, size: int, limit: int) -> None:
+    """431 in the caller's error shape, sent before the body is read or a request is built."""
+    path = scope["path"]
+    anthropic = path.startswith("/v1/messages") or (
+        not path.startswith("/v1/chat/") and any(name == b"anthropic-version" for name, _ in scope["headers"]))
+    error = GatewayError("headers_too_large",
+                         f"The request's headers add up to {size} bytes; the gateway accepts at most {limit}.",
+                         code="request_headers_too_large")
+    body = orjson.dumps(error.body(Caller.ANTHROPIC if anthropic else Caller.OPENAI))
+    # The unread body is discarded by the server; the connection stays usable.
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def application(scope, receive, send) -> None:
     scope_type = scope["type"]
-    if scope_type == "http" and scope["path"].startswith(LEAN_PATH_PREFIXES):
-        await lean_application(scope, receive, send)
+    if scope_type == "http":
+        # One sum per request (names and values, as the server received them): cheap enough for
+        # the hot path, and it keeps megabytes of headers out of Django's request objects.
+        size = sum(len(name) + len(value) for name, value in scope["headers"])
+        limit = settings.TOLLGATE_MAX_HEADER_BYTES
+        if size > limit:
+            await _refuse_headers(scope, send, size, limit)
+        elif scope["path"].startswith(LEAN_PATH_PREFIXES):
+            await lean_application(scope, receive, send)
+        else:
+            await django_application(scope, receive, send)
     elif scope_type == "lifespan":
         await _lifespan(receive, send)
     else:

@@ -151,6 +151,9 @@ CELERY_BEAT_SCHEDULE: dict = {}
 # Largest request body the proxy accepts; bigger ones get a 413 before parsing.
 TOLLGATE_MAX_BODY_BYTES = envint("TOLLGATE_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+# Largest total of request header names and values, on every path; bigger get a 431 before
+# any work (gateway_site/asgi.py). The server itself sets no limit.
+TOLLGATE_MAX_HEADER_BYTES = envint("TOLLGATE_MAX_HEADER_BYTES", 32 * 1024, minimum=4096)
 # Seconds an authenticated key stays in a worker's memory; a change to a key or
 # consumer is seen by every worker within TOLLGATE_AUTH_RECHECK_SECONDS.
 TOLLGATE_AUTH_CACHE_SECONDS = envfloat("TOLLGATE_AUTH_CACHE_SECONDS", 30.0, minimum=0)

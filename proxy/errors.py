@@ -22,6 +22,8 @@ _KINDS: dict[str, tuple[int, str, str]] = {
     "not_found": (404, "invalid_request_error", "not_found_error"),
     "method_not_allowed": (405, "invalid_request_error", "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error", "request_too_large"),
+    # Anthropic has no type of its own for 431; its 413 type is the nearest.
+    "headers_too_large": (431, "invalid_request_error", "request_too_large"),
     "rate_limit": (429, "rate_limit_error", "rate_limit_error"),
     "internal": (500, "server_error", "api_error"),
     "upstream": (502, "upstream_error", "api_error"),
