@@ -260,13 +260,16 @@ def _refused(status: int, message: str) -> JsonResponse:
 
 
 def access_refusal(request: HttpRequest) -> JsonResponse | None:
-    """None when the request may read /metrics; otherwise the 403 or 401 to send."""
+    """None when the request may read /metrics; otherwise the 403 or 401 to send.
+
+    The refusals name no setting: any address may ask, and a TOLLGATE_* name would tell it which
+    product answers (docs/operations.md explains them to the operator)."""
     meta = request.META
     if clientaddr.forwarded_by_untrusted(meta):
-        return _refused(403, "Scrape /metrics directly, not through a proxy that is not in TOLLGATE_TRUSTED_PROXIES.")
+        return _refused(403, "Scrape /metrics directly, not through an untrusted proxy.")
     address = clientaddr.ip(clientaddr.client_address(meta))
     if not clientaddr.address_in(address, clientaddr.networks(tuple(settings.TOLLGATE_METRICS_ALLOW))):
-        return _refused(403, "This address may not read /metrics (TOLLGATE_METRICS_ALLOW).")
+        return _refused(403, "This address may not read /metrics.")
     token = settings.TOLLGATE_METRICS_TOKEN
     if token:
         scheme, _, given = meta.get("HTTP_AUTHORIZATION", "").partition(" ")

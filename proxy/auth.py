@@ -18,8 +18,8 @@ from proxy.errors import GatewayError
 logger = logging.getLogger(__name__)
 
 # One message for every kind of bad key, so a caller cannot tell an unknown key
-# from a revoked or expired one.
-INVALID_KEY_MESSAGE = "Invalid API key. Use a Tollgate key issued by your gateway administrator."
+# from a revoked or expired one; nor does it name the product to a scanner.
+INVALID_KEY_MESSAGE = "Invalid API key. Use a key issued by your gateway administrator."
 MISSING_KEY_MESSAGE = (
     "Missing API key. Send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'X-App-Key: <key>'."
 )

@@ -72,6 +72,10 @@ async def request_finish(ctx: RequestContext) -> None:
 
 def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
     response["x-request-id"] = ctx.request_id
+    if ctx.key is None:
+        # No valid key (401, a probing 429, a refusal before authentication): the x-tollgate-*
+        # headers would tell an anonymous scanner which product answers (docs/reliability.md, Probing).
+        return response
     response["x-tollgate-overhead-ms"] = f"{ctx.overhead_ms():.2f}"
     if ctx.deployment is not None:
         response["x-tollgate-provider"] = ctx.deployment.provider.name

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import orjson
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from audit.models import AuditEvent
 from budgets.services import key_issue, key_revoke
@@ -53,6 +53,48 @@ def test_no_model_list_or_version_without_a_key(personas, demo_route):
         assert response.status_code == 401
         assert b"demo" not in response.content and not re.search(rb"\d+\.\d+", response.content)
         assert "server" not in response.headers
+
+
+def assert_names_no_product(status: int, headers: dict[str, str], body: bytes, what: str) -> None:
+    """Neither the body nor a header (name or value) says which gateway answers; x-request-id may be there."""
+    seen = " ".join(f"{name}: {value}" for name, value in headers.items()).lower()
+    assert "tollgate" not in seen, (what, status, headers)
+    assert b"tollgate" not in body.lower(), (what, status, body[:500])
+    assert "server" not in headers and "x-powered-by" not in headers, (what, headers)
+
+
+@NO_PROBE_LIMITS
+def test_nothing_an_anonymous_caller_receives_names_the_product(personas, demo_route):
+    for key in (None, "tg-unknown-0000000000000000000000000000", personas.revoked_key):
+        answers = [post("/v1/chat/completions", key), post("/v1/messages", key),
+                   post("/v1/messages/count_tokens", key), call("GET", "/v1/chat/completions", key=key)]
+        answers += [call("GET", path, key=key) for path in ("/v1/models", "/v1/models/demo", "/v1/embeddings")]
+        for response in answers:
+            assert response.status_code in (401, 405), (response.status_code, response.content)
+            assert_names_no_product(response.status_code, response.headers, response.content, key)
+            assert "x-request-id" in response.headers
+    # The probing defence's 429 too.
+    with override_settings(TOLLGATE_PROBE_BLOCK_AFTER=1, TOLLGATE_PROBE_BLOCK_SECONDS=60):
+        blocked = post("/v1/chat/completions", "tg-guess")
+    assert blocked.status_code == 429
+    assert_names_no_product(blocked.status_code, blocked.headers, blocked.content, "blocked")
+
+
+def test_no_other_public_answer_names_the_product(db):
+    """The health probes, /metrics refused to a public address, the admin's login page, the admin API."""
+    client = Client(REMOTE_ADDR="203.0.113.7")
+    for path in ("/healthz", "/readyz", "/metrics", "/admin/login/", "/admin/", "/api/admin/consumers/",
+                 "/api/schema/", "/api/docs/", "/no-such-page"):
+        response = client.get(path)
+        assert response.status_code < 500, (path, response.status_code)
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert_names_no_product(response.status_code, {k.lower(): v for k, v in response.items()}, body, path)
+
+
+def test_a_key_holder_still_sees_the_gateway_headers(personas, demo_route):
+    response = post("/v1/chat/completions", personas.alice_key)
+    assert response.status_code == 200
+    assert response.headers["x-tollgate-provider"] == "sandbox" and "x-tollgate-overhead-ms" in response.headers
 
 
 @NO_PROBE_LIMITS

@@ -1,4 +1,4 @@
-"""What the real server (the Procfile's start) tells an unauthenticated caller: no banner."""
+"""What the real server (the Procfile's start) tells an unauthenticated caller: no banner, no product name."""
 from __future__ import annotations
 
 import httpx
@@ -10,7 +10,7 @@ from tests.servers import database_url_for, free_port, gateway_command, server_e
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
-def test_a_401_from_the_real_server_names_no_server(django_db_blocker):
+def test_a_401_from_the_real_server_names_no_server_and_no_product(django_db_blocker):
     with django_db_blocker.unblock():
         database_url = database_url_for(connection.settings_dict)
     env = server_env(DATABASE_URL=database_url)
@@ -25,4 +25,6 @@ def test_a_401_from_the_real_server_names_no_server(django_db_blocker):
     assert response.status_code == 401
     for answer in (response, health):
         assert "server" not in answer.headers, answer.headers
-        assert "uvicorn" not in str(answer.headers).lower()
+        headers = str(answer.headers.multi_items()).lower()
+        assert "uvicorn" not in headers and "tollgate" not in headers, answer.headers
+        assert b"tollgate" not in answer.content.lower(), answer.content
