@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
@@ -36,7 +35,9 @@ from proxy.providers.ir import (
 from proxy.providers.registry import adapter_for
 from proxy.providers.sse import SSEParser
 from proxy.routing import DeploymentInfo, RouteInfo, deployment_order
-from proxy.upstream import get_client
+from proxy.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from proxy.upstream import post as upstream_post
+from proxy.upstream import send as upstream_send
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,16 @@ CALLER_FORMATS = {
 }
 
 
-def _transport_error(adapter: ProviderAdapter, exc: Exception) -> ProviderError:
+def _transport_error(adapter: ProviderAdapter, exc: UpstreamError) -> ProviderError:
     name = adapter.provider.name
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, UpstreamTimeout):
         return ProviderError(
-            f"Provider '{name}' did not answer in time ({exc.__class__.__name__}).",
+            f"Provider '{name}' did not answer in time ({exc.kind}).",
             error_class="timeout",
             retryable=True,
         )
     return ProviderError(
-        f"Provider '{name}' could not be reached ({exc.__class__.__name__}).",
+        f"Provider '{name}' could not be reached ({exc.kind}).",
         error_class="connect_error",
         retryable=True,
     )
@@ -224,50 +225,49 @@ def _final_error_response(error: ProviderError, caller: CallerFormat, *, same_fo
 
 
 async def _post(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
-                headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+                headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
     started = time.perf_counter()
     try:
-        response = await get_client().post(url, content=orjson.dumps(payload), headers=headers,
-                                           timeout=adapter.timeout())
-    except httpx.HTTPError as exc:
+        response, content = await upstream_post(url, content=orjson.dumps(payload), headers=headers,
+                                                timeouts=adapter.timeout())
+    except UpstreamError as exc:
         raise _transport_error(adapter, exc) from None
     finally:
         ctx.upstream_seconds += time.perf_counter() - started
-    content = response.content
     if response.status_code >= 400:
         raise adapter.error_from_response(response, content)
     return response, content
 
 
 async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
-                       headers: dict[str, str]) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
+                       headers: dict[str, str]) -> tuple[UpstreamResponse, AsyncIterator[bytes], bytes]:
     """Send the request and wait for the first bytes of the answer: until then, failover is still possible."""
-    client = get_client()
-    request = client.build_request("POST", url, content=orjson.dumps(payload),
-                                   headers={**headers, "accept": "text/event-stream"}, timeout=adapter.timeout())
     started = time.perf_counter()
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+        response = await upstream_send(url, content=orjson.dumps(payload),
+                                       headers={**headers, "accept": "text/event-stream"},
+                                       timeouts=adapter.timeout())
+    except UpstreamError as exc:
         ctx.upstream_seconds += time.perf_counter() - started
         raise _transport_error(adapter, exc) from None
     if response.status_code >= 400:
         try:
-            content = await response.aread()
-        except httpx.HTTPError:
+            content = await response.read()
+        except UpstreamError:
             content = b""
         finally:
             await response.aclose()
             ctx.upstream_seconds += time.perf_counter() - started
         raise adapter.error_from_response(response, content)
-    chunks = response.aiter_bytes()
+    chunks = response.chunks()
     try:
         first = await chunks.__anext__()
-    except (httpx.HTTPError, StopAsyncIteration) as exc:
+    except (UpstreamError, StopAsyncIteration) as exc:
         await response.aclose()
         name = adapter.provider.name
-        raise ProviderError(f"Provider '{name}' ended its stream before sending anything ({exc.__class__.__name__}).",
-                            error_class="timeout" if isinstance(exc, httpx.TimeoutException) else "stream_interrupted",
+        kind = exc.kind if isinstance(exc, UpstreamError) else exc.__class__.__name__
+        raise ProviderError(f"Provider '{name}' ended its stream before sending anything ({kind}).",
+                            error_class="timeout" if isinstance(exc, UpstreamTimeout) else "stream_interrupted",
                             retryable=True) from None
     finally:
         ctx.upstream_seconds += time.perf_counter() - started
@@ -360,7 +360,7 @@ def _usage_chunk(event: bytes) -> tuple[dict | None, bool]:
 
 
 async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter: ProviderAdapter,
-                        exc: Exception) -> str:
+                        exc: UpstreamError) -> str:
     # Bytes already reached the client: no failover now. The stream ends with an
     # error event in the caller's format, and the deployment's breaker hears of it.
     error = _transport_error(adapter, exc)
@@ -394,7 +394,7 @@ def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
 
 
 async def _relay_same_format(
-    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
+    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: UpstreamResponse,
     chunks: AsyncIterator[bytes], first: bytes, finish: Finish, *,
     terminal: bytes, keep: Callable[[bytes], bool], error_event: Callable[[str], bytes],
 ) -> AsyncIterator[bytes]:
@@ -434,7 +434,7 @@ async def _relay_same_format(
                 break
         if pending.strip():
             yield pending
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         message = await _stream_broke(ctx, deployment, adapter, exc)
         await finish(ctx)
         yield error_event(message)
@@ -527,7 +527,7 @@ async def _translated(
 
 
 async def _relay_translated(
-    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: httpx.Response,
+    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: UpstreamResponse,
     chunks: AsyncIterator[bytes], parser: SSEParser, decoder: Any, encoder: Any, head: list[StreamEvent],
     finish: Finish,
 ) -> AsyncIterator[bytes]:
@@ -559,7 +559,7 @@ async def _relay_translated(
         ctx.capture_response(encoder.terminal)
         await finish(ctx)
         yield encoder.terminal
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         message = await _stream_broke(ctx, deployment, adapter, exc)
         await finish(ctx)
         yield encoder.error_event(message, "stream_interrupted")

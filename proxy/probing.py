@@ -29,7 +29,8 @@ from gateway_site.sharedcache import cache
 from proxy.auth import authenticate
 from proxy.errors import GatewayError
 from proxy.routing import RouteInfo, resolve_route
-from proxy.upstream import get_client
+from proxy.upstream import Timeouts
+from proxy.upstream import post as upstream_post
 
 logger = logging.getLogger("tollgate.security")
 
@@ -147,7 +148,7 @@ async def security_alert(kind: str, details: dict[str, Any]) -> None:
     if not url:
         return
     try:
-        await get_client().post(url, content=orjson.dumps({"alert": kind, **details}),
-                                headers={"content-type": "application/json"}, timeout=5.0)
+        await upstream_post(url, content=orjson.dumps({"alert": kind, **details}),
+                            headers={"content-type": "application/json"}, timeouts=Timeouts(read=5.0, connect=5.0))
     except Exception:
         logger.warning("could not send the security alert to the webhook", exc_info=True)

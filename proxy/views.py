@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-import httpx
 import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -15,7 +14,8 @@ from proxy.parsing import read_json_object, validate_anthropic_messages
 from proxy.pipeline import proxy_anthropic_messages, proxy_openai_chat
 from proxy.providers.anthropic import AnthropicAdapter
 from proxy.routing import RouteInfo, resolve_route, routes_for_key
-from proxy.upstream import get_client
+from proxy.upstream import UpstreamError
+from proxy.upstream import post as upstream_post
 
 
 @csrf_exempt
@@ -98,12 +98,12 @@ async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
                                                               "top_k", "stop_sequences", "metadata")}
         payload["model"] = deployment.upstream_model
         try:
-            response = await get_client().post(adapter.count_tokens_url(), content=orjson.dumps(payload),
-                                               headers=adapter.request_headers({}), timeout=adapter.timeout())
-        except httpx.HTTPError:
+            response, content = await upstream_post(adapter.count_tokens_url(), content=orjson.dumps(payload),
+                                                    headers=adapter.request_headers({}), timeouts=adapter.timeout())
+        except UpstreamError:
             continue
         if response.status_code < 400:
-            return HttpResponse(response.content, status=200, content_type="application/json")
+            return HttpResponse(content, status=200, content_type="application/json")
     return json_response({"input_tokens": _estimate_tokens(body)})
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import httpx
 import orjson
 
 from proxy.routing import ProviderInfo
+from proxy.upstream import Timeouts, UpstreamResponse
 
 if TYPE_CHECKING:
     from proxy.providers.ir import ChatRequest, ChatResponse, StreamEvent
@@ -106,14 +106,10 @@ class ProviderAdapter:
         headers.update(self.auth_headers())
         return headers
 
-    def timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(
-            self.provider.timeout_seconds,
-            connect=self.provider.connect_timeout_seconds,
-            pool=self.provider.connect_timeout_seconds,
-        )
+    def timeout(self) -> Timeouts:
+        return Timeouts(read=self.provider.timeout_seconds, connect=self.provider.connect_timeout_seconds)
 
-    def error_from_response(self, response: httpx.Response, body: bytes) -> ProviderError:
+    def error_from_response(self, response: UpstreamResponse, body: bytes) -> ProviderError:
         status = response.status_code
         message = _upstream_message(body) or f"HTTP {status}"
         return ProviderError(

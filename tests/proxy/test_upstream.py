@@ -1,0 +1,101 @@
+"""proxy.upstream: the outbound HTTP seam of the request path, against real local servers."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from proxy import upstream
+from proxy.upstream import Timeouts, UpstreamError, UpstreamTimeout
+from tests.servers import free_port
+
+FAST = Timeouts(read=2.0, connect=2.0)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen_cookies: list[str | None] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        _Handler.seen_cookies.append(self.headers.get("cookie"))
+        if self.path == "/slow":
+            time.sleep(1.5)
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("set-cookie", "session=provider-secret; Path=/")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Handler.seen_cookies = []
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_providers_cookie_is_never_sent_back(provider):
+    # One session serves every consumer of a worker: a cookie kept from one answer
+    # would travel with the next consumer's request.
+    async def twice() -> list[bytes]:
+        bodies = []
+        for _ in range(2):
+            response, body = await upstream.post(f"{provider}/chat", content=b"{}", headers={}, timeouts=FAST)
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == "application/json"  # case-insensitive
+            bodies.append(body)
+        return bodies
+
+    assert asyncio.run(twice()) == [b'{"ok": true}'] * 2
+    assert _Handler.seen_cookies == [None, None]
+
+
+def test_a_silent_provider_is_a_timeout(provider):
+    async def slow() -> None:
+        await upstream.post(f"{provider}/slow", content=b"{}", headers={}, timeouts=Timeouts(read=0.3, connect=1))
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(slow())
+    assert time.monotonic() - started < 1.4
+
+
+def test_a_refused_connection_is_an_upstream_error():
+    async def refused() -> None:
+        await upstream.post(f"http://127.0.0.1:{free_port()}/chat", content=b"{}", headers={}, timeouts=FAST)
+
+    with pytest.raises(UpstreamError) as caught:
+        asyncio.run(refused())
+    assert not isinstance(caught.value, UpstreamTimeout)
+
+
+def test_the_session_is_closed_with_its_event_loop(provider):
+    # Tests and management commands run many short loops: each loop's session must
+    # close when the loop ends, not linger (with the loop) until the process exits.
+    sessions = []
+
+    async def call() -> None:
+        await upstream.post(f"{provider}/chat", content=b"{}", headers={}, timeouts=FAST)
+        sessions.append(upstream._sessions[asyncio.get_running_loop()][0])
+
+    asyncio.run(call())
+    asyncio.run(call())
+    assert len(sessions) == 2 and sessions[0] is not sessions[1]
+    assert all(session.closed for session in sessions)
+    assert not any(session in [s for s, _ in upstream._sessions.values()] for session in sessions)
