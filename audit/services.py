@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -165,23 +166,92 @@ def _insert(rows: list[tuple]) -> None:
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)  # noqa: S608
 
 
-def _append(values: list[tuple], progress: list[str]) -> None:
+def _chain(values: list[tuple], seq: int, prev: str) -> list[tuple]:
+    """Sealed rows: each row's seq and prev_hash, then its values, then its own hash."""
     key = chain_key()
+    rows = []
+    for row in values:
+        seq += 1
+        chained = (seq, prev, *row)
+        prev = event_hash(chained, key=key)
+        rows.append((*chained, prev))
+    return rows
+
+
+def _append(values: list[tuple], progress: list[str]) -> None:
     with transaction.atomic():
         if not settings.TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         head = _chain_head_locked()
-        seq, prev = head.seq, head.hash
-        rows = []
-        for row in values:
-            seq += 1
-            chained = (seq, prev, *row)
-            prev = event_hash(chained, key=key)
-            rows.append((*chained, prev))
+        rows = _chain(values, head.seq, head.hash)
         _insert(rows)
-        AuditChainHead.objects.filter(pk=1).update(seq=seq, hash=prev)
+        AuditChainHead.objects.filter(pk=1).update(seq=rows[-1][0], hash=rows[-1][-1])
         progress.append("committing")
+
+
+@cache
+def _sql() -> dict[str, str]:
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    head = connection.ops.quote_name(AuditChainHead._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    placeholders = ", ".join(["%s"] * len(_COLUMNS))
+    # Table and column names come from the models; every value is a bound parameter.
+    return {
+        "head": f"SELECT seq, hash FROM {head} WHERE id = 1 FOR UPDATE",  # noqa: S608
+        "insert": f"INSERT INTO {table} ({columns}) VALUES ",  # noqa: S608
+        "row": f"({placeholders})",
+        "copy": f"COPY {table} ({columns}) FROM STDIN",
+        "move": f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
+    }
+
+
+# Up to this many rows one INSERT rides with the COMMIT; more go by COPY, cheaper per row (measured).
+_VALUES_ROWS = 2
+
+
+def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
+    """`_append` on PostgreSQL in two round trips instead of six (psycopg's pipeline mode): BEGIN
+    and the head's lock go out together; once the head is known, the rows, the head's move and
+    COMMIT (a larger batch is copied first). For the writer thread, which holds no transaction.
+    False if the head row does not exist yet (`_append` creates it)."""
+    import psycopg
+
+    sql = _sql()
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors:
+        try:
+            with psycopg.Cursor(raw) as cursor:
+                with raw.pipeline():
+                    cursor.execute("BEGIN")
+                    if not settings.TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT:
+                        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                    cursor.execute(sql["head"])
+                    head = cursor.fetchone()
+                if head is None:
+                    cursor.execute("ROLLBACK")
+                    return False
+                rows = _chain(values, *head)
+                if len(rows) > _VALUES_ROWS:
+                    with cursor.copy(sql["copy"]) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                with raw.pipeline():
+                    if len(rows) <= _VALUES_ROWS:
+                        cursor.execute(sql["insert"] + ", ".join([sql["row"]] * len(rows)),
+                                       [value for row in rows for value in row])
+                    cursor.execute(sql["move"], (rows[-1][0], rows[-1][-1]))
+                    progress.append("committing")
+                    cursor.execute("COMMIT")
+        except BaseException:
+            if not raw.closed and raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    raw.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass
+            raise
+    return True
 
 
 def events_append(records: list[AuditRecord]) -> int:
@@ -196,7 +266,9 @@ def events_append(records: list[AuditRecord]) -> int:
     for attempt in (1, 2):
         progress: list[str] = []
         try:
-            _append(values, progress)
+            pipelined = connection.vendor == "postgresql" and not connection.in_atomic_block
+            if not (pipelined and _append_pipelined(values, progress)):
+                _append(values, progress)
             return len(values)
         except (OperationalError, InterfaceError) as exc:
             if attempt == 2 or connection.in_atomic_block or progress:

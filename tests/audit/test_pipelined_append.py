@@ -1,0 +1,85 @@
+"""The writer thread's append on PostgreSQL: two pipelined round trips, same chain guarantees."""
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from django.db import DatabaseError, connection
+
+from audit.chain import chain_verify
+from audit.models import AuditChainHead, AuditEvent
+from audit.services import _VALUES_ROWS, AuditRecord, events_append
+
+pytestmark = pytest.mark.django_db(transaction=True)  # outside any transaction, as the writer thread runs
+
+
+@pytest.fixture(autouse=True)
+def postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("the pipelined append is PostgreSQL's")
+
+
+@pytest.fixture
+def pipelined_only(monkeypatch):
+    """The chain head exists, so every append must take the pipelined path, never the ORM's."""
+    AuditChainHead.objects.get_or_create(pk=1)
+
+    def orm_append(*args):
+        raise AssertionError("the ORM path was taken")
+
+    monkeypatch.setattr("audit.services._append", orm_append)
+
+
+def record(tag: str, status: object = 200) -> AuditRecord:
+    return AuditRecord(time=datetime(2025, 1, 1, tzinfo=UTC), request_id=f"req_{tag}", endpoint="chat.completions",
+                       status=status, body_mode="metadata", request_body={"model": "m", "messages": []})
+
+
+def test_concurrent_writers_extend_one_unbroken_chain(pipelined_only):
+    # Batch sizes on both sides of _VALUES_ROWS: the INSERT and the COPY paths.
+    sizes = [1, 2, _VALUES_ROWS + 1, 7]
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for i in range(15):
+                size = sizes[i % len(sizes)]
+                assert not connection.in_atomic_block
+                events_append([record(f"{name}-{i}-{j}") for j in range(size)])
+        except BaseException as exc:  # reported below, from the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    expected = 3 * sum(sizes[i % len(sizes)] for i in range(15))
+    assert AuditEvent.objects.count() == expected
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, expected + 1))
+    assert AuditChainHead.objects.get(pk=1).seq == expected
+    report = chain_verify()
+    assert report.ok and report.checked == expected
+
+
+def test_a_failed_batch_leaves_nothing_behind_and_the_next_one_is_written(pipelined_only):
+    events_append([record("first")])
+    with pytest.raises(DatabaseError):
+        events_append([record("bad", status="not a number")])  # the INSERT fails inside the pipeline
+    with pytest.raises(DatabaseError):
+        events_append([record(f"bad-{i}", status="x") for i in range(_VALUES_ROWS + 2)])  # the COPY fails
+    events_append([record("after")])
+    assert list(AuditEvent.objects.order_by("seq").values_list("request_id", flat=True)) == ["req_first", "req_after"]
+    assert chain_verify().ok
+
+
+def test_a_missing_chain_head_is_created():
+    AuditChainHead.objects.all().delete()
+    events_append([record("one"), record("two"), record("three")])
+    events_append([record("four")])
+    assert AuditChainHead.objects.get(pk=1).seq == 4
+    assert chain_verify().checked == 4
