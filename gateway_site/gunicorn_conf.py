@@ -10,6 +10,7 @@ Command-line options given after `-c` override these (the tests pass -b and -w).
 """
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import shutil
@@ -49,6 +50,18 @@ def on_starting(server) -> None:
     os.makedirs(path, exist_ok=True)
     for name in glob.glob(os.path.join(path, "*.db")):
         os.remove(name)
+
+
+def post_worker_init(worker) -> None:
+    """The application is loaded: what exists now (Django, URL conf, models, settings) lives as long
+    as the worker, so the garbage collector stops scanning it (gc.freeze), and it runs its young
+    generation less often (a request allocates thousands of objects, nearly all freed by reference
+    counting). Measured with 1,000 streams: collections had been a visible share of the CPU."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+GC_THRESHOLD = envint("TOLLGATE_GC_THRESHOLD", 20000, minimum=100)
 
 
 def child_exit(server, worker) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -130,18 +130,11 @@ def request_observe(ctx: RequestContext, *, audit_seconds: float | None = None) 
         logger.warning("could not record metrics for %s", ctx.request_id, exc_info=True)
 
 
-async def stream_track(ctx: RequestContext, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay `stream`, counted in tollgate_open_streams while it is being sent."""
+def open_stream(ctx: RequestContext) -> Gauge:
+    """Count a stream in tollgate_open_streams; the caller decrements the returned gauge when it ends."""
     gauge = _child(OPEN_STREAMS, ctx.route.model if ctx.route else NONE)
     gauge.inc()
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        gauge.dec()
-        close = getattr(stream, "aclose", None)
-        if close is not None:
-            await close()
+    return gauge
 
 
 def audit_backlog_sample() -> None:

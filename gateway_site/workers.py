@@ -8,4 +8,7 @@ class TollgateWorker(UvicornWorker):
     """uvicorn without its `server: uvicorn` banner: an unauthenticated caller learns no version
     or stack (docs/reliability.md, Probing). uvicorn still adds its `date` header."""
 
-    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
+    # proxy_headers off: the client's address comes from TOLLGATE_TRUSTED_PROXIES
+    # (gateway_site/clientaddr.py); uvicorn's middleware trusted no one here anyway
+    # (forwarded_allow_ips is empty) and cost a layer on every request.
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False, "proxy_headers": False}

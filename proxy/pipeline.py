@@ -21,7 +21,7 @@ from proxy.errors import Caller, GatewayError, error_response
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
 from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.providers import anthropic as anthropic_format
-from proxy.recording import capture_bodies, hold_terminal_event, record
+from proxy.recording import capture_bodies, record
 
 logger = logging.getLogger("tollgate.requests")
 
@@ -101,9 +101,12 @@ def _database_unavailable() -> GatewayError:
                         headers={"retry-after": "1"})
 
 
-async def _end_cleanly(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay a stream; if the gateway fails inside it, end it with an error event in the caller's format
-    instead of a dropped connection (the headers, and a 200, are already sent)."""
+async def _relay_guarded(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay a stream, counted in tollgate_open_streams while it is sent; if the gateway fails inside
+    it, end it with an error event in the caller's format instead of a dropped connection (the
+    headers, and a 200, are already sent). The relay itself (proxy.calls) holds the stream's
+    terminal event until the audit event is committed (DESIGN §4)."""
+    gauge = metrics.open_stream(ctx)
     try:
         async for chunk in chunks:
             yield chunk
@@ -114,6 +117,11 @@ async def _end_cleanly(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> Asy
     except Exception:
         logger.exception("request %s failed inside the gateway while streaming", ctx.request_id)
         yield _stream_error(ctx.caller, "The gateway failed to handle this request.", "internal_error", 500)
+    finally:
+        gauge.dec()
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _stream_error(caller: Caller, message: str, code: str, status: int) -> bytes:
@@ -189,7 +197,6 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
             logger.error("request %s: the database is unreachable; answer withheld", ctx.request_id)
             database_mark_down()
             return _stamp(error_response(_database_unavailable(), ctx.caller), ctx)
-    else:  # the terminal event waits for the audit event (recorded as the relay ends)
-        response.streaming_content = metrics.stream_track(
-            ctx, _end_cleanly(ctx, hold_terminal_event(response.streaming_content)))
+    else:
+        response.streaming_content = _relay_guarded(ctx, response.streaming_content)
     return _stamp(response, ctx)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -90,39 +90,6 @@ async def record(ctx: RequestContext) -> None:
     else:
         body_mode = BodyMode.FULL if ctx.capture_limit > 0 else BodyMode.METADATA
     await event_write(audit_record(ctx, body_mode=body_mode))
-
-
-# Terminal events of the SSE formats we relay. Holding them back until the
-# audit event is committed makes "the client saw the end" imply "it is audited".
-_TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop")
-
-
-async def hold_terminal_event(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay `stream`, but release its terminal SSE event only after the stream is exhausted.
-
-    The relay records the audit event when it finishes, so the client gets
-    `[DONE]` (or `message_stop`) only once the event is stored.
-    """
-    held: list[bytes] = []
-    try:
-        async for chunk in stream:
-            if held:
-                held.append(chunk)
-                continue
-            data = bytes(chunk)
-            cut = min((i for i in (data.find(m) for m in _TERMINAL_MARKERS) if i >= 0), default=-1)
-            if cut < 0:
-                yield data
-                continue
-            if cut > 0:
-                yield data[:cut]
-            held.append(data[cut:])
-        if held:
-            yield b"".join(held)
-    finally:
-        close = getattr(stream, "aclose", None)
-        if close is not None:
-            await close()
 
 
 def _error_class_of(response: HttpResponse) -> str:

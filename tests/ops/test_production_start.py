@@ -64,3 +64,19 @@ def test_a_dead_worker_leaves_no_live_gauge(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     # The counter survives (a dead worker's requests still happened); its live gauge is gone.
     assert out.stdout.strip() == "['counter']"
+
+
+def test_a_worker_freezes_its_startup_objects_and_collects_less_often(tmp_path):
+    code = (
+        "import gc\n"
+        "from gateway_site import gunicorn_conf\n"
+        "gunicorn_conf.post_worker_init(None)\n"
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "TOLLGATE_GC_THRESHOLD": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["12345", "True"]
+    # uvicorn's proxy-headers layer is off: client addresses are the app's (TOLLGATE_TRUSTED_PROXIES).
+    from gateway_site.workers import TollgateWorker
+
+    assert TollgateWorker.CONFIG_KWARGS["proxy_headers"] is False
