@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from audit.models import AuditEvent, AuditPolicy
-from gateway_site.localcache import MISSING, LocalCache
+from gateway_site.localcache import LocalCache
 
 policy_cache = LocalCache(
     "audit-policy",
@@ -20,11 +20,9 @@ async def body_mode_for(consumer_id: int | None) -> str:
     """The consumer's body mode (`none`, `metadata` or `full`); cached per worker."""
     if consumer_id is None:
         return settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE
-    mode = await policy_cache.aget(consumer_id)
-    if mode is MISSING:
-        mode = await (AuditPolicy.objects.filter(consumer_id=consumer_id)
-                      .values_list("body_mode", flat=True).afirst())
-        policy_cache.set(consumer_id, mode)
+    mode = await policy_cache.aget_or_load(
+        consumer_id, lambda: AuditPolicy.objects.filter(consumer_id=consumer_id).values_list(
+            "body_mode", flat=True).afirst())
     return mode or settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE
 
 

@@ -109,14 +109,9 @@ async def limits_for_key(key: KeyInfo) -> Limits:
     """The key's limits from this worker's memory; one database round trip on a miss."""
     from budgets.signals import limits_cache
     from gateway_site.db import run_db
-    from gateway_site.localcache import MISSING
 
-    cache_key = (key.consumer_id, key.key_id)
-    limits = await limits_cache.aget(cache_key)
-    if limits is MISSING:
-        limits = await run_db(_load_limits, key.consumer_id, key.key_id)
-        limits_cache.set(cache_key, limits)
-    return limits
+    return await limits_cache.aget_or_load((key.consumer_id, key.key_id),
+                                           lambda: run_db(_load_limits, key.consumer_id, key.key_id))
 
 
 class PriceTable:
@@ -168,13 +163,8 @@ def _load_prices(now: datetime | None = None) -> PriceTable:
 async def price_table() -> PriceTable:
     from budgets.signals import price_cache
     from gateway_site.db import run_db
-    from gateway_site.localcache import MISSING
 
-    table = await price_cache.aget("table")
-    if table is MISSING:
-        table = await run_db(_load_prices)
-        price_cache.set("table", table)
-    return table
+    return await price_cache.aget_or_load("table", lambda: run_db(_load_prices))
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ seconds.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from gateway_site.sharedcache import cache
@@ -29,6 +30,7 @@ class LocalCache:
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self._generation: Any = MISSING
         self._checked_at = 0.0
+        self._loading: dict[Hashable, asyncio.Future] = {}
 
     @property
     def _generation_key(self) -> str:
@@ -63,6 +65,29 @@ class LocalCache:
             return MISSING
         self._entries.move_to_end(key)
         return value
+
+    async def aget_or_load(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value for key, or else `load()`'s, stored. Concurrent misses of one key in this
+        worker share one load: a burst of requests after a start or an expiry makes one database
+        read, not one each (they would queue on the worker's single database thread)."""
+        value = await self.aget(key)
+        if value is not MISSING:
+            return value
+        loop = asyncio.get_running_loop()
+        pending = self._loading.get(key)
+        if pending is None or pending.get_loop() is not loop:  # tests run many loops
+            pending = self._loading[key] = loop.create_task(self._load(key, load))
+        # shield: a caller that goes away does not cancel the load the others wait for.
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            value = await load()
+            self.set(key, value)
+            return value
+        finally:
+            if self._loading.get(key) is asyncio.current_task():
+                del self._loading[key]
 
     def set(self, key: Hashable, value: Any) -> None:
         self._entries[key] = (time.monotonic() + self.ttl, value)

@@ -12,7 +12,6 @@ from budgets.selectors import KeyInfo, key_info_by_digest
 from budgets.services import key_touch
 from budgets.signals import key_cache
 from gateway_site.db import run_db
-from gateway_site.localcache import MISSING
 from proxy.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -48,12 +47,9 @@ async def authenticate(request: HttpRequest) -> KeyInfo:
     if len(raw) > MAX_KEY_LENGTH:
         raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
     digest = key_digest(raw)
-    info = await key_cache.aget(digest)
-    if info is MISSING:
-        info = await run_db(key_info_by_digest, digest)
-        # Unknown keys are cached too (bounded LRU), so a flood of bad keys
-        # does not become a flood of database reads.
-        key_cache.set(digest, info)
+    # Unknown keys are cached too (bounded LRU), so a flood of bad keys
+    # does not become a flood of database reads.
+    info = await key_cache.aget_or_load(digest, lambda: run_db(key_info_by_digest, digest))
     if info is None or info.revoked or not info.consumer_active:
         raise GatewayError("authentication", INVALID_KEY_MESSAGE, code="invalid_api_key")
     if info.expires_at is not None and info.expires_at <= timezone.now():

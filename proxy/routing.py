@@ -10,7 +10,7 @@ from django.conf import settings
 
 from budgets.selectors import KeyInfo
 from gateway_site.db import run_db
-from gateway_site.localcache import MISSING, LocalCache
+from gateway_site.localcache import LocalCache
 from proxy.errors import GatewayError
 from proxy.models import Deployment, ModelRoute, Provider
 
@@ -100,11 +100,7 @@ def _load_route_table() -> dict[str, RouteInfo]:
 
 async def route_table() -> dict[str, RouteInfo]:
     """Every enabled route, cached per worker; one database round trip on a miss."""
-    table = await route_cache.aget("table")
-    if table is MISSING:
-        table = await run_db(_load_route_table)
-        route_cache.set("table", table)
-    return table
+    return await route_cache.aget_or_load("table", lambda: run_db(_load_route_table))
 
 
 def _route_not_found(model: str) -> GatewayError:
