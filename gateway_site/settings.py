@@ -161,7 +161,7 @@ TOLLGATE_AUTH_RECHECK_SECONDS = envfloat("TOLLGATE_AUTH_RECHECK_SECONDS", 1.0, m
 # Seconds routes and providers stay cached per worker (invalidated on change too).
 TOLLGATE_ROUTE_CACHE_SECONDS = envfloat("TOLLGATE_ROUTE_CACHE_SECONDS", 30.0, minimum=0)
 # Upstream connection pool, per worker process.
-TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 10000, minimum=1)
 # Redis connections per worker for budget and rate-limit counters.
 TOLLGATE_REDIS_MAX_CONNECTIONS = envint("TOLLGATE_REDIS_MAX_CONNECTIONS", 64, minimum=1)
 # Add x-tollgate-stages (milliseconds per stage of the request path) to proxy

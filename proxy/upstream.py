@@ -49,9 +49,12 @@ class Timeouts:
 
 @lru_cache(maxsize=256)
 def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    # No total: a stream may last as long as it keeps sending.
-    return aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
-                                 sock_read=timeouts.read)
+    # No total: a stream may last as long as it keeps sending. `connect` also covers waiting
+    # for a free connection of this worker's pool, which says nothing about the provider: it
+    # gets the read timeout, so a full pool (thousands of long streams) is not mistaken for a
+    # provider that does not accept connections (and its circuit breaker left closed).
+    return aiohttp.ClientTimeout(total=None, connect=timeouts.read + timeouts.connect,
+                                 sock_connect=timeouts.connect, sock_read=timeouts.read)
 
 
 class UpstreamResponse:

@@ -99,3 +99,18 @@ def test_the_session_is_closed_with_its_event_loop(provider):
     assert len(sessions) == 2 and sessions[0] is not sessions[1]
     assert all(session.closed for session in sessions)
     assert not any(session in [s for s, _ in upstream._sessions.values()] for session in sessions)
+
+
+def test_waiting_for_a_free_pooled_connection_is_not_a_connect_timeout(provider, settings):
+    # A full pool (a worker relaying thousands of long streams) is this worker's state, not
+    # the provider's: a request waits for a connection up to the read timeout, and the short
+    # connect timeout applies to the TCP connect alone.
+    settings.TOLLGATE_UPSTREAM_MAX_CONNECTIONS = 1
+
+    async def two_at_once() -> list[int]:
+        timeouts = Timeouts(read=5.0, connect=0.3)
+        answers = await asyncio.gather(*(upstream.post(f"{provider}/slow", content=b"{}", headers={},
+                                                       timeouts=timeouts) for _ in range(2)))
+        return [response.status_code for response, _ in answers]
+
+    assert asyncio.run(two_at_once()) == [200, 200]
