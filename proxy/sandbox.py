@@ -61,6 +61,7 @@ class SandboxConfig:
     chunks: int = 8  # content events per stream
     fail_status: int | None = None  # answer generation requests with this status and error body
     fail_count: int = 0  # fail only the next N generation requests (0 with fail_status: fail all)
+    fail_every: int = 0  # with fail_status: fail one generation request in N (the Nth, 2Nth, ...) and go on
     disconnect_after: int | None = None  # drop stream connections after N events
     hang_ms: int = 0  # sleep before anything else, to provoke client timeouts
     require_key: str | None = None  # accept only this API key (default: any non-empty key)
@@ -68,7 +69,8 @@ class SandboxConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first knob with a bad value."""
         for name, low, high in (("latency_ms", 0, None), ("chunk_delay_ms", 0, None), ("hang_ms", 0, None),
-                                ("chunks", 1, MAX_CHUNKS), ("fail_count", 0, None)):
+                                ("chunks", 1, MAX_CHUNKS), ("fail_count", 0, None),
+                                ("fail_every", 0, None)):
             _check_int(name, getattr(self, name), low, high)
         if self.fail_status is not None:
             _check_int("fail_status", self.fail_status, 400, 599)
@@ -975,9 +977,11 @@ class SandboxApp:
         self.by_path: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
         self.client_disconnects = 0  # streams whose client went away before the end
+        self.generations = 0  # generation requests that met a server-wide failure setting (fail_every)
 
     def reset(self) -> None:
         self.config = dataclasses.replace(self.startup_config)
+        self.generations = 0
         self.requests.clear()
         self.total = 0
         self.by_path.clear()
@@ -1164,6 +1168,9 @@ class SandboxApp:
         status = config.fail_status
         if status is None:
             return 0
+        if config.fail_every > 0:
+            self.generations += 1
+            return status if self.generations % config.fail_every == 0 else 0
         if config.fail_count > 0:
             config.fail_count -= 1
             if config.fail_count == 0:
@@ -1266,6 +1273,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--chunks", type=int, default=8, help="content events per stream")
     parser.add_argument("--fail-status", type=int, default=None, help="answer with this status (e.g. 429, 529)")
     parser.add_argument("--fail-count", type=int, default=0, help="fail only the next N requests (0: all)")
+    parser.add_argument("--fail-every", type=int, default=0, help="fail one request in N, indefinitely")
     parser.add_argument("--disconnect-after", type=int, default=None, help="drop streams after N events")
     parser.add_argument("--hang-ms", type=int, default=0, help="sleep before answering")
     parser.add_argument("--require-key", default=None, help="accept only this API key")
@@ -1277,7 +1285,8 @@ def config_from_options(options: Mapping[str, Any]) -> SandboxConfig:
     """A validated SandboxConfig from parsed options; raises ValueError."""
     config = SandboxConfig(latency_ms=options["latency_ms"], chunk_delay_ms=options["chunk_delay_ms"],
                            chunks=options["chunks"], fail_status=options["fail_status"],
-                           fail_count=options["fail_count"], disconnect_after=options["disconnect_after"],
+                           fail_count=options["fail_count"], fail_every=options.get("fail_every", 0),
+                           disconnect_after=options["disconnect_after"],
                            hang_ms=options["hang_ms"], require_key=options["require_key"] or None)
     config.validate()
     return config

@@ -456,6 +456,20 @@ def test_it_fails_only_the_next_n_requests_then_recovers(sandbox, oai):
     assert (config["fail_status"], config["fail_count"]) == (None, 0)
 
 
+def test_it_fails_one_request_in_n_for_as_long_as_configured(sandbox, oai):
+    assert configure(sandbox, fail_status=500, fail_every=3)["fail_every"] == 3
+    outcomes = []
+    for _ in range(7):
+        try:
+            oai.with_options(max_retries=0).chat.completions.create(**HELLO_OPENAI)
+            outcomes.append("ok")
+        except openai.InternalServerError:
+            outcomes.append("failed")
+    assert outcomes == ["ok", "ok", "failed", "ok", "ok", "failed", "ok"]
+    config = sandbox.http.get(f"{sandbox.url}/_sandbox/config").json()
+    assert (config["fail_status"], config["fail_every"]) == (500, 3)
+
+
 def test_it_fails_one_request_by_header_and_the_sdks_see_the_right_error(sandbox, oai, claude):
     with pytest.raises(openai.RateLimitError):
         oai.chat.completions.create(**HELLO_OPENAI, extra_headers={"x-sandbox-fail-status": "429"})
@@ -606,7 +620,7 @@ def test_it_merges_runtime_config_and_resets_to_the_startup_config(sandbox):
     assert sandbox.http.post(f"{sandbox.url}/_sandbox/config", json={"chunks": 0}).status_code == 400
     reset = sandbox.http.post(f"{sandbox.url}/_sandbox/reset").json()
     assert reset == {"latency_ms": 0, "chunk_delay_ms": 0, "chunks": 8, "fail_status": None, "fail_count": 0,
-                     "disconnect_after": None, "hang_ms": 0, "require_key": None}
+                     "fail_every": 0, "disconnect_after": None, "hang_ms": 0, "require_key": None}
     assert sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json() == {"requests": 0, "by_path": {}, "by_status": {},
                                                                         "client_disconnects": 0}
 
@@ -644,10 +658,10 @@ def test_the_command_serves_the_app_with_uvicorn_and_the_knobs(monkeypatch):
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     call_command("sandbox_provider", "--port", "9999", "--chunks", "3", "--fail-status", "529",
-                 "--fail-count", "2", "--require-key", "K", "--log-level", "error", verbosity=0)
+                 "--fail-count", "2", "--fail-every", "4", "--require-key", "K", "--log-level", "error", verbosity=0)
     app, kwargs = calls[0]
     assert isinstance(app, SandboxApp)
-    assert app.config == SandboxConfig(chunks=3, fail_status=529, fail_count=2, require_key="K")
+    assert app.config == SandboxConfig(chunks=3, fail_status=529, fail_count=2, fail_every=4, require_key="K")
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 9999
     assert (kwargs["log_level"], kwargs["loop"], kwargs["http"], kwargs["access_log"]) == ("error", "auto", "auto",
                                                                                           False)
