@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -123,27 +124,33 @@ async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
                            headers={"retry-after": "1"}) from None
 
 
-async def _settle(ctx: RequestContext) -> None:
+async def price_usage(ctx: RequestContext) -> None:
+    """The request's cost from its real usage (the audit event records it; settle charges it)."""
     prompt = ctx.prompt_tokens or 0
     completion = ctx.completion_tokens or 0
     if ctx.deployment is not None and (prompt or completion):
         ctx.cost_microusd = (await price_table()).cost(ctx.deployment.upstream_model, prompt, completion)
-    admission = ctx.admission
-    if not isinstance(admission, Admission):
-        return
-    await budget_settle(admission=admission, prompt_tokens=prompt, completion_tokens=completion,
-                        requests=1 if ctx.attempts else 0, cost=ctx.cost_microusd or 0)
 
 
-async def settle(ctx: RequestContext) -> None:
-    """Charge real usage and release the reservation; runs once per request, also on failure."""
+async def _settle(ctx: RequestContext) -> None:
+    started = time.perf_counter()
     try:
-        # Shielded: a client that disconnects cancels the request, never its settlement.
-        await asyncio.shield(_settle(ctx))
-    except asyncio.CancelledError:
-        raise
+        admission = ctx.admission
+        if isinstance(admission, Admission):
+            await budget_settle(admission=admission, prompt_tokens=ctx.prompt_tokens or 0,
+                                completion_tokens=ctx.completion_tokens or 0,
+                                requests=1 if ctx.attempts else 0, cost=ctx.cost_microusd or 0)
     except Exception:
         logger.exception("request %s: settle failed", ctx.request_id)
+    finally:
+        ctx.stages["settle"] = time.perf_counter() - started
+
+
+def settle_start(ctx: RequestContext) -> asyncio.Task:
+    """Charge real usage and release the reservation, after price_usage; runs once per request, also
+    on failure. A task of its own: it goes on while the audit event is written, and a client that
+    disconnects cancels the request, never its settlement. Never raises (failures are logged)."""
+    return asyncio.get_running_loop().create_task(_settle(ctx))
 
 
 def limit_headers(ctx: RequestContext) -> dict[str, str]:

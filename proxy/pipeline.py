@@ -1,6 +1,7 @@
 """The request path in order: authenticate, parse, route, call, answer, record (DESIGN §1)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from gateway_site import metrics
 from gateway_site.clientaddr import client_address
 from gateway_site.db import database_mark_down, database_usable
-from proxy.admission import admit, limit_headers, settle
+from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import key_touch_if_due
 from proxy.calls import call_chat, openai_stream_error_event
 from proxy.context import RequestContext
@@ -41,14 +42,17 @@ async def request_finish(ctx: RequestContext) -> None:
         return
     ctx.finished = True
     ctx.lap("answer")  # the call's own end: relaying (streams) or building the response
+    await price_usage(ctx)
+    # The budget's settlement (Redis) and the audit event's commit (PostgreSQL) need nothing from
+    # each other: they go on at the same time, and the answer waits for both.
+    settling = settle_start(ctx)
     try:
-        await settle(ctx)
-    finally:
-        ctx.lap("settle")
         audit_started = time.perf_counter()
         await record(ctx)
-        audit_seconds = time.perf_counter() - audit_started
-        ctx.lap("audit")
+        audit_seconds = ctx.stages["audit"] = time.perf_counter() - audit_started
+    finally:
+        await asyncio.shield(settling)
+        ctx.lap("finish")
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
     # Structured fields (gateway_site/logs.py): never a key or a body.

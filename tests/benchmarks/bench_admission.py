@@ -66,7 +66,7 @@ def _seed():
 
 
 async def _one(key_info, route, deployment, body) -> tuple[float, float]:
-    from proxy.admission import admit, settle
+    from proxy.admission import admit, price_usage, settle_start
     from proxy.context import RequestContext
     from proxy.errors import Caller
 
@@ -77,7 +77,8 @@ async def _one(key_info, route, deployment, body) -> tuple[float, float]:
     admitted = time.perf_counter()
     ctx.deployment, ctx.attempts = deployment, 1
     ctx.prompt_tokens, ctx.completion_tokens = 12, 40
-    await settle(ctx)
+    await price_usage(ctx)
+    await settle_start(ctx)
     return admitted - started, time.perf_counter() - admitted
 
 
