@@ -18,7 +18,6 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
-from rest_framework.views import exception_handler
 
 logger = logging.getLogger("tollgate.api")
 
@@ -77,6 +76,10 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+
+    # Imported here: rest_framework.views reads DEFAULT_PARSER_CLASSES, which name this module's
+    # parsers, so importing it at the top is a circular import whenever DRF's settings load first.
+    from rest_framework.views import exception_handler
 
     response = exception_handler(exc, context)
     if response is None:

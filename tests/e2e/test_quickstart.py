@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -32,9 +33,12 @@ def _read_banner(process: subprocess.Popen, deadline: float) -> str:
 
 def test_quickstart_serves_the_printed_examples(tmp_path: Path):
     port, sandbox_port = free_port(), free_port()
+    # A new user's shell: none of this test run's settings (DJANGO_SETTINGS_MODULE would be
+    # tests.settings, and the README's command runs gateway_site.settings).
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "CELERY_BROKER_URL")
-           and not k.startswith("PYTEST")}
+           if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "CELERY_BROKER_URL",
+                        "DJANGO_SETTINGS_MODULE")
+           and not k.startswith(("PYTEST", "TOLLGATE_"))}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'quickstart.sqlite3'}"
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
@@ -70,9 +74,26 @@ def test_quickstart_serves_the_printed_examples(tmp_path: Path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip()
         assert key not in result.stdout
-    finally:
+
+        # Stopped as a service manager stops it (SIGTERM), quickstart stops its sandbox too.
         process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        process.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/health", timeout=1)
+            except httpx.HTTPError:
+                break
+            assert time.monotonic() < deadline, "quickstart left its sandbox provider running"
+            time.sleep(0.2)
+    finally:
+        # Whatever is left of the process group (its own session), whatever failed above.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass

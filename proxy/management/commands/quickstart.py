@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +44,9 @@ class Command(BaseCommand):
         if no_serve:
             return
         sandbox = self._start_sandbox(sandbox_port)
+        # uvicorn stops on SIGTERM, then raises it again once its own handler is gone; without a
+        # handler here that would end the process before `finally` stops the sandbox.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             import uvicorn
 
