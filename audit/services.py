@@ -201,7 +201,6 @@ def _sql() -> dict[str, str]:
         "head": f"SELECT seq, hash FROM {head} WHERE id = 1 FOR UPDATE",  # noqa: S608
         "insert": f"INSERT INTO {table} ({columns}) VALUES ",  # noqa: S608
         "row": f"({placeholders})",
-        "copy": f"COPY {table} ({columns}) FROM STDIN",
         "move": f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
     }
 
@@ -234,9 +233,7 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
                     return False
                 rows = _chain(values, *head)
                 if len(rows) > _VALUES_ROWS:
-                    with cursor.copy(sql["copy"]) as copy:
-                        for row in rows:
-                            copy.write_row(row)
+                    _insert(rows)  # COPY, on this connection and in this transaction
                 with raw.pipeline():
                     if len(rows) <= _VALUES_ROWS:
                         cursor.execute(sql["insert"] + ", ".join([sql["row"]] * len(rows)),

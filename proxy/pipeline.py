@@ -100,7 +100,11 @@ def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContex
     return ctx
 
 
-def _database_unavailable() -> GatewayError:
+def _database_lost(ctx: RequestContext, outcome: str) -> GatewayError:
+    """The database failed this request: log it, refuse requests up front until it is back
+    (gateway_site.db), and the 503 for the caller."""
+    logger.error("request %s: the database is unreachable; %s", ctx.request_id, outcome)
+    database_mark_down()
     return GatewayError("unavailable", DATABASE_UNAVAILABLE_MESSAGE, code="database_unavailable",
                         headers={"retry-after": "1"})
 
@@ -115,9 +119,8 @@ async def _relay_guarded(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> A
         async for chunk in chunks:
             yield chunk
     except DatabaseError:
-        logger.error("request %s: the database is unreachable; stream ended without its end", ctx.request_id)
-        database_mark_down()
-        yield _stream_error(ctx.caller, DATABASE_UNAVAILABLE_MESSAGE, "database_unavailable", 503)
+        error = _database_lost(ctx, "stream ended without its end")
+        yield _stream_error(ctx.caller, error.message, error.code, error.status)
     except Exception:
         logger.exception("request %s failed inside the gateway while streaming", ctx.request_id)
         yield _stream_error(ctx.caller, "The gateway failed to handle this request.", "internal_error", 500)
@@ -140,9 +143,7 @@ async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
     try:
         await request_finish(ctx)
     except DatabaseError:
-        logger.error("request %s: the database is unreachable; refused", ctx.request_id)
-        database_mark_down()
-        error = _database_unavailable()
+        error = _database_lost(ctx, "refused")
     return _stamp(error_response(error, ctx.caller), ctx)
 
 
@@ -185,9 +186,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
     except GatewayError as error:
         return await _refuse(ctx, error)
     except DatabaseError:
-        logger.error("request %s: the database is unreachable; refused", ctx.request_id)
-        database_mark_down()
-        return await _refuse(ctx, _database_unavailable())
+        return await _refuse(ctx, _database_lost(ctx, "refused"))
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",
@@ -198,9 +197,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
             await request_finish(ctx)
         except DatabaseError:
             # No audit event, so no answer (DESIGN §4): the caller gets a 503 instead.
-            logger.error("request %s: the database is unreachable; answer withheld", ctx.request_id)
-            database_mark_down()
-            return _stamp(error_response(_database_unavailable(), ctx.caller), ctx)
+            return _stamp(error_response(_database_lost(ctx, "answer withheld"), ctx.caller), ctx)
     else:
         response.streaming_content = _relay_guarded(ctx, response.streaming_content)
     return _stamp(response, ctx)

@@ -53,7 +53,7 @@ def _count(name: str, timeout: float) -> int:
         return 1
 
 
-def _blocked(address: str) -> GatewayError:
+def _blocked() -> GatewayError:
     seconds = int(settings.TOLLGATE_PROBE_BLOCK_SECONDS)
     return GatewayError("rate_limit", BLOCKED_MESSAGE, code="too_many_failed_attempts",
                         headers={"retry-after": str(seconds)})
@@ -100,7 +100,7 @@ async def authenticate_watched(request: HttpRequest, address: str | None) -> Key
         if model is not None:
             await model_refused(address=address, key_prefix=None, model=model)
         if blocked:
-            raise _blocked(address) from None
+            raise _blocked() from None
         if failures > settings.TOLLGATE_PROBE_SLOW_AFTER:
             # Each further failure costs the prober more time (capped).
             extra = failures - settings.TOLLGATE_PROBE_SLOW_AFTER
