@@ -12,7 +12,7 @@ from typing import Any
 from audit.models import AuditPolicy, BodyMode
 from budgets.configfile import consumers
 from budgets.models import Consumer
-from gateway_site.configfile_registry import MISSING, ConfigError, Item, Plan, value_describe
+from gateway_site.lib.configfile import MISSING, ConfigError, Item, Plan, value_describe
 
 
 class ConsumerAudit:

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from audit.models import AuditEvent, AuditPolicy
-from gateway_site.localcache import LocalCache
+from gateway_site.lib.localcache import LocalCache
 
 policy_cache = LocalCache(
     "audit-policy",

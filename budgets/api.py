@@ -5,9 +5,6 @@ serializers run the models' own validation, so bad input is a 400 naming the fie
 """
 from __future__ import annotations
 
-import copy
-
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
@@ -19,34 +16,9 @@ from audit.permissions import IsAuditReader
 from budgets.models import ApiKey, Budget, Consumer, RateLimit
 from budgets.selectors import budget_usage_report
 from budgets.services import key_issue, key_revoke, key_rotate
-from gateway_site.api_errors import ModelPermissions
+from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
 
 MAX_GRACE_SECONDS = 365 * 86400
-
-
-class ModelValidationMixin:
-    """Run the model's clean() and constraints, so what the database would refuse is a 400, not a 500."""
-
-    def validate(self, attrs):
-        attrs = super().validate(attrs)
-        instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
-        for name, value in attrs.items():
-            setattr(instance, name, value)
-        try:
-            instance.clean()
-            instance.validate_constraints()
-        except DjangoValidationError as exc:
-            raise ValidationError(serializers.as_serializer_error(exc)) from None
-        return attrs
-
-
-def _query_int(request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    if not value.isdigit() or len(value) > 18:
-        raise ValidationError({name: ["Must be a whole number (an id)."]})
-    return int(value)
 
 
 # --- Consumers ----------------------------------------------------------------------------
@@ -168,7 +140,7 @@ class ApiKeyViewSet(viewsets.ModelViewSet):
         from django.utils import timezone
 
         keys = ApiKey.objects.select_related("consumer").order_by("consumer__name", "-created_at", "id")
-        consumer = _query_int(self.request, "consumer")
+        consumer = query_int(self.request, "consumer")
         if consumer is not None:
             keys = keys.filter(consumer_id=consumer)
         wanted = self.request.query_params.get("status")
@@ -243,7 +215,7 @@ class _OwnedViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         rows = self.queryset.select_related("consumer", "key__consumer").order_by("id")
         for name in ("consumer", "key"):
-            value = _query_int(self.request, name)
+            value = query_int(self.request, name)
             if value is not None:
                 rows = rows.filter(**{f"{name}_id": value})
         return rows
@@ -308,7 +280,7 @@ class UsageViewSet(viewsets.ViewSet):
     def list(self, request):
         from gateway_site.dashboard import usage_summary
 
-        days = _query_int(request, "days") or 30
+        days = query_int(request, "days") or 30
         if not 1 <= days <= 90:
             raise ValidationError({"days": ["From 1 to 90."]})
         consumer = request.query_params.get("consumer") or None

@@ -12,7 +12,7 @@ from typing import Any
 from django.utils import timezone
 
 from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
-from gateway_site.configfile_registry import (
+from gateway_site.lib.configfile import (
     MISSING,
     ConfigError,
     ConfigList,

@@ -23,7 +23,7 @@ class KeyInfo:
 
 
 def key_info_by_digest(digest: str) -> KeyInfo | None:
-    """Sync: call it off the event loop (the proxy uses gateway_site.db.run_db)."""
+    """Sync: call it off the event loop (the proxy uses gateway_site.lib.db.run_db)."""
     key = ApiKey.objects.select_related("consumer").filter(digest=digest).first()
     if key is None:
         return None
@@ -108,7 +108,7 @@ def _load_limits(consumer_id: int, key_id: int) -> Limits:
 async def limits_for_key(key: KeyInfo) -> Limits:
     """The key's limits from this worker's memory; one database round trip on a miss."""
     from budgets.signals import limits_cache
-    from gateway_site.db import run_db
+    from gateway_site.lib.db import run_db
 
     return await limits_cache.aget_or_load((key.consumer_id, key.key_id),
                                            lambda: run_db(_load_limits, key.consumer_id, key.key_id))
@@ -162,7 +162,7 @@ def _load_prices(now: datetime | None = None) -> PriceTable:
 
 async def price_table() -> PriceTable:
     from budgets.signals import price_cache
-    from gateway_site.db import run_db
+    from gateway_site.lib.db import run_db
 
     return await price_cache.aget_or_load("table", lambda: run_db(_load_prices))
 

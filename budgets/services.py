@@ -20,8 +20,8 @@ from budgets.keys import key_digest, key_generate, key_visible_prefix
 from budgets.models import ApiKey, BudgetReservation, BudgetUsage, Consumer, format_amount
 from budgets.periods import Window, window_at
 from budgets.selectors import BudgetRule, KeyInfo, Limits, RateRule
-from gateway_site.db import run_db
-from gateway_site.sharedcache import cache
+from gateway_site.lib.db import run_db
+from gateway_site.lib.sharedcache import cache
 
 
 @dataclass(frozen=True)

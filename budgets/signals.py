@@ -7,7 +7,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from budgets.models import ApiKey, Budget, Consumer, ModelPrice, RateLimit
-from gateway_site.localcache import LocalCache
+from gateway_site.lib.localcache import LocalCache
 
 key_cache = LocalCache(
     "keys",

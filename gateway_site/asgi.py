@@ -44,7 +44,7 @@ class LeanASGIHandler(ASGIHandler):
     sends request_started/finished signals through a thread, and logs every 4xx
     through another: together the largest cost of a proxied request (profiled,
     see docs/performance.md). Here the URL is resolved and the async view called
-    directly; database calls on these paths go through gateway_site.db.run_db,
+    directly; database calls on these paths go through gateway_site.lib.db.run_db,
     which manages connections itself. Client disconnects still cancel the view,
     as in Django's handler.
     """

@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 
-from gateway_site.env import envbool, envchoice, envint, envstr
-from gateway_site.logs import logging_config
+from gateway_site.lib.env import envbool, envchoice, envint, envstr
+from gateway_site.lib.logs import logging_config
 
 worker_class = "gateway_site.workers.TollgateWorker"
 bind = [envstr("TOLLGATE_BIND", f"127.0.0.1:{envstr('PORT', '8000')}")]
@@ -26,7 +26,7 @@ graceful_timeout = envint("TOLLGATE_GRACEFUL_TIMEOUT", 30, minimum=1)
 # Keep-alive towards the reverse proxy: longer than nginx's upstream keepalive_timeout default.
 keepalive = envint("TOLLGATE_KEEPALIVE_SECONDS", 75, minimum=1)
 # The client address is worked out once, by the application (TOLLGATE_TRUSTED_PROXIES,
-# gateway_site/clientaddr.py); uvicorn must not rewrite it from X-Forwarded-For before.
+# gateway_site/lib/clientaddr.py); uvicorn must not rewrite it from X-Forwarded-For before.
 forwarded_allow_ips = ""
 
 logconfig_dict = logging_config(

@@ -31,8 +31,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway_site import clientaddr
-from gateway_site.db import run_db
+from gateway_site.lib import clientaddr
+from gateway_site.lib.db import run_db
 
 if TYPE_CHECKING:
     from proxy.context import RequestContext

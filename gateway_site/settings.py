@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_site.env import (
+from gateway_site.lib.env import (
     envbool,
     envchoice,
     envfloat,
@@ -15,7 +15,7 @@ from gateway_site.env import (
     envstr,
     parse_database_url,
 )
-from gateway_site.logs import logging_config
+from gateway_site.lib.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "budgets",
     "proxy",
     "audit",
+    "gateway_site",
 ]
 
 # Only the admin and the admin API pass through these; the proxy endpoints are
@@ -295,7 +296,7 @@ TOLLGATE_HEARTBEAT_SECONDS = envfloat("TOLLGATE_HEARTBEAT_SECONDS", 5.0, minimum
 
 
 def _validate_networks() -> None:
-    from gateway_site.clientaddr import parse_networks
+    from gateway_site.lib.clientaddr import parse_networks
 
     parse_networks(TOLLGATE_TRUSTED_PROXIES, setting="TOLLGATE_TRUSTED_PROXIES")
     parse_networks(TOLLGATE_METRICS_ALLOW, setting="TOLLGATE_METRICS_ALLOW")
@@ -317,13 +318,13 @@ INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK.update({
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Errors as {"error": {"message", "code", "fields"}}; bad input is a 400 naming the field.
-    "EXCEPTION_HANDLER": "gateway_site.api_errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "gateway_site.lib.api_errors.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": [
-        "gateway_site.api_errors.JSONParser",
-        "gateway_site.api_errors.FormParser",
-        "gateway_site.api_errors.MultiPartParser",
+        "gateway_site.lib.api_errors.JSONParser",
+        "gateway_site.lib.api_errors.FormParser",
+        "gateway_site.lib.api_errors.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "gateway_site.api_errors.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "gateway_site.lib.api_errors.Pagination",
     "PAGE_SIZE": 100,
 })
 SPECTACULAR_SETTINGS = {
@@ -362,7 +363,7 @@ TOLLGATE_PROBE_MODEL_ALERT_AFTER = envint("TOLLGATE_PROBE_MODEL_ALERT_AFTER", 10
 # Security alerts are logged (logger tollgate.security) and POSTed here as JSON when set.
 TOLLGATE_SECURITY_ALERT_WEBHOOK = envstr("TOLLGATE_SECURITY_ALERT_WEBHOOK", "")
 # Gateway keys are blanked from every log line, whatever logger wrote it (a key in a URL).
-LOGGING.setdefault("filters", {})["redact_keys"] = {"()": "gateway_site.secretfilter.RedactKeys"}
+LOGGING.setdefault("filters", {})["redact_keys"] = {"()": "gateway_site.lib.secretfilter.RedactKeys"}
 for _handler in LOGGING["handlers"].values():
     _handler.setdefault("filters", []).append("redact_keys")
 # Behind a TLS proxy (not in debug) the site is HTTPS only: plain-HTTP requests are redirected,

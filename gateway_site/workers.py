@@ -9,6 +9,6 @@ class TollgateWorker(UvicornWorker):
     or stack (docs/reliability.md, Probing). uvicorn still adds its `date` header."""
 
     # proxy_headers off: the client's address comes from TOLLGATE_TRUSTED_PROXIES
-    # (gateway_site/clientaddr.py); uvicorn's middleware trusted no one here anyway
+    # (gateway_site/lib/clientaddr.py); uvicorn's middleware trusted no one here anyway
     # (forwarded_allow_ips is empty) and cost a layer on every request.
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False, "proxy_headers": False}

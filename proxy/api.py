@@ -11,8 +11,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from budgets.api import ModelValidationMixin, _query_int
-from gateway_site.api_errors import ModelPermissions
+from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
 from proxy import health
 from proxy.models import Deployment, ModelRoute, Provider
 
@@ -118,7 +117,7 @@ class DeploymentViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         rows = Deployment.objects.select_related("route", "provider").order_by("route__model", "priority", "id")
         for name in ("route", "provider"):
-            value = _query_int(self.request, name)
+            value = query_int(self.request, name)
             if value is not None:
                 rows = rows.filter(**{f"{name}_id": value})
         return rows

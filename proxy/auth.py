@@ -11,7 +11,7 @@ from budgets.keys import key_digest
 from budgets.selectors import KeyInfo, key_info_by_digest
 from budgets.services import key_touch
 from budgets.signals import key_cache
-from gateway_site.db import run_db
+from gateway_site.lib.db import run_db
 from proxy.errors import GatewayError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The `providers:` and `routes:` sections of the configuration file (docs/configuration-as-code.md).
 
-Imported by gateway_site.configfile_registry's discovery; `routes` (and its
+Imported by gateway_site.lib.configfile's discovery; `routes` (and its
 `deployments` key) and `providers` are the objects later issues extend with
 `add_field` / `add_key`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from gateway_site.configfile_registry import (
+from gateway_site.lib.configfile import (
     MISSING,
     ConfigError,
     ConfigList,

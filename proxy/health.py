@@ -21,7 +21,7 @@ from typing import Literal
 from django.conf import settings
 from django.utils import timezone
 
-from gateway_site.sharedcache import cache
+from gateway_site.lib.sharedcache import cache
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ async def _persist_error(deployment_id: int, message: str) -> None:
     # At most one database write per deployment every 10 s, even in an error storm.
     if not await cache.aadd(_persist_key(deployment_id), 1, timeout=10):
         return
-    from gateway_site.db import run_db
+    from gateway_site.lib.db import run_db
     from proxy.models import Deployment
 
     await run_db(lambda: Deployment.objects.filter(pk=deployment_id).update(

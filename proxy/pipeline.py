@@ -12,8 +12,8 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from gateway_site import metrics
-from gateway_site.clientaddr import client_address
-from gateway_site.db import database_mark_down, database_usable
+from gateway_site.lib.clientaddr import client_address
+from gateway_site.lib.db import database_mark_down, database_usable
 from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import key_touch_if_due
 from proxy.calls import call_chat, openai_stream_error_event
@@ -55,7 +55,7 @@ async def request_finish(ctx: RequestContext) -> None:
         ctx.lap("finish")
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
-    # Structured fields (gateway_site/logs.py): never a key or a body.
+    # Structured fields (gateway_site/lib/logs.py): never a key or a body.
     logger.info("request finished", extra={
         "request_id": ctx.request_id,
         "consumer": ctx.key.consumer_name if ctx.key else None,
@@ -102,7 +102,7 @@ def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContex
 
 def _database_lost(ctx: RequestContext, outcome: str) -> GatewayError:
     """The database failed this request: log it, refuse requests up front until it is back
-    (gateway_site.db), and the 503 for the caller."""
+    (gateway_site.lib.db), and the 503 for the caller."""
     logger.error("request %s: the database is unreachable; %s", ctx.request_id, outcome)
     database_mark_down()
     return GatewayError("unavailable", DATABASE_UNAVAILABLE_MESSAGE, code="database_unavailable",

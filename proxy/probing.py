@@ -25,7 +25,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from budgets.selectors import KeyInfo
-from gateway_site.sharedcache import cache
+from gateway_site.lib.sharedcache import cache
 from proxy.auth import authenticate
 from proxy.errors import GatewayError
 from proxy.routing import RouteInfo, resolve_route

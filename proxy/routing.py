@@ -9,8 +9,8 @@ from typing import Any
 from django.conf import settings
 
 from budgets.selectors import KeyInfo
-from gateway_site.db import run_db
-from gateway_site.localcache import LocalCache
+from gateway_site.lib.db import run_db
+from gateway_site.lib.localcache import LocalCache
 from proxy.errors import GatewayError
 from proxy.models import Deployment, ModelRoute, Provider
 

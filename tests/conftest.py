@@ -11,7 +11,7 @@ from django.core.cache import cache
 from budgets.models import Consumer
 from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
-from gateway_site.db import database_forget_down
+from gateway_site.lib.db import database_forget_down
 from proxy.auth import _last_touch
 from proxy.health import snapshot as breaker_snapshot
 from proxy.models import Deployment, ModelRoute, Provider

@@ -5,7 +5,7 @@ import pytest
 
 from audit.models import AuditPolicy
 from budgets.models import Consumer
-from gateway_site.configfile_registry import ConfigError, config_apply, config_export
+from gateway_site.lib.configfile import ConfigError, config_apply, config_export
 
 pytestmark = pytest.mark.django_db
 

@@ -85,7 +85,7 @@ async def _one(key_info, route, deployment, body) -> tuple[float, float]:
 async def _measure(raw_key: str, requests: int, concurrency: int) -> dict:
     from budgets.keys import key_digest
     from budgets.selectors import key_info_by_digest
-    from gateway_site.db import run_db
+    from gateway_site.lib.db import run_db
     from proxy.routing import route_table
 
     key_info = await run_db(key_info_by_digest, key_digest(raw_key))

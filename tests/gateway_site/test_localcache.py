@@ -1,11 +1,11 @@
-"""gateway_site.localcache: per-worker entries, and one load for a burst of misses."""
+"""gateway_site.lib.localcache: per-worker entries, and one load for a burst of misses."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from gateway_site.localcache import LocalCache
+from gateway_site.lib.localcache import LocalCache
 
 
 def cache() -> LocalCache:

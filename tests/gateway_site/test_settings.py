@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_site.env import envbool, envint, envsecret, parse_database_url
+from gateway_site.lib.env import envbool, envint, envsecret, parse_database_url
 from tests.servers import ROOT
 
 

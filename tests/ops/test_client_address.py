@@ -5,7 +5,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import RequestFactory, override_settings
 
-from gateway_site.clientaddr import client_address, parse_networks
+from gateway_site.lib.clientaddr import client_address, parse_networks
 from proxy.pipeline import client_ip
 
 

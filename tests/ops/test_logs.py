@@ -6,7 +6,7 @@ import sys
 
 import orjson
 
-from gateway_site.logs import JsonFormatter, TextFormatter, logging_config
+from gateway_site.lib.logs import JsonFormatter, TextFormatter, logging_config
 
 
 def record(message: str, *args, exc_info=None, **extra) -> logging.LogRecord:

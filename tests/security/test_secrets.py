@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEvent
-from gateway_site.secretfilter import RedactKeys
+from gateway_site.lib.secretfilter import RedactKeys
 from tests.proxy.client import call
 
 pytestmark = pytest.mark.django_db

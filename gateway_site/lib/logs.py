@@ -91,8 +91,8 @@ def logging_config(*, fmt: str, level: str, access_log: bool = False) -> dict[st
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "json": {"()": "gateway_site.logs.JsonFormatter"},
-            "text": {"()": "gateway_site.logs.TextFormatter"},
+            "json": {"()": "gateway_site.lib.logs.JsonFormatter"},
+            "text": {"()": "gateway_site.lib.logs.TextFormatter"},
         },
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": formatter,
                                  "stream": "ext://sys.stderr"}},

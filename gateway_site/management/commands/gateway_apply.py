@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from gateway_site.configfile_registry import ConfigError, config_apply
+from gateway_site.lib.configfile import ConfigError, config_apply
 
 
 class Command(BaseCommand):

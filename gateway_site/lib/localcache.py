@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from gateway_site.sharedcache import cache
+from gateway_site.lib.sharedcache import cache
 
 MISSING: Any = object()
 

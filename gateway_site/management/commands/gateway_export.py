@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from gateway_site.configfile_registry import config_export
+from gateway_site.lib.configfile import config_export
 
 
 class Command(BaseCommand):

@@ -6,6 +6,7 @@ message names the field(s): `limit: Ensure this value is greater than or equal t
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -13,7 +14,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
-from rest_framework import exceptions, parsers, status
+from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.response import Response
@@ -130,3 +131,29 @@ class FormParser(_RefuseNul, parsers.FormParser):
 
 class MultiPartParser(_RefuseNul, parsers.MultiPartParser):
     pass
+
+
+class ModelValidationMixin:
+    """Run the model's clean() and constraints, so what the database would refuse is a 400, not a 500."""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
+        for name, value in attrs.items():
+            setattr(instance, name, value)
+        try:
+            instance.clean()
+            instance.validate_constraints()
+        except DjangoValidationError as exc:
+            raise exceptions.ValidationError(serializers.as_serializer_error(exc)) from None
+        return attrs
+
+
+def query_int(request, name: str) -> int | None:
+    """The query parameter `name` as a whole number (an id), None when absent; a 400 otherwise."""
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise exceptions.ValidationError({name: ["Must be a whole number (an id)."]})
+    return int(value)
