@@ -524,7 +524,7 @@ def test_a_bug_in_the_sandbox_still_answers_in_the_format_shape(sandbox, monkeyp
     def broken(conv):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("proxy.sandbox.plan_reply", broken)
+    monkeypatch.setattr("proxy.sandbox.server.plan_reply", broken)
     response = post(sandbox, "anthropic", HELLO_ANTHROPIC)
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "api_error"
