@@ -7,25 +7,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.sandbox import anthropic_messages, gemini_generate, openai_chat
-from proxy.sandbox.model import Conversation, SandboxRequestError, Usage, Wire, plan_reply
+import proxy.sandbox.anthropic_messages as anthropic_messages
+import proxy.sandbox.gemini_generate as gemini_generate
+import proxy.sandbox.openai_chat as openai_chat
+import proxy.sandbox.openai_responses as openai_responses
+from proxy.sandbox.model import Conversation, SandboxRequestError, Usage, plan_reply
+
+# Conversation formats by the names the request log uses; the bare wire names are the older
+# spelling of the first three, kept for callers.
+CONVERSATION_FORMATS = ("openai.chat", "openai.responses", "anthropic.messages", "gemini.generateContent")
+_ALIASES = {"openai": "openai.chat", "anthropic": "anthropic.messages", "gemini": "gemini.generateContent",
+            "gemini.streamGenerateContent": "gemini.generateContent"}
 
 
-def parse_request(wire: Wire, body: Any, *, model: str = "", count_only: bool = False) -> Conversation:
-    """Validate a request body of `wire` format and reduce it to a Conversation.
+def parse_request(wire: str, body: Any, *, model: str = "", count_only: bool = False) -> Conversation:
+    """Validate a request body of format `wire` and reduce it to a Conversation.
 
+    `wire` is "openai" (Chat Completions), "anthropic", "gemini" or one of CONVERSATION_FORMATS.
     Gemini carries the model in the URL: pass it as `model`. `count_only` parses a token-counting
     request (Anthropic count_tokens needs no max_tokens). Raises SandboxRequestError.
     """
+    fmt = _ALIASES.get(wire, wire)
+    if fmt not in CONVERSATION_FORMATS:
+        raise ValueError(f"unknown format {wire!r}; known: {', '.join(CONVERSATION_FORMATS)}")
     if not isinstance(body, dict):
         raise SandboxRequestError("The request body must be a JSON object.")
-    if wire == "openai":
+    if fmt == "openai.chat":
         return openai_chat.parse(body)
-    if wire == "anthropic":
+    if fmt == "openai.responses":
+        return openai_responses.parse(body)
+    if fmt == "anthropic.messages":
         return anthropic_messages.parse(body, count_only=count_only)
     return gemini_generate.parse(body, model)
 
 
-def expected_usage(wire: Wire, body: Any, *, model: str = "") -> Usage:
+def expected_usage(wire: str, body: Any, *, model: str = "") -> Usage:
     """The usage the sandbox reports for this request body (stream and non-stream alike)."""
     return plan_reply(parse_request(wire, body, model=model)).usage

@@ -35,8 +35,13 @@ class SandboxRequestError(ValueError):
 
 @dataclass(frozen=True)
 class Usage:
-    prompt_tokens: int
-    completion_tokens: int
+    """Token counts in OpenAI's convention: the details are parts of the totals, not additions."""
+
+    prompt_tokens: int  # every input token, those read from or written to a cache included
+    completion_tokens: int  # every output token, hidden reasoning included
+    cache_read_tokens: int = 0  # of prompt_tokens
+    cache_write_tokens: int = 0  # of prompt_tokens
+    reasoning_tokens: int = 0  # of completion_tokens
 
     @property
     def total_tokens(self) -> int:

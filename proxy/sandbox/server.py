@@ -23,10 +23,11 @@ import orjson
 import proxy.sandbox.anthropic_messages as anthropic_messages
 import proxy.sandbox.gemini_generate as gemini_generate
 import proxy.sandbox.openai_chat as openai_chat
+import proxy.sandbox.openai_responses as openai_responses
 from proxy.sandbox.config import RequestKnobs, SandboxConfig, request_knobs
 from proxy.sandbox.errors import simulated_failure_message
 from proxy.sandbox.formats import parse_request
-from proxy.sandbox.model import SandboxRequestError, Wire, plan_reply, prompt_tokens
+from proxy.sandbox.model import Conversation, Reply, SandboxRequestError, Wire, plan_reply, prompt_tokens
 from proxy.sandbox.transport import (
     JSON,
     MAX_BODY_BYTES,
@@ -50,7 +51,11 @@ REQUEST_LOG_SIZE = 200
 logger = logging.getLogger(__name__)
 
 _GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$")
-_GENERATION_ACTIONS = frozenset({"chat", "messages", "generateContent", "streamGenerateContent"})
+_GENERATION_ACTIONS = frozenset({"chat", "responses", "messages", "generateContent", "streamGenerateContent"})
+# The format each conversation action is parsed as (formats.parse_request).
+_PARSED_AS = {"chat": "openai.chat", "responses": "openai.responses", "messages": "anthropic.messages",
+              "count_tokens": "anthropic.messages", "generateContent": "gemini.generateContent",
+              "streamGenerateContent": "gemini.generateContent", "countTokens": "gemini.generateContent"}
 _INVALID = object()
 
 
@@ -58,6 +63,8 @@ def _route(path: str, headers: dict[str, str]) -> tuple[Wire, str | None, str, s
     """(wire format, action, model from the URL, allowed method); action None: unknown path."""
     if path == "/v1/chat/completions":
         return "openai", "chat", "", "POST"
+    if path == "/v1/responses":
+        return "openai", "responses", "", "POST"
     if path == "/v1/messages":
         return "anthropic", "messages", "", "POST"
     if path == "/v1/messages/count_tokens":
@@ -230,7 +237,8 @@ class SandboxApp:
                 and isinstance(body.get("generateContentRequest"), dict):
             body = body["generateContentRequest"]
         try:
-            conv = parse_request(wire, body, model=model, count_only=action in ("count_tokens", "countTokens"))
+            conv = parse_request(_PARSED_AS[action], body, model=model,
+                                 count_only=action in ("count_tokens", "countTokens"))
         except SandboxRequestError as exc:
             await send_error(send, wire, 400, exc.message, exc.param)
             return
@@ -245,25 +253,38 @@ class SandboxApp:
         # Ids derive from the request so that the same request gets the same answer, byte for byte
         # (OpenAI's `created` timestamp aside).
         ident = hashlib.blake2b(path.encode() + b"\0" + raw, digest_size=12).hexdigest()
-        if wire == "openai":
+        await self._answer(receive, send, action, conv, reply, ident, body, query, knobs)
+
+    async def _answer(self, receive: Receive, send: Send, action: str, conv: Conversation, reply: Reply, ident: str,
+                      body: dict, query: dict[str, str], knobs: RequestKnobs) -> None:
+        """Send `reply` in the format of `action`, as one JSON body or as a stream."""
+        events: Iterator[bytes] | None = None
+        content_type = SSE
+        if action == "chat":
             created = int(time.time())
-            if conv.stream:
-                await self._stream(receive, send, openai_chat.events(conv, reply, ident, created, knobs.chunks),
-                                   knobs, SSE)
-            else:
+            if not conv.stream:
                 await send_json(send, 200, openai_chat.answer(conv, reply, ident, created))
-        elif wire == "anthropic":
-            if conv.stream:
-                await self._stream(receive, send, anthropic_messages.events(conv, reply, ident, knobs.chunks), knobs,
-                                   SSE)
-            else:
+                return
+            events = openai_chat.events(conv, reply, ident, created, knobs.chunks)
+        elif action == "responses":
+            created = int(time.time())
+            if not conv.stream:
+                await send_json(send, 200, openai_responses.answer(conv, reply, ident, created, body))
+                return
+            events = openai_responses.events(conv, reply, ident, created, knobs.chunks, body)
+        elif action == "messages":
+            if not conv.stream:
                 await send_json(send, 200, anthropic_messages.answer(conv, reply, ident))
+                return
+            events = anthropic_messages.events(conv, reply, ident, knobs.chunks)
         elif action == "streamGenerateContent":
             sse = query.get("alt") == "sse"
-            await self._stream(receive, send, gemini_generate.events(conv, reply, ident, knobs.chunks, sse), knobs,
-                               SSE if sse else JSON)
+            events = gemini_generate.events(conv, reply, ident, knobs.chunks, sse)
+            content_type = SSE if sse else JSON
         else:
             await send_json(send, 200, gemini_generate.answer(conv, reply, ident))
+            return
+        await self._stream(receive, send, events, knobs, content_type)
 
     def _take_failure(self, override: int | None) -> int:
         """The status to fail this generation request with, or 0; counts fail_count down."""

@@ -70,11 +70,6 @@ def configure(sandbox, **knobs: Any) -> dict:
 
 
 @pytest.fixture
-def oai(sandbox) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{sandbox.url}/v1", api_key="sk-test", max_retries=0, timeout=10)
-
-
-@pytest.fixture
 def claude(sandbox) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=sandbox.url, api_key="sk-test", max_retries=0, timeout=10)
 
