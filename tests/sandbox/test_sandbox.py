@@ -594,6 +594,12 @@ def test_it_spaces_stream_events_by_chunk_delay_ms(sandbox):
 def test_it_hangs_long_enough_for_a_client_timeout(sandbox):
     with pytest.raises(httpx.ReadTimeout):
         post(sandbox, "openai", HELLO_OPENAI, headers={"x-sandbox-hang-ms": "800"}, timeout=0.2)
+    # The sandbox finishes the abandoned request later; wait for it, or it lands in the stats of
+    # the next tests (which reset them first) on a loaded machine.
+    deadline = time.monotonic() + 10
+    while sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json()["requests"] < 1:
+        assert time.monotonic() < deadline, "the hung request never finished"
+        time.sleep(0.05)
 
 
 def test_it_rejects_a_bad_override_header(sandbox):
