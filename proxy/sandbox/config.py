@@ -20,9 +20,9 @@ class SandboxConfig:
     latency_ms: int = 0  # delay before the response headers
     chunk_delay_ms: int = 0  # delay between consecutive stream events
     chunks: int = 8  # content events per stream
-    fail_status: int | None = None  # answer generation requests with this status and error body
-    fail_count: int = 0  # fail only the next N generation requests (0 with fail_status: fail all)
-    fail_every: int = 0  # with fail_status: fail one generation request in N (the Nth, 2Nth, ...) and go on
+    fail_status: int | None = None  # answer model calls with this status and error body
+    fail_count: int = 0  # fail only the next N model calls (0 with fail_status: fail all)
+    fail_every: int = 0  # with fail_status: fail one model call in N (the Nth, 2Nth, ...) and go on
     disconnect_after: int | None = None  # drop stream connections after N events
     hang_ms: int = 0  # sleep before anything else, to provoke client timeouts
     require_key: str | None = None  # accept only this API key (default: any non-empty key)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 import proxy.sandbox.anthropic_messages as anthropic_messages
+import proxy.sandbox.embeddings as embeddings
 import proxy.sandbox.gemini_generate as gemini_generate
 import proxy.sandbox.openai_chat as openai_chat
 import proxy.sandbox.openai_responses as openai_responses
@@ -50,8 +51,12 @@ REQUEST_LOG_SIZE = 200
 
 logger = logging.getLogger(__name__)
 
-_GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$")
-_GENERATION_ACTIONS = frozenset({"chat", "responses", "messages", "generateContent", "streamGenerateContent"})
+_GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/([^/:]+):"
+                          r"(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$")
+_EMBEDDING_ACTIONS = frozenset({"embeddings", "embedContent", "batchEmbedContents"})
+# The model calls, which a provider bills and may fail: fail_status applies to these only.
+_MODEL_ACTIONS = frozenset({"chat", "responses", "messages", "generateContent", "streamGenerateContent"}
+                           | _EMBEDDING_ACTIONS)
 # The format each conversation action is parsed as (formats.parse_request).
 _PARSED_AS = {"chat": "openai.chat", "responses": "openai.responses", "messages": "anthropic.messages",
               "count_tokens": "anthropic.messages", "generateContent": "gemini.generateContent",
@@ -65,6 +70,8 @@ def _route(path: str, headers: dict[str, str]) -> tuple[Wire, str | None, str, s
         return "openai", "chat", "", "POST"
     if path == "/v1/responses":
         return "openai", "responses", "", "POST"
+    if path == "/v1/embeddings":
+        return "openai", "embeddings", "", "POST"
     if path == "/v1/messages":
         return "anthropic", "messages", "", "POST"
     if path == "/v1/messages/count_tokens":
@@ -106,7 +113,7 @@ class SandboxApp:
         self.by_path: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
         self.client_disconnects = 0  # streams whose client went away before the end
-        self.generations = 0  # generation requests that met a server-wide failure setting (fail_every)
+        self.generations = 0  # model calls that met a server-wide failure setting (fail_every)
 
     def reset(self) -> None:
         self.config = dataclasses.replace(self.startup_config)
@@ -215,7 +222,7 @@ class SandboxApp:
         if required is not None and not secrets.compare_digest(key.encode(), required.encode()):
             await send_error(send, wire, 401, "Sandbox: invalid API key (the sandbox runs with --require-key).")
             return
-        if action in _GENERATION_ACTIONS:
+        if action in _MODEL_ACTIONS:
             failure = self._take_failure(knobs.fail_status)
             if failure:
                 await send_error(send, wire, failure, simulated_failure_message(failure))
@@ -232,6 +239,9 @@ class SandboxApp:
             return
         if body is None or body is _INVALID:
             await send_error(send, wire, 400, "The request body is not valid JSON.")
+            return
+        if action in _EMBEDDING_ACTIONS:
+            await self._embed(send, wire, action, body, model)
             return
         if wire == "gemini" and action == "countTokens" and isinstance(body, dict) \
                 and isinstance(body.get("generateContentRequest"), dict):
@@ -286,8 +296,21 @@ class SandboxApp:
             return
         await self._stream(receive, send, events, knobs, content_type)
 
+    async def _embed(self, send: Send, wire: Wire, action: str, body: Any, model: str) -> None:
+        try:
+            if not isinstance(body, dict):
+                raise SandboxRequestError("The request body must be a JSON object.")
+            if action == "embeddings":
+                payload = embeddings.openai_answer(body)
+            else:
+                payload = embeddings.gemini_answer(action, body, model)
+        except SandboxRequestError as exc:
+            await send_error(send, wire, 400, exc.message, exc.param)
+            return
+        await send_json(send, 200, payload)
+
     def _take_failure(self, override: int | None) -> int:
-        """The status to fail this generation request with, or 0; counts fail_count down."""
+        """The status to fail this model call with, or 0; counts fail_count down."""
         if override is not None:
             return override
         config = self.config
