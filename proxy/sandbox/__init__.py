@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from proxy.sandbox.cli import add_arguments, config_from_options, main, serve
 from proxy.sandbox.config import SandboxConfig
+from proxy.sandbox.embeddings import embedding_vector
 from proxy.sandbox.errors import error_body
 from proxy.sandbox.formats import expected_usage, parse_request
 from proxy.sandbox.model import (
@@ -20,6 +21,7 @@ from proxy.sandbox.model import (
     Reply,
     SandboxRequestError,
     Usage,
+    apply_usage_knobs,
     canonical_json,
     count_tokens,
     plan_reply,
@@ -41,9 +43,11 @@ __all__ = [
     "SandboxRequestError",
     "Usage",
     "add_arguments",
+    "apply_usage_knobs",
     "canonical_json",
     "config_from_options",
     "count_tokens",
+    "embedding_vector",
     "error_body",
     "expected_usage",
     "main",

@@ -23,7 +23,16 @@ from proxy.sandbox.fields import (
     check_tool_name,
     content_type_error,
 )
-from proxy.sandbox.model import Conversation, Reply, SandboxRequestError, ToolDef, Turn, canonical_json, split_chunks
+from proxy.sandbox.model import (
+    Conversation,
+    Reply,
+    SandboxRequestError,
+    ToolDef,
+    Turn,
+    Usage,
+    canonical_json,
+    split_chunks,
+)
 
 
 def parse(body: dict, *, count_only: bool) -> Conversation:
@@ -126,11 +135,22 @@ def _content(reply: Reply, ident: str) -> dict:
     return {"type": "text", "text": reply.text}
 
 
+def usage_json(usage: Usage, output_tokens: int) -> dict[str, int]:
+    """Anthropic's usage: unlike OpenAI's, input_tokens excludes the tokens read from or written to cache."""
+    data = {"input_tokens": usage.prompt_tokens - usage.cache_read_tokens - usage.cache_write_tokens}
+    # Only when a cache knob is in effect, so that the default answer stays what it was.
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        data["cache_creation_input_tokens"] = usage.cache_write_tokens
+        data["cache_read_input_tokens"] = usage.cache_read_tokens
+    data["output_tokens"] = output_tokens
+    return data
+
+
 def answer(conv: Conversation, reply: Reply, ident: str) -> dict:
     return {"id": f"msg_{ident}", "type": "message", "role": "assistant", "model": conv.model,
             "content": [_content(reply, ident)], "stop_reason": STOP_REASON[reply.finish],
             "stop_sequence": reply.stop_sequence,
-            "usage": {"input_tokens": reply.usage.prompt_tokens, "output_tokens": reply.usage.completion_tokens}}
+            "usage": usage_json(reply.usage, reply.usage.completion_tokens)}
 
 
 def events(conv: Conversation, reply: Reply, ident: str, chunks: int) -> Iterator[bytes]:
@@ -140,7 +160,7 @@ def events(conv: Conversation, reply: Reply, ident: str, chunks: int) -> Iterato
     yield event(b"message_start", {"type": "message_start", "message": {
         "id": f"msg_{ident}", "type": "message", "role": "assistant", "model": conv.model, "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": reply.usage.prompt_tokens, "output_tokens": 1}}})
+        "usage": usage_json(reply.usage, 1)}})
     if reply.tool_name is not None:
         block = {**_content(reply, ident), "input": {}}
         pieces = [{"type": "input_json_delta", "partial_json": p}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.sandbox.config import SandboxConfig
+from proxy.sandbox.config import USAGE_KNOBS, SandboxConfig
 from proxy.sandbox.server import make_app
 
 
@@ -25,6 +25,11 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--disconnect-after", type=int, default=None, help="drop streams after N events")
     parser.add_argument("--hang-ms", type=int, default=0, help="sleep before answering")
     parser.add_argument("--require-key", default=None, help="accept only this API key")
+    parser.add_argument("--cache-read-tokens", type=int, default=0, help="report N prompt tokens read from cache")
+    parser.add_argument("--cache-read-percent", type=int, default=0, help="... or this percentage of the prompt")
+    parser.add_argument("--cache-write-tokens", type=int, default=0, help="report N prompt tokens written to cache")
+    parser.add_argument("--cache-write-percent", type=int, default=0, help="... or this percentage of the prompt")
+    parser.add_argument("--reasoning-tokens", type=int, default=0, help="report N hidden reasoning tokens")
     parser.add_argument("--log-level", default="warning",
                         choices=["critical", "error", "warning", "info", "debug", "trace"])
 
@@ -35,7 +40,8 @@ def config_from_options(options: Mapping[str, Any]) -> SandboxConfig:
                            chunks=options["chunks"], fail_status=options["fail_status"],
                            fail_count=options["fail_count"], fail_every=options.get("fail_every", 0),
                            disconnect_after=options["disconnect_after"],
-                           hang_ms=options["hang_ms"], require_key=options["require_key"] or None)
+                           hang_ms=options["hang_ms"], require_key=options["require_key"] or None,
+                           **{name: options.get(name, 0) for name in USAGE_KNOBS})
     config.validate()
     return config
 

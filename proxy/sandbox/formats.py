@@ -11,7 +11,7 @@ import proxy.sandbox.anthropic_messages as anthropic_messages
 import proxy.sandbox.gemini_generate as gemini_generate
 import proxy.sandbox.openai_chat as openai_chat
 import proxy.sandbox.openai_responses as openai_responses
-from proxy.sandbox.model import Conversation, SandboxRequestError, Usage, plan_reply
+from proxy.sandbox.model import Conversation, SandboxRequestError, Usage, apply_usage_knobs, plan_reply
 
 # Conversation formats by the names the request log uses; the bare wire names are the older
 # spelling of the first three, kept for callers.
@@ -41,6 +41,10 @@ def parse_request(wire: str, body: Any, *, model: str = "", count_only: bool = F
     return gemini_generate.parse(body, model)
 
 
-def expected_usage(wire: str, body: Any, *, model: str = "") -> Usage:
-    """The usage the sandbox reports for this request body (stream and non-stream alike)."""
-    return plan_reply(parse_request(wire, body, model=model)).usage
+def expected_usage(wire: str, body: Any, *, model: str = "", **usage_knobs: int) -> Usage:
+    """The usage the sandbox reports for this request body (stream and non-stream alike).
+
+    `usage_knobs` are the usage knobs in effect (cache_read_tokens=..., reasoning_tokens=...).
+    """
+    conv = parse_request(wire, body, model=model)
+    return apply_usage_knobs(plan_reply(conv).usage, max_tokens=conv.max_tokens, **usage_knobs)

@@ -123,8 +123,16 @@ FINISH = {"end": "STOP", "max_tokens": "MAX_TOKENS", "stop_sequence": "STOP", "t
 
 
 def usage_json(usage: Usage) -> dict[str, int]:
-    return {"promptTokenCount": usage.prompt_tokens, "candidatesTokenCount": usage.completion_tokens,
+    """usageMetadata: the prompt count includes the cached tokens; thoughts are counted apart."""
+    data = {"promptTokenCount": usage.prompt_tokens,
+            "candidatesTokenCount": usage.completion_tokens - usage.reasoning_tokens,
             "totalTokenCount": usage.total_tokens}
+    # The API leaves out zero counts; Gemini reports no cache writes (its caches are made apart).
+    if usage.cache_read_tokens:
+        data["cachedContentTokenCount"] = usage.cache_read_tokens
+    if usage.reasoning_tokens:
+        data["thoughtsTokenCount"] = usage.reasoning_tokens
+    return data
 
 
 def response_json(conv: Conversation, ident: str, part: dict, reply: Reply | None) -> dict:

@@ -95,6 +95,25 @@ class Reply:
     usage: Usage
 
 
+def apply_usage_knobs(usage: Usage, *, max_tokens: int | None = None, cache_read_tokens: int = 0,
+                      cache_read_percent: int = 0, cache_write_tokens: int = 0, cache_write_percent: int = 0,
+                      reasoning_tokens: int = 0) -> Usage:
+    """`usage` with cache reads, cache writes and reasoning tokens as the knobs say.
+
+    Reads are cache_read_tokens, or else cache_read_percent of the prompt (rounded down), at most
+    the prompt; writes likewise, at most what is left of the prompt. Reasoning tokens are added
+    to the output, but never past max_tokens. Totals stay as OpenAI counts them: prompt tokens
+    include the cached ones and completion tokens the reasoning ones.
+    """
+    prompt = usage.prompt_tokens
+    read = min(cache_read_tokens or prompt * cache_read_percent // 100, prompt)
+    write = min(cache_write_tokens or prompt * cache_write_percent // 100, prompt - read)
+    reasoning = reasoning_tokens
+    if max_tokens is not None:
+        reasoning = min(reasoning, max(0, max_tokens - usage.completion_tokens))
+    return Usage(prompt, usage.completion_tokens + reasoning, read, write, reasoning)
+
+
 def count_tokens(text: str) -> int:
     """max(1, ceil(utf8_bytes / 4)): the usual 4-bytes-per-token rule of thumb, exact and cheap."""
     return max(1, (len(text.encode("utf-8")) + 3) // 4)

@@ -131,9 +131,19 @@ def _content(turn: Turn, content: Any, param: str) -> None:
 FINISH = {"end": "stop", "max_tokens": "length", "stop_sequence": "stop", "tool_use": "tool_calls"}
 
 
-def usage_json(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """CompletionUsage: prompt tokens include the cached ones, completion tokens the reasoning ones."""
+    data: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens}
+    # The details appear only when a usage knob is in effect, so that the default answer stays
+    # byte for byte what it was.
+    if usage.cache_read_tokens or usage.cache_write_tokens or usage.reasoning_tokens:
+        prompt_details = {"cached_tokens": usage.cache_read_tokens}
+        if usage.cache_write_tokens:
+            prompt_details["cache_write_tokens"] = usage.cache_write_tokens
+        data["prompt_tokens_details"] = prompt_details
+        data["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return data
 
 
 def answer(conv: Conversation, reply: Reply, ident: str, created: int) -> dict:

@@ -28,7 +28,15 @@ import proxy.sandbox.openai_responses as openai_responses
 from proxy.sandbox.config import RequestKnobs, SandboxConfig, request_knobs
 from proxy.sandbox.errors import simulated_failure_message
 from proxy.sandbox.formats import parse_request
-from proxy.sandbox.model import Conversation, Reply, SandboxRequestError, Wire, plan_reply, prompt_tokens
+from proxy.sandbox.model import (
+    Conversation,
+    Reply,
+    SandboxRequestError,
+    Wire,
+    apply_usage_knobs,
+    plan_reply,
+    prompt_tokens,
+)
 from proxy.sandbox.transport import (
     JSON,
     MAX_BODY_BYTES,
@@ -260,6 +268,9 @@ class SandboxApp:
             await send_json(send, 200, {"totalTokens": prompt_tokens(conv)})
             return
         reply = plan_reply(conv)
+        usage = apply_usage_knobs(reply.usage, max_tokens=conv.max_tokens, **knobs.usage_knobs())
+        if usage != reply.usage:
+            reply = dataclasses.replace(reply, usage=usage)
         # Ids derive from the request so that the same request gets the same answer, byte for byte
         # (OpenAI's `created` timestamp aside).
         ident = hashlib.blake2b(path.encode() + b"\0" + raw, digest_size=12).hexdigest()

@@ -621,7 +621,9 @@ def test_it_merges_runtime_config_and_resets_to_the_startup_config(sandbox):
     assert sandbox.http.post(f"{sandbox.url}/_sandbox/config", json={"chunks": 0}).status_code == 400
     reset = sandbox.http.post(f"{sandbox.url}/_sandbox/reset").json()
     assert reset == {"latency_ms": 0, "chunk_delay_ms": 0, "chunks": 8, "fail_status": None, "fail_count": 0,
-                     "fail_every": 0, "disconnect_after": None, "hang_ms": 0, "require_key": None}
+                     "fail_every": 0, "disconnect_after": None, "hang_ms": 0, "require_key": None,
+                     "cache_read_tokens": 0, "cache_read_percent": 0, "cache_write_tokens": 0,
+                     "cache_write_percent": 0, "reasoning_tokens": 0}
     assert sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json() == {"requests": 0, "by_path": {}, "by_status": {},
                                                                         "client_disconnects": 0}
 
