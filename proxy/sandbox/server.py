@@ -203,8 +203,11 @@ class SandboxApp:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 body = _INVALID
+        # The format names the API and the call ("openai.responses", "gemini.embedContent"), so that
+        # end-to-end tests can check which wire format the gateway spoke upstream.
         self.requests.append({"method": scope["method"], "path": path, "query": query, "headers": headers,
-                              "body": None if body is _INVALID else body})
+                              "body": None if body is _INVALID else body,
+                              "format": f"{wire}.{action}" if action is not None else None})
 
         try:
             knobs = request_knobs(self.config, headers)
@@ -396,7 +399,8 @@ class SandboxApp:
             if limit < 0:
                 await send_json(send, 400, {"error": "limit must be an integer >= 0"})
                 return
-            newest_first = list(reversed(self.requests))[:limit]
+            wanted = query.get("format")
+            newest_first = [r for r in reversed(self.requests) if wanted is None or r["format"] == wanted][:limit]
             await send_json(send, 200, {"requests": newest_first})
         else:
             await send_json(send, 404, {"error": f"no such control endpoint: {method} {path}"})

@@ -644,7 +644,8 @@ def test_it_keeps_the_last_requests_newest_first(sandbox):
     seen = sandbox.http.get(f"{sandbox.url}/_sandbox/requests", params={"limit": 5}).json()["requests"]
     assert len(seen) == 2
     assert seen[0] == {"method": "POST", "path": "/v1beta/models/m:streamGenerateContent",
-                       "query": {"alt": "sse"}, "headers": seen[0]["headers"], "body": None}
+                       "query": {"alt": "sse"}, "headers": seen[0]["headers"], "body": None,
+                       "format": "gemini.streamGenerateContent"}
     assert seen[1]["body"] == HELLO_OPENAI
     assert seen[1]["headers"]["x-trace"] == "one"
     assert seen[1]["headers"]["authorization"] == "Bearer sk-test"
