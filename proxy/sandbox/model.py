@@ -170,8 +170,10 @@ def sample_arguments(schema: Any) -> dict[str, Any]:
     """Tool-call arguments: each *required* property of the schema with `sample_value`."""
     if not isinstance(schema, dict):
         return {}
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    required = required if isinstance(required, list) else []
     return {name: sample_value(properties.get(name)) for name in required if isinstance(name, str)}
 
 

@@ -28,7 +28,7 @@ from proxy.sandbox.fields import (
 )
 from proxy.sandbox.model import Conversation, Reply, SandboxRequestError, ToolDef, Turn, Usage, split_chunks
 
-_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text")
+_TEXT_PARTS = ("input_text", "output_text", "text")
 _ATTACHMENT_PARTS = ("input_image", "input_file", "input_audio")
 # Items of the tools the sandbox does not simulate (web search, computer use, shell...) and
 # reasoning items carry nothing it counts: they are accepted and skipped.

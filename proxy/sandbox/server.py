@@ -282,7 +282,7 @@ class SandboxApp:
     async def _answer(self, receive: Receive, send: Send, action: str, conv: Conversation, reply: Reply, ident: str,
                       body: dict, query: dict[str, str], knobs: RequestKnobs) -> None:
         """Send `reply` in the format of `action`, as one JSON body or as a stream."""
-        events: Iterator[bytes] | None = None
+        events: Iterator[bytes]
         content_type = SSE
         if action == "chat":
             created = int(time.time())
