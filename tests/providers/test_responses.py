@@ -1,0 +1,208 @@
+"""The OpenAI Responses codec: caller bodies (Codex CLI's among them) in, Responses and their events out,
+checked against the official SDK's own models; and the provider side on OpenAI's documented shapes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from proxy.errors import GatewayError
+from proxy.providers import anthropic, responses
+from proxy.providers.ir import (
+    Image,
+    Message,
+    Reasoning,
+    Text,
+    ToolCall,
+    ToolChoice,
+    ToolDef,
+    ToolResult,
+    TranslationError,
+)
+from proxy.providers.sse import SSEParser
+
+CODEX_REQUEST = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_responses_request.json").read_text())
+EVENTS = TypeAdapter(ResponseStreamEvent)
+
+
+def _events(data: bytes) -> list[tuple[str | None, dict[str, Any]]]:
+    return [(name, orjson.loads(payload)) for name, payload in SSEParser().feed(data)]
+
+
+def _validated(data: bytes) -> list[Any]:
+    """Each event checked by the SDK's discriminated union; sequence numbers count from 0 without gaps."""
+    events = _events(data)
+    for name, payload in events:
+        assert name == payload["type"]
+    assert [p["sequence_number"] for _, p in events] == list(range(len(events)))
+    return [EVENTS.validate_python(payload) for _, payload in events]
+
+
+# --- Caller side: decode ------------------------------------------------------------------
+
+
+def test_it_decodes_a_string_input():
+    request = responses.decode_request({"model": "gpt-5", "input": "Say hi", "instructions": "Be brief."})
+    assert request.messages == [Message("user", [Text("Say hi")])]
+    assert request.system == ["Be brief."]
+    assert request.stream is False
+    assert request.tools == []
+
+
+def test_it_decodes_the_settings_it_can_translate():
+    request = responses.decode_request({
+        "model": "gpt-5", "input": "x", "max_output_tokens": 500, "temperature": 0.2, "top_p": 0.9,
+        "parallel_tool_calls": False, "stream": True, "user": "u-1", "reasoning": {"effort": "xhigh"},
+        "tools": [{"type": "function", "name": "get_weather", "description": "Weather", "strict": True,
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "text": {"format": {"type": "json_schema", "name": "weather", "strict": True,
+                            "schema": {"type": "object", "properties": {"t": {"type": "number"}}}}, "verbosity": "low"},
+        # Accepted and ignored by the translation:
+        "store": True, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k", "metadata": {"a": "b"},
+        "service_tier": "auto", "truncation": "auto", "safety_identifier": "s",
+    })
+    assert (request.max_tokens, request.temperature, request.top_p) == (500, 0.2, 0.9)
+    assert request.parallel_tool_calls is False and request.stream is True and request.user == "u-1"
+    assert request.reasoning_effort == "high"
+    assert request.tools == [ToolDef("get_weather", "Weather", {"type": "object",
+                                                                 "properties": {"city": {"type": "string"}}})]
+    assert request.tool_choice == ToolChoice("tool", "get_weather")
+    assert request.response_format == {"type": "json_schema", "name": "weather", "strict": True,
+                                       "schema": {"type": "object", "properties": {"t": {"type": "number"}}}}
+    assert responses.decode_request({"input": "x", "text": {"format": {"type": "json_object"}}}).response_format \
+        == {"type": "json_object"}
+    assert responses.decode_request({"input": "x", "text": {"format": {"type": "text"}}}).response_format is None
+
+
+def test_it_decodes_a_codex_cli_request():
+    request = responses.decode_request(CODEX_REQUEST)
+    # instructions and the leading developer message are the system prompt
+    assert request.system[0] == CODEX_REQUEST["instructions"]
+    assert request.system[1].startswith("<permissions instructions>")
+    assert request.stream is True and request.parallel_tool_calls is False
+    assert request.reasoning_effort == "medium" and request.tool_choice == ToolChoice("auto")
+    # web_search is left out; apply_patch (freeform) becomes a function of one string
+    assert [t.name for t in request.tools] == ["shell", "update_plan", "apply_patch", "view_image"]
+    apply_patch = request.tools[2]
+    assert apply_patch.parameters["required"] == ["input"]
+    assert "raw text" in apply_patch.description and "begin_patch" in apply_patch.description
+
+    roles = [m.role for m in request.messages]
+    assert roles == ["user", "user", "user", "assistant", "tool", "assistant", "tool", "assistant", "user",
+                     "assistant", "tool", "user"]
+    first_turn = request.messages[3].parts
+    assert first_turn[0] == Reasoning("**Running the failing test**\n\nI'll reproduce the failure first.",
+                                      "gAAAAABo9x1Q3c2VjcmV0LXJlYXNvbmluZy1zdGF0ZS0x", wire="responses")
+    assert isinstance(first_turn[1], ToolCall) and first_turn[1].name == "shell"
+    assert request.messages[4].parts[0].name == "shell"  # the result knows its tool's name (Gemini needs it)
+    patch_turn = request.messages[5].parts
+    assert patch_turn[0] == Reasoning("", "gAAAAABo9x1R3c2VjcmV0LXJlYXNvbmluZy1zdGF0ZS0y", wire="responses")
+    assert orjson.loads(patch_turn[1].arguments) == {"input": CODEX_REQUEST["input"][8]["input"]}
+    assert request.messages[6].parts[0].content.startswith("Exit code: 0")
+    # the web_search_call is dropped; view_image's picture follows its tool result as a user turn
+    assert [type(p) for p in request.messages[9].parts] == [ToolCall]
+    assert "image output follows" in request.messages[10].parts[0].content
+    assert request.messages[11].parts == [Image(media_type="image/png",
+                                                data=CODEX_REQUEST["input"][14]["output"][0]["image_url"][22:])]
+
+
+def test_a_codex_request_becomes_an_anthropic_request():
+    payload = anthropic.encode_request(responses.decode_request(CODEX_REQUEST), model="claude-sonnet-4-5",
+                                       default_max_tokens=4096, stream=True)
+    assert [t["name"] for t in payload["tools"]] == ["shell", "update_plan", "apply_patch", "view_image"]
+    assert payload["tools"][2]["input_schema"]["properties"]["input"]["type"] == "string"
+    assert [m["role"] for m in payload["messages"]] == ["user", "assistant", "user", "assistant", "user",
+                                                        "assistant", "user", "assistant", "user"]
+    last = payload["messages"][-1]["content"]
+    assert [b["type"] for b in last] == ["tool_result", "image"]
+
+
+def test_it_keeps_later_developer_messages_in_place():
+    request = responses.decode_request({"input": [
+        {"role": "user", "content": "a"}, {"role": "developer", "content": "Now answer in French."},
+        {"role": "user", "content": "b"}]})
+    assert request.system == []
+    assert [m.role for m in request.messages] == ["user", "system", "user"]
+
+
+def test_a_local_shell_history_still_pairs_calls_and_outputs():
+    request = responses.decode_request({"input": [
+        {"role": "user", "content": "list files"},
+        {"type": "local_shell_call", "call_id": "ls1", "status": "completed",
+         "action": {"type": "exec", "command": ["ls"], "env": {}}},
+        {"type": "function_call_output", "call_id": "ls1", "output": "a.py"}],
+        "tools": [{"type": "local_shell"}]})
+    assert request.tools == []
+    assert request.messages[1].parts[0].name == "local_shell"
+    assert request.messages[2].parts == [ToolResult("ls1", "a.py", "local_shell")]
+
+
+@pytest.mark.parametrize(("body", "error", "param"), [
+    ({"input": "x", "previous_response_id": "resp_1"}, TranslationError, "previous_response_id"),
+    ({"input": "x", "conversation": "conv_1"}, TranslationError, "conversation"),
+    ({"input": "x", "background": True}, TranslationError, "background"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, TranslationError, "input[0]"),
+    ({"input": [{"type": "compaction", "encrypted_content": "x"}]}, TranslationError, "input[0]"),
+    ({"input": "x", "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, TranslationError, "tools[0]"),
+    ({"input": "x", "tools": [{"type": "web_search_preview"}]}, TranslationError, "tools[0]"),
+    ({"input": "x", "tool_choice": {"type": "web_search_preview"}}, TranslationError, "tool_choice"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]}, TranslationError,
+     "input[0].content[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]}, TranslationError,
+     "input[0].content[0]"),
+    ({"input": [{"type": "code_interpreter_call", "id": "ci_1"}]}, TranslationError, "input[0]"),
+    ({"input": "x", "text": {"format": {"type": "grammar"}}}, TranslationError, "text.format.type"),
+    ({}, GatewayError, "input"),
+    ({"input": 5}, GatewayError, "input"),
+    ({"input": ["hi"]}, GatewayError, "input[0]"),
+    ({"input": [{"role": "tool", "content": "x"}]}, GatewayError, "input[0].role"),
+    ({"input": [{"role": "user", "content": 7}]}, GatewayError, "input[0].content"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, GatewayError, "input[0].call_id"),
+    ({"input": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}, GatewayError, "tools[0]"),
+    ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": "{}"}]}, GatewayError,
+     "tools[0].parameters"),
+    ({"input": "x", "tools": {"type": "function"}}, GatewayError, "tools"),
+    ({"input": "x", "max_output_tokens": "10"}, GatewayError, "max_output_tokens"),
+    ({"input": "x", "temperature": True}, GatewayError, "temperature"),
+    ({"input": "x", "reasoning": {"effort": "extreme"}}, GatewayError, "reasoning.effort"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, GatewayError, "text.format.schema"),
+    ({"input": "x", "stream": "yes"}, GatewayError, "stream"),
+])
+def test_it_refuses_bad_or_untranslatable_input_naming_the_param(body, error, param):
+    with pytest.raises(error) as raised:
+        responses.decode_request(body)
+    assert raised.value.param == param
+    assert raised.value.status == 400
+    assert raised.value.message
+
+
+def test_a_previous_response_id_refusal_says_why():
+    with pytest.raises(TranslationError, match="conversation state kept by the provider"):
+        responses.decode_request({"input": "x", "previous_response_id": "resp_1"})
+    with pytest.raises(TranslationError, match="only available on OpenAI providers"):
+        responses.decode_request({"input": "x", "tools": [{"type": "code_interpreter", "container": {}}]})
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["type", "role", "content", "name", "call_id", "output", "input", "text",
+                                          "arguments", "image_url", "summary", "format", "effort", "schema"]),
+                         inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["input", "tools", "tool_choice", "text", "reasoning", "instructions",
+                                        "max_output_tokens", "stream"]), _json, max_size=5))
+def test_any_body_decodes_or_is_refused_as_a_400(body):
+    try:
+        responses.decode_request(body)
+    except GatewayError as error:
+        assert error.status == 400
