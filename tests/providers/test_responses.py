@@ -6,25 +6,37 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai.types.responses import ResponseStreamEvent
+from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.errors import GatewayError
 from proxy.providers import anthropic, responses
 from proxy.providers.ir import (
+    ChatResponse,
     Image,
     Message,
     Reasoning,
+    ReasoningDelta,
+    StreamError,
+    StreamFinish,
+    StreamStart,
+    StreamUsage,
     Text,
+    TextDelta,
     ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
     ToolChoice,
     ToolDef,
     ToolResult,
     TranslationError,
+    Usage,
 )
 from proxy.providers.sse import SSEParser
 
@@ -206,3 +218,163 @@ def test_any_body_decodes_or_is_refused_as_a_400(body):
         responses.decode_request(body)
     except GatewayError as error:
         assert error.status == 400
+
+
+# --- Caller side: encode ------------------------------------------------------------------
+
+
+def _answer(**kw: Any) -> ChatResponse:
+    return ChatResponse(id="msg_01XFDUDYJgAACzvnptvVoYEL", model="claude-sonnet-4-5", **kw)
+
+
+def test_a_response_is_one_the_sdk_reads():
+    answer = _answer(parts=[Reasoning("Thinking about it.", "sig-abc", wire="anthropic"), Text("The answer "),
+                            Text("is 4."), ToolCall("toolu_01", "shell", '{"command":["ls"]}'),
+                            ToolCall("toolu_02", "apply_patch", '{"input":"*** Begin Patch\\n*** End Patch\\n"}')],
+                     finish="tool_use",
+                     usage=Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=1000, reasoning_tokens=120))
+    body = responses.encode_response(answer, CODEX_REQUEST)
+    parsed = Response.model_validate(body)
+    assert parsed.output_text == "The answer is 4."
+    assert parsed.id.startswith("resp_") and parsed.status == "completed" and parsed.store is False
+    assert [item.type for item in parsed.output] == ["reasoning", "message", "function_call", "custom_tool_call"]
+    assert parsed.output[2].call_id == "toolu_01" and parsed.output[2].id.startswith("fc_")
+    assert parsed.output[3].input == "*** Begin Patch\n*** End Patch\n"
+    usage = parsed.usage
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (1200, 300, 1500)
+    assert usage.input_tokens_details.cached_tokens == 1000 and usage.output_tokens_details.reasoning_tokens == 120
+    assert parsed.instructions == CODEX_REQUEST["instructions"] and parsed.parallel_tool_calls is False
+    # the Anthropic signature rides in encrypted_content and comes back as Anthropic's
+    reasoning = body["output"][0]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "Thinking about it."}]
+    back = responses.decode_request({"input": [{"role": "user", "content": "q"}, reasoning]})
+    assert back.messages[1].parts == [Reasoning("Thinking about it.", "sig-abc", wire="anthropic")]
+
+
+def test_the_sdk_client_parses_an_encoded_response():
+    body = responses.encode_response(_answer(parts=[Text("Hello!")]), {"model": "m", "input": "hi"})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    client = openai.OpenAI(api_key="tg-test", base_url="http://gateway.test/v1",
+                           http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    assert client.responses.create(model="m", input="hi").output_text == "Hello!"
+
+
+def test_a_cut_short_response_is_incomplete():
+    body = responses.encode_response(_answer(parts=[Text("Once upon")], finish="max_tokens"), {"input": "x"})
+    parsed = Response.model_validate(body)
+    assert parsed.status == "incomplete"
+    assert parsed.incomplete_details.reason == "max_output_tokens"
+    assert parsed.output[0].status == "incomplete"
+
+
+def test_encrypted_reasoning_goes_out_only_when_asked_for():
+    answer = _answer(parts=[Reasoning("r", "opaque", wire="responses"), Text("ok")])
+    assert "encrypted_content" not in responses.encode_response(answer, {"input": "x"})["output"][0]
+    asked = responses.encode_response(answer, {"input": "x", "include": ["reasoning.encrypted_content"]})
+    assert asked["output"][0]["encrypted_content"] == "opaque"
+
+
+def test_foreign_reasoning_is_stripped_before_a_call_to_openai():
+    body = {"input": [{"type": "reasoning", "summary": [], "encrypted_content": "tollgate:anthropic:signed:x"},
+                      {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}]}
+    assert responses.strip_foreign_reasoning(body) is True
+    assert [i["encrypted_content"] for i in body["input"]] == ["gAAAA"]
+    assert responses.strip_foreign_reasoning(body) is False
+
+
+# --- Caller side: stream ------------------------------------------------------------------
+
+
+def _stream(encoder: responses.StreamEncoder, events: list[Any]) -> bytes:
+    return b"".join(encoder.encode(e) for e in events) + encoder.tail() + encoder.terminal
+
+
+def test_a_text_stream_is_one_the_sdk_reads():
+    encoder = responses.StreamEncoder(request={"model": "fast", "input": "hi"})
+    data = _stream(encoder, [StreamStart("msg_1", "claude-haiku-4-5", 12), TextDelta("Hel"), TextDelta("lo!"),
+                             StreamFinish("end"), StreamUsage(12, 5, cache_read_tokens=4)])
+    events = _validated(data)
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    final = events[-1].response
+    assert final.output_text == "Hello!" and final.status == "completed"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 5)
+    assert final.usage.input_tokens_details.cached_tokens == 4
+    assert encoder.terminal == data[-len(encoder.terminal):]  # built once, held by the relay
+
+
+def test_a_tool_call_stream_is_one_the_sdk_reads():
+    encoder = responses.StreamEncoder(request=CODEX_REQUEST, upstream_wire="anthropic")
+    data = _stream(encoder, [
+        StreamStart("msg_2", "claude-sonnet-4-5"), ReasoningDelta("Let me "), ReasoningDelta("look."),
+        ReasoningDelta(signature="sig-1"), TextDelta("Checking."),
+        ToolCallStart(0, "toolu_a", "shell"), ToolCallDelta(0, '{"command":'), ToolCallDelta(0, '["ls"]}'),
+        ToolCallStart(1, "toolu_b", "apply_patch"), ToolCallDelta(1, '{"input":"*** Begin'),
+        ToolCallDelta(1, ' Patch\\n"}'), StreamFinish("tool_use"), StreamUsage(100, 40, reasoning_tokens=10)])
+    events = _validated(data)
+    kinds = [e.type for e in events]
+    assert kinds[:5] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.reasoning_summary_part.added", "response.reasoning_summary_text.delta"]
+    assert kinds.count("response.function_call_arguments.delta") == 2
+    assert kinds[-6:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done",
+                          "response.output_item.done", "response.completed"]
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [i.type for i in done] == ["reasoning", "message", "function_call", "custom_tool_call"]
+    assert done[0].summary[0].text == "Let me look."
+    assert done[0].encrypted_content == "tollgate:anthropic:signed:sig-1"
+    assert done[2].arguments == '{"command":["ls"]}' and done[2].call_id == "toolu_a"
+    assert done[3].input == "*** Begin Patch\n" and done[3].call_id == "toolu_b"
+    final = events[-1].response
+    assert [i.type for i in final.output] == ["reasoning", "message", "function_call", "custom_tool_call"]
+    assert final.output_text == "Checking."
+    assert final.usage.output_tokens_details.reasoning_tokens == 10
+
+
+def test_a_max_tokens_stream_ends_incomplete():
+    encoder = responses.StreamEncoder(request={"input": "x"})
+    events = _validated(_stream(encoder, [TextDelta("Once"), StreamFinish("max_tokens"), StreamUsage(3, 1)]))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_an_error_in_the_stream_ends_it_failed():
+    encoder = responses.StreamEncoder(request={"input": "x"})
+    data = encoder.encode(TextDelta("partial")) + encoder.error_event("The provider's stream ended early",
+                                                                      "stream_interrupted")
+    events = _validated(data)
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    assert events[-2].code == "stream_interrupted"
+    assert events[-1].response.error.message == "The provider's stream ended early"
+    assert events[-1].response.status == "failed"
+    via_ir = responses.StreamEncoder(request={"input": "x"}).encode(StreamError("overloaded", 529))
+    assert [e.type for e in _validated(via_ir)][-2:] == ["error", "response.failed"]
+
+
+def test_a_stream_error_outside_an_encoder_is_well_formed():
+    events = _validated(responses.stream_error("The gateway failed to handle this request.", "internal_error", 500))
+    assert [e.type for e in events] == ["error", "response.failed"]
+    assert events[1].response.error.code == "server_error"
+
+
+def test_the_sdk_stream_helper_accumulates_an_encoded_stream():
+    encoder = responses.StreamEncoder(request={"model": "m", "input": "hi"})
+    data = _stream(encoder, [StreamStart("x", "m"), TextDelta("Hi "), TextDelta("there"),
+                             ToolCallStart(0, "call_1", "f"), ToolCallDelta(0, "{}"), StreamFinish("tool_use")])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=data, headers={"content-type": "text/event-stream"})
+
+    client = openai.OpenAI(api_key="tg-test", base_url="http://gateway.test/v1",
+                           http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    with client.responses.stream(model="m", input="hi") as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert final.output_text == "Hi there"
+    assert final.output[1].name == "f"

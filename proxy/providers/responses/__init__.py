@@ -48,10 +48,14 @@ from proxy.providers.responses.common import (
     strip_foreign_reasoning,
 )
 from proxy.providers.responses.request import decode_request
+from proxy.providers.responses.response import encode_response
+from proxy.providers.responses.stream import StreamEncoder
 
 __all__ = [
     "TERMINAL_EVENTS",
+    "StreamEncoder",
     "decode_request",
+    "encode_response",
     "error_body",
     "stream_error",
     "strip_foreign_reasoning",
