@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 from proxy.errors import GatewayError
 from proxy.providers import anthropic, responses
 from proxy.providers.ir import (
+    ChatRequest,
     ChatResponse,
     Image,
     Message,
@@ -378,3 +379,175 @@ def test_the_sdk_stream_helper_accumulates_an_encoded_stream():
         final = stream.get_final_response()
     assert final.output_text == "Hi there"
     assert final.output[1].name == "f"
+
+
+# --- Provider side ------------------------------------------------------------------------
+
+# A reasoning model's answer as OpenAI documents it, with cached and reasoning tokens.
+OPENAI_RESPONSE = {
+    "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41", "object": "response", "created_at": 1741476777,
+    "status": "completed", "error": None, "incomplete_details": None, "model": "o3-2025-04-16",
+    "output": [
+        {"type": "reasoning", "id": "rs_6876cf02e0bc8192b74af0fb64b715ff06fa2fcced15a5ac",
+         "summary": [{"type": "summary_text", "text": "**Checking the weather**"}],
+         "encrypted_content": "gAAAAABodsS_enc"},
+        {"type": "message", "id": "msg_67ccd3acc8d48190a77525dc6de64b4104becb25c45c1d41", "status": "completed",
+         "role": "assistant", "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
+        {"type": "function_call", "id": "fc_12345xyz", "call_id": "call_12345xyz", "name": "get_weather",
+         "arguments": "{\"location\":\"Paris, France\"}", "status": "completed"},
+    ],
+    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "store": False,
+    "usage": {"input_tokens": 1850, "input_tokens_details": {"cached_tokens": 1536}, "output_tokens": 420,
+              "output_tokens_details": {"reasoning_tokens": 384}, "total_tokens": 2270},
+}
+
+
+def test_it_decodes_an_openai_response():
+    answer = responses.decode_response(OPENAI_RESPONSE)
+    assert answer.parts == [
+        Reasoning("**Checking the weather**", "gAAAAABodsS_enc", wire="responses"), Text("Let me check."),
+        ToolCall("call_12345xyz", "get_weather", '{"location":"Paris, France"}')]
+    assert answer.finish == "tool_use" and answer.model == "o3-2025-04-16"
+    assert answer.usage == Usage(1850, 420, cache_read_tokens=1536, reasoning_tokens=384)
+    cut = responses.decode_response({**OPENAI_RESPONSE, "status": "incomplete", "output": [],
+                                     "incomplete_details": {"reason": "max_output_tokens"}})
+    assert cut.finish == "max_tokens"
+
+
+def test_a_failed_openai_response_is_a_provider_error():
+    from proxy.providers.base import ProviderError
+
+    with pytest.raises(ProviderError) as raised:
+        responses.decode_response({**OPENAI_RESPONSE, "status": "failed",
+                                   "error": {"code": "server_error", "message": "boom"}})
+    assert raised.value.status == 500 and raised.value.retryable
+
+
+def test_it_encodes_a_request_for_an_openai_responses_model():
+    request = ChatRequest(
+        messages=[Message("user", [Text("Weather in Paris?"), Image(url="https://example.com/p.jpg")]),
+                  Message("assistant", [Reasoning("thinking", "gAAAA_enc", wire="responses"),
+                                        Reasoning("claude thought", "sig", wire="anthropic"),
+                                        Text("Checking."), ToolCall("call_1", "get_weather", '{"city":"Paris"}')]),
+                  Message("tool", [ToolResult("call_1", "14C", "get_weather")]),
+                  Message("system", [Text("Answer in French.")])],
+        system=["You are helpful."], tools=[ToolDef("get_weather", "Weather", {"type": "object"})],
+        tool_choice=ToolChoice("tool", "get_weather"), max_tokens=800, thinking_budget=10000,
+        response_format={"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": True})
+    payload = responses.encode_request(request, model="o3", stream=True)
+    assert payload["instructions"] == "You are helpful."
+    assert payload["input"] == [
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "Weather in Paris?"},
+            {"type": "input_image", "image_url": "https://example.com/p.jpg", "detail": "auto"}]},
+        {"type": "reasoning", "encrypted_content": "gAAAA_enc", "summary": [{"type": "summary_text",
+                                                                             "text": "thinking"}]},
+        {"type": "message", "role": "assistant", "content": "Checking."},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "14C"},
+        {"type": "message", "role": "developer", "content": "Answer in French."},
+    ]
+    assert payload["tools"] == [{"type": "function", "name": "get_weather", "description": "Weather",
+                                 "parameters": {"type": "object"}, "strict": False}]
+    assert payload["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert payload["max_output_tokens"] == 800 and payload["store"] is False and payload["stream"] is True
+    assert payload["reasoning"] == {"effort": "medium"}
+    assert payload["include"] == ["reasoning.encrypted_content"]
+    assert payload["text"] == {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"},
+                                          "strict": True}}
+    with pytest.raises(TranslationError) as raised:
+        responses.encode_request(ChatRequest(messages=[], stop=["\n"]), model="o3", stream=False)
+    assert raised.value.param == "stop"
+
+
+def test_a_codex_request_round_trips_through_the_provider_side():
+    payload = responses.encode_request(responses.decode_request(CODEX_REQUEST), model="gpt-5", stream=True)
+    kinds = [item["type"] for item in payload["input"]]
+    assert kinds.count("reasoning") == 2 and kinds.count("function_call_output") == 3
+    assert payload["include"] == ["reasoning.encrypted_content"]
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+
+# An OpenAI reasoning model's stream, as its events come (abridged to what the decoder reads).
+OPENAI_STREAM = _sse(
+    {"type": "response.created", "sequence_number": 0,
+     "response": {"id": "resp_abc", "object": "response", "status": "in_progress", "model": "o4-mini", "output": []}},
+    {"type": "response.in_progress", "sequence_number": 1, "response": {"id": "resp_abc", "status": "in_progress"}},
+    {"type": "response.output_item.added", "sequence_number": 2, "output_index": 0,
+     "item": {"id": "rs_1", "type": "reasoning", "summary": []}},
+    {"type": "response.reasoning_summary_part.added", "sequence_number": 3, "item_id": "rs_1", "output_index": 0,
+     "summary_index": 0, "part": {"type": "summary_text", "text": ""}},
+    {"type": "response.reasoning_summary_text.delta", "sequence_number": 4, "item_id": "rs_1", "output_index": 0,
+     "summary_index": 0, "delta": "**Planning**"},
+    {"type": "response.output_item.done", "sequence_number": 5, "output_index": 0,
+     "item": {"id": "rs_1", "type": "reasoning", "summary": [{"type": "summary_text", "text": "**Planning**"}],
+              "encrypted_content": "gAAAA_stream"}},
+    {"type": "response.output_item.added", "sequence_number": 6, "output_index": 1,
+     "item": {"id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}},
+    {"type": "response.output_text.delta", "sequence_number": 7, "item_id": "msg_1", "output_index": 1,
+     "content_index": 0, "delta": "Sure", "logprobs": []},
+    {"type": "response.output_text.delta", "sequence_number": 8, "item_id": "msg_1", "output_index": 1,
+     "content_index": 0, "delta": ".", "logprobs": []},
+    {"type": "response.output_item.added", "sequence_number": 9, "output_index": 2,
+     "item": {"id": "fc_1", "type": "function_call", "status": "in_progress", "arguments": "",
+              "call_id": "call_9", "name": "get_weather"}},
+    {"type": "response.function_call_arguments.delta", "sequence_number": 10, "item_id": "fc_1", "output_index": 2,
+     "delta": "{\"city\":"},
+    {"type": "response.function_call_arguments.delta", "sequence_number": 11, "item_id": "fc_1", "output_index": 2,
+     "delta": "\"Paris\"}"},
+    {"type": "response.function_call_arguments.done", "sequence_number": 12, "item_id": "fc_1", "output_index": 2,
+     "arguments": "{\"city\":\"Paris\"}"},
+    {"type": "response.output_item.done", "sequence_number": 13, "output_index": 2,
+     "item": {"id": "fc_1", "type": "function_call", "status": "completed", "arguments": "{\"city\":\"Paris\"}",
+              "call_id": "call_9", "name": "get_weather"}},
+    {"type": "response.completed", "sequence_number": 14,
+     "response": {"id": "resp_abc", "status": "completed", "model": "o4-mini", "output": [],
+                  "usage": {"input_tokens": 2048, "input_tokens_details": {"cached_tokens": 1920},
+                            "output_tokens": 230, "output_tokens_details": {"reasoning_tokens": 192},
+                            "total_tokens": 2278}}},
+)
+
+
+def test_it_decodes_an_openai_stream():
+    parser, decoder = SSEParser(), responses.StreamDecoder()
+    events = []
+    # Fed in uneven chunks, as the network gives them.
+    for start in range(0, len(OPENAI_STREAM), 97):
+        for name, data in parser.feed(OPENAI_STREAM[start:start + 97]):
+            events.extend(decoder.feed(name, data))
+    events.extend(decoder.close())
+    assert events == [
+        StreamStart("resp_abc", "o4-mini"), ReasoningDelta("**Planning**"), ReasoningDelta(signature="gAAAA_stream"),
+        TextDelta("Sure"), TextDelta("."), ToolCallStart(0, "call_9", "get_weather"),
+        ToolCallDelta(0, '{"city":'), ToolCallDelta(0, '"Paris"}'), StreamFinish("tool_use"),
+        StreamUsage(2048, 230, cache_read_tokens=1920, reasoning_tokens=192)]
+
+
+def test_a_decoded_openai_stream_encodes_back_for_a_responses_caller():
+    parser, decoder = SSEParser(), responses.StreamDecoder()
+    encoder = responses.StreamEncoder(request={"input": "x", "include": ["reasoning.encrypted_content"]},
+                                      upstream_wire="responses")
+    out = b"".join(encoder.encode(e) for name, data in parser.feed(OPENAI_STREAM) for e in decoder.feed(name, data))
+    events = _validated(out + encoder.tail() + encoder.terminal)
+    final = events[-1].response
+    assert final.output[0].encrypted_content == "gAAAA_stream"
+    assert final.usage.input_tokens_details.cached_tokens == 1920
+
+
+def test_stream_errors_are_decoded():
+    decoder = responses.StreamDecoder()
+    assert decoder.feed("error", b'{"type":"error","code":"rate_limit_exceeded","message":"Slow down",'
+                                 b'"sequence_number":0}') == [StreamError("Slow down", 429)]
+    failed = orjson.dumps({"type": "response.failed", "sequence_number": 3, "response": {
+        "id": "resp_1", "status": "failed", "error": {"code": "server_error", "message": "boom"}}})
+    assert responses.StreamDecoder().feed("response.failed", failed)[-1] == StreamError("boom", 500)
+
+
+def test_stream_usage_reads_the_terminal_event_only():
+    completed = OPENAI_STREAM.split(b"\n\n")[-2] + b"\n\n"
+    assert responses.stream_usage(completed) == Usage(2048, 230, cache_read_tokens=1920, reasoning_tokens=192)
+    assert responses.stream_usage(OPENAI_STREAM.split(b"\n\n")[0] + b"\n\n") is None
+    assert completed.startswith(responses.TERMINAL_EVENTS)

@@ -47,16 +47,28 @@ from proxy.providers.responses.common import (
     stream_error,
     strip_foreign_reasoning,
 )
+from proxy.providers.responses.provider import (
+    OpenAIResponsesAdapter,
+    StreamDecoder,
+    decode_response,
+    encode_request,
+    stream_usage,
+)
 from proxy.providers.responses.request import decode_request
 from proxy.providers.responses.response import encode_response
 from proxy.providers.responses.stream import StreamEncoder
 
 __all__ = [
     "TERMINAL_EVENTS",
+    "OpenAIResponsesAdapter",
+    "StreamDecoder",
     "StreamEncoder",
     "decode_request",
+    "decode_response",
+    "encode_request",
     "encode_response",
     "error_body",
     "stream_error",
+    "stream_usage",
     "strip_foreign_reasoning",
 ]
