@@ -6,7 +6,7 @@ from datetime import date
 from celery import shared_task
 
 from budgets import services
-from gateway_site.status import stamp
+from gateway_site.lib.stamps import stamp
 
 TASK_OPTIONS = {"soft_time_limit": 300, "time_limit": 360, "acks_late": True}
 
