@@ -46,8 +46,8 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def _seed():
+    from budgets.keys import key_issue
     from budgets.models import Budget, Consumer, ModelPrice, RateLimit
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     provider = Provider.objects.create(name="bench", kind="sandbox", base_url="http://127.0.0.1:9/v1")
