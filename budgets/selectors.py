@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from budgets.holds import BudgetRule, RateRule
 from budgets.models import ApiKey
 
 
@@ -40,29 +41,6 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
 
 
 # --- Budgets, rate limits and prices, cached per worker -----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetRule:
-    id: int
-    metric: str  # tokens | requests | cost_usd
-    limit: int
-    period: str
-    timezone: str
-    hard: bool
-    alert_at_percent: int | None
-    owner: str  # "consumer" or "key"
-
-
-@dataclass(frozen=True, slots=True)
-class RateRule:
-    id: int
-    requests: int | None
-    tokens: int | None
-    window_seconds: int
-    rejected_code: int
-    rejected_msg: str
-    owner: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ def main() -> None:
             "no limits (baseline)": asyncio.run(_measure(free_key, args.requests, args.concurrency)),
         }
     finally:
-        from budgets.services import usage_mirror
+        from budgets.usage import usage_mirror
 
         usage_mirror.flush()
         time.sleep(settings.TOLLGATE_BUDGET_MIRROR_SECONDS + 0.2)  # let the mirror thread let go
