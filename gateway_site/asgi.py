@@ -133,7 +133,7 @@ async def _lifespan(receive, send) -> None:
             await close_clients()
             # The last half second of settled budget usage, for the database copy
             # (gunicorn stops workers by signal, so atexit hooks never run).
-            from budgets.services import usage_mirror
+            from budgets.usage import usage_mirror
 
             try:
                 await asyncio.to_thread(usage_mirror.flush)

@@ -3,8 +3,9 @@
 Each gateway worker writes a heartbeat (host, pid, start time) to the shared cache
 every TOLLGATE_HEARTBEAT_SECONDS from a task started at ASGI lifespan startup;
 Celery beat has a worker stamp the cache the same way (gateway_site.tasks), and
-the budget reset job stamps its runs. The admin's health page and the scrape-time
-metrics read them through `status_report()`.
+the budget reset job stamps its runs (both through gateway_site.lib.stamps, so that
+no app imports this module). The admin's health page and the scrape-time metrics
+read them through `status_report()`.
 """
 from __future__ import annotations
 
@@ -22,32 +23,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+from gateway_site.lib.stamps import last_stamp
+
 logger = logging.getLogger(__name__)
 
 WORKERS_KEY = "ops:workers"
 # Workers not seen for this many heartbeats are shown as down, and forgotten after an hour.
 STALE_AFTER_BEATS = 3
 FORGET_AFTER_SECONDS = 3600
-
-
-def _stamp_key(job: str) -> str:
-    return f"ops:last:{job}"
-
-
-def stamp(job: str) -> None:
-    """Record that `job` ran now, on this host (one cache write; never raises)."""
-    try:
-        cache.set(_stamp_key(job), {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()},
-                  timeout=None)
-    except Exception:
-        logger.warning("could not record the run of %s", job, exc_info=True)
-
-
-def last_stamp(job: str) -> datetime | None:
-    value = cache.get(_stamp_key(job))
-    if not isinstance(value, dict) or "at" not in value:
-        return None
-    return datetime.fromtimestamp(value["at"], tz=UTC)
 
 
 # --- Worker heartbeats --------------------------------------------------------------------

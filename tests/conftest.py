@@ -8,8 +8,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from budgets.keys import key_issue, key_revoke
 from budgets.models import Consumer
-from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
 from gateway_site.lib.db import database_forget_down
 from proxy.auth import _last_touch

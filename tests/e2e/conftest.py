@@ -19,8 +19,8 @@ UPSTREAM_KEY = "sk-e2e-upstream-credential"
 
 
 def _seed(sandbox_port: int) -> SimpleNamespace:
+    from budgets.keys import key_issue, key_revoke
     from budgets.models import Consumer
-    from budgets.services import key_issue, key_revoke
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = Provider.objects.create(name="e2e-sandbox", kind="sandbox",

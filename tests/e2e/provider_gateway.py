@@ -22,8 +22,8 @@ ROUTES = ["claude", "gpt", "gem", "split", "cut", "cut-claude", "fail-429", "fai
 
 
 def _seed(port: int) -> SimpleNamespace:
+    from budgets.keys import key_issue
     from budgets.models import Consumer
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = f"http://127.0.0.1:{port}"
