@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from proxy.providers.common import arguments, json_schema_from_gemini
+from proxy.providers.gemini import SKIP_SIGNATURE
 from proxy.providers.ir import (
     ChatRequest,
     ChatResponse,
@@ -149,6 +150,8 @@ class _CallIds:
 def _part(raw: dict[str, Any], role: str, where: str, ids: _CallIds) -> list[tuple[Part, str]]:
     """One Gemini part as IR parts with the role of the message each belongs in."""
     signature = raw.get("thoughtSignature") if isinstance(raw.get("thoughtSignature"), str) else None
+    if signature == SKIP_SIGNATURE:
+        signature = None  # Gemini CLI's mark on a call that came without one: no reasoning to keep
     if raw.get("thought") is True:
         return [(Reasoning(str(raw.get("text") or ""), signature, wire="gemini"), role)]
     # A signature on a text or call part belongs to Gemini alone: kept just before it.

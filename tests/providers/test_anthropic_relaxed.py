@@ -6,6 +6,7 @@ tests/fixtures/capture_agent_requests.py.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -23,17 +24,22 @@ from proxy.providers.ir import (
     Message,
     Reasoning,
     ReasoningDelta,
+    StreamFinish,
     StreamStart,
     StreamUsage,
     Text,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
     ToolChoice,
     ToolResult,
     TranslationError,
     Usage,
 )
 from proxy.providers.sse import SSEParser
+from tests.fixtures.capture_agent_requests import agent_installed, run_claude
+from tests.providers.canned import serve
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -417,3 +423,43 @@ def test_an_anthropic_answer_with_thinking_reaches_an_openai_caller_as_text_only
     assert openai.encode_response(answer)["choices"][0]["message"]["content"] == "Because."
     assert anthropic.encode_response(answer)["content"][0] == {"type": "thinking", "thinking": "why",
                                                                "signature": "sig"}
+
+
+def _claude_turns(target: Path):
+    """Another provider's answers as Claude Code gets them: a Read of `target`, then the answer."""
+
+    def respond(path: str, sent: dict) -> tuple[str, bytes]:
+        encoder = anthropic.StreamEncoder(model=sent.get("model", ""))
+        last = sent["messages"][-1]["content"]
+        if isinstance(last, list) and any(block.get("type") == "tool_result" for block in last):
+            events: list = [StreamStart("gen-2", "gemini-3-pro", 20), ReasoningDelta("Done.", "g-sig", wire="gemini"),
+                            TextDelta("The file says: "), TextDelta("hello"), StreamFinish("end"),
+                            StreamUsage(120, 5, cache_read_tokens=100)]
+        else:
+            events = [StreamStart("gen-1", "gemini-3-pro", 10), ReasoningDelta("Read it.", "g-sig", wire="gemini"),
+                      TextDelta("Reading."), ToolCallStart(0, "call_gemini/1", "Read"),
+                      ToolCallDelta(0, orjson.dumps({"file_path": str(target)}).decode()), StreamFinish("tool_use"),
+                      StreamUsage(10, 5)]
+        return "text/event-stream", b"".join(encoder.encode(e) for e in events) + encoder.tail() + encoder.terminal
+
+    return respond
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not agent_installed("claude"), reason="Claude Code is not installed (see /work/shared/agents.md)")
+def test_claude_code_runs_a_tool_turn_on_a_translated_stream():
+    with tempfile.TemporaryDirectory() as home:
+        hello = Path(home) / "hello.txt"
+        hello.write_text("hello from the gateway test\n")
+        with serve(_claude_turns(hello)) as (url, seen):
+            result = run_claude(url, home, prompt="What does hello.txt say?")
+    assert result.returncode == 0 and "The file says: hello" in result.stdout, result.stderr[-2000:]
+    follow_up = seen[-1]["body"]
+    validate_anthropic_messages(follow_up)
+    request = anthropic.decode_request(follow_up)
+    call = request.messages[-2].parts[-1]
+    assert isinstance(call, ToolCall) and call.id == "call_gemini_1"  # made safe for Anthropic's id rules
+    (answer,) = request.messages[-1].parts
+    assert isinstance(answer, ToolResult) and answer.tool_call_id == call.id and "hello from" in answer.content
+    # Gemini's reasoning was not shown as a thinking block, so no foreign signature came back.
+    assert "g-sig" not in orjson.dumps(follow_up).decode()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
+import tempfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -39,6 +38,8 @@ from proxy.providers.ir import (
     Usage,
 )
 from proxy.providers.sse import SSEParser
+from tests.fixtures.capture_agent_requests import agent_installed, run_gemini
+from tests.providers.canned import serve
 
 genai_types = pytest.importorskip("google.genai.types")
 
@@ -341,35 +342,18 @@ def test_an_error_inside_a_stream_keeps_the_streams_framing():
 # --- End to end with the google-genai SDK's own client -------------------------------------
 
 
+def _canned_answer(path: str, body: dict) -> tuple[str, bytes]:
+    if ":streamGenerateContent" in path:
+        encoder = gemini_caller.StreamEncoder(sse="alt=sse" in path)
+        return encoder.content_type, _encode(encoder, STREAM)
+    return "application/json", orjson.dumps(gemini_caller.encode_response(ANSWER))
+
+
 @pytest.fixture
 def canned_gemini() -> Iterator[tuple[str, list[dict]]]:
     """A local server answering generateContent and streamGenerateContent with this module's encoders."""
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            seen.append({"path": self.path, "body": orjson.loads(self.rfile.read(length))})
-            if ":streamGenerateContent" in self.path:
-                encoder = gemini_caller.StreamEncoder(sse="alt=sse" in self.path)
-                payload, content_type = _encode(encoder, STREAM), encoder.content_type
-            else:
-                payload, content_type = orjson.dumps(gemini_caller.encode_response(ANSWER)), "application/json"
-            self.send_response(200)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
+    with serve(_canned_answer) as server:
+        yield server
 
 
 def test_the_google_genai_client_reads_our_answers_and_streams(canned_gemini):
@@ -390,3 +374,38 @@ def test_the_google_genai_client_reads_our_answers_and_streams(canned_gemini):
     # What the SDK sent decodes here, as Gemini CLI's requests do.
     validate_gemini_generate(seen[0]["body"])
     assert gemini_caller.decode_request(seen[0]["body"]).messages[0].parts == [Text("hi")]
+
+
+def _cli_turns(path: str, body: dict) -> tuple[str, bytes]:
+    """A Claude-like provider's answers as Gemini CLI gets them: a read_file call, then the answer."""
+    if ":generateContent" in path:  # the CLI's model router wants a JSON verdict
+        verdict = orjson.dumps({"complexity_reasoning": "a file read", "complexity_score": 10}).decode()
+        return "application/json", orjson.dumps(gemini_caller.encode_response(ChatResponse("r", "c", [Text(verdict)])))
+    encoder = gemini_caller.StreamEncoder(sse="alt=sse" in path)
+    if any("functionResponse" in part for part in body["contents"][-1]["parts"]):
+        events: list[StreamEvent] = [StreamStart("msg_2", "claude", 20), ReasoningDelta("Got it.", wire="anthropic"),
+                                     TextDelta("The file says: "), TextDelta("hello"), StreamFinish("end"),
+                                     StreamUsage(20, 5, cache_read_tokens=10)]
+    else:
+        events = [StreamStart("msg_1", "claude", 10), ReasoningDelta("Let me read it.", wire="anthropic"),
+                  ReasoningDelta("", "anthropic-signature", wire="anthropic"), TextDelta("Reading."),
+                  ToolCallStart(0, "toolu_01ABC", "read_file"), ToolCallDelta(0, '{"file_path": '),
+                  ToolCallDelta(0, '"hello.txt"}'), StreamFinish("tool_use"), StreamUsage(10, 5)]
+    return encoder.content_type, _encode(encoder, events)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not agent_installed("gemini"), reason="Gemini CLI is not installed (see /work/shared/agents.md)")
+def test_gemini_cli_runs_a_tool_turn_on_our_stream_and_sends_the_result_back():
+    with serve(_cli_turns) as (url, seen), tempfile.TemporaryDirectory() as home:
+        (Path(home) / "hello.txt").write_text("hello from the gateway test\n")
+        result = run_gemini(url, home, prompt="What does hello.txt say?")
+    assert result.returncode == 0 and "The file says: hello" in result.stdout, result.stderr[-2000:]
+    follow_up = seen[-1]["body"]
+    validate_gemini_generate(follow_up)
+    request = gemini_caller.decode_request(follow_up, stream=True)
+    call, answer = request.messages[-2].parts[-1], request.messages[-1].parts[-1]
+    assert isinstance(call, ToolCall) and call.id == "toolu_01ABC" and call.name == "read_file"
+    assert answer == ToolResult("toolu_01ABC", "hello from the gateway test\n", "read_file")
+    # The CLI marks a call that came without a signature with Google's skip value; it stays Gemini's.
+    assert "anthropic-signature" not in orjson.dumps(follow_up).decode()
