@@ -114,13 +114,13 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": role, "content": blocks})
-    for message in messages:
-        content = message["content"]
-        if message["role"] == "user":
+    for turn in messages:
+        content = turn["content"]
+        if turn["role"] == "user":
             # Tool results must open the user turn that answers the calls.
             content.sort(key=lambda block: block["type"] != "tool_result")
         if len(content) == 1 and content[0]["type"] == "text":
-            message["content"] = content[0]["text"]
+            turn["content"] = content[0]["text"]
     return messages
 
 

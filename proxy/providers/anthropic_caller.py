@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from proxy.providers.common import obj
 from proxy.providers.ir import (
     ChatRequest,
     ChatResponse,
@@ -91,7 +92,7 @@ def usage_from_anthropic(usage: Any) -> Usage:
         return Usage()
     read = _int(usage.get("cache_read_input_tokens"))
     write = _int(usage.get("cache_creation_input_tokens"))
-    creation = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), dict) else {}
+    creation = obj(usage.get("cache_creation"))
     write_1h = _int(creation.get("ephemeral_1h_input_tokens"))
     if not write and creation:
         write = write_1h + _int(creation.get("ephemeral_5m_input_tokens"))
@@ -156,7 +157,7 @@ def _nested_text(content: Any) -> str:
 
 
 def _image(block: dict[str, Any], where: str) -> Image:
-    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    source = obj(block.get("source"))
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         return Image(media_type=source.get("media_type"), data=source["data"])
     if source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -168,7 +169,7 @@ def _image(block: dict[str, Any], where: str) -> Image:
 def _document(block: dict[str, Any], where: str) -> Text:
     """A plain-text document as text; PDFs and files stay with Anthropic (other providers take them
     differently or not at all, so the request is refused and failover tries an Anthropic deployment)."""
-    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    source = obj(block.get("source"))
     title = block.get("title") if isinstance(block.get("title"), str) else None
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         text = source["data"]
@@ -252,8 +253,9 @@ def _tool_choice(choice: Any) -> tuple[ToolChoice | None, bool | None]:
 def _reasoning(body: dict[str, Any]) -> tuple[Effort | None, int | None]:
     """(reasoning_effort, thinking_budget) from `thinking` and `output_config.effort`."""
     thinking = body.get("thinking")
-    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
-    effort = EFFORT_FROM_ANTHROPIC.get(config.get("effort")) if isinstance(config.get("effort"), str) else None
+    config = obj(body.get("output_config"))
+    named = config.get("effort")
+    effort = EFFORT_FROM_ANTHROPIC.get(named) if isinstance(named, str) else None
     budget = None
     if isinstance(thinking, dict):
         kind = thinking.get("type")
@@ -270,7 +272,7 @@ def _reasoning(body: dict[str, Any]) -> tuple[Effort | None, int | None]:
 
 
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
-    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+    config = obj(body.get("output_config"))
     fmt = config.get("format") or body.get("output_format")  # the structured-outputs beta's older name
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
         return {"type": "json_schema", "name": "response", "schema": fmt["schema"], "strict": True}
@@ -335,7 +337,7 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
     stop = body.get("stop_sequences")
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise TranslationError("'stop_sequences' must be an array of strings.", param="stop_sequences")
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    metadata = obj(body.get("metadata"))
     return ChatRequest(
         messages=messages, system=system, tools=_tools(body.get("tools")), tool_choice=tool_choice,
         parallel_tool_calls=parallel, max_tokens=body.get("max_tokens"), temperature=_number(body, "temperature"),

@@ -28,6 +28,11 @@ MIN_ANTHROPIC_BUDGET = 1024
 _OPENAI_REASONING_MODEL = re.compile(r"^(?:.*/)?(?:o\d|gpt-5|gpt-oss)", re.IGNORECASE)
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: optional sub-objects read without type checks."""
+    return value if isinstance(value, dict) else {}
+
+
 def system_note(text: str) -> str:
     return SYSTEM_NOTE_PREFIX + text
 

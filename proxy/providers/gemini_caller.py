@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.providers.common import arguments, json_schema_from_gemini
+from proxy.providers.common import arguments, json_schema_from_gemini, obj
 from proxy.providers.gemini import SKIP_SIGNATURE
 from proxy.providers.ir import (
     ChatRequest,
@@ -171,7 +171,7 @@ def _part(raw: dict[str, Any], role: str, where: str, ids: _CallIds) -> list[tup
         name = call.get("name")
         if not isinstance(name, str) or not name:
             raise TranslationError(f"'{where}.functionCall.name' must be a non-empty string.", param=where)
-        call_args = call.get("args") if isinstance(call.get("args"), dict) else {}
+        call_args = obj(call.get("args"))
         return [*out, (ToolCall(ids.call(name, call.get("id")), name, orjson.dumps(call_args).decode()), role)]
     if kind == "functionResponse":
         result = raw["functionResponse"] if isinstance(raw["functionResponse"], dict) else {}

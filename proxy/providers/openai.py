@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import orjson
 
 from proxy.providers.base import ProviderAdapter
-from proxy.providers.common import effort_for_budget, openai_reasoning_model
+from proxy.providers.common import effort_for_budget, obj, openai_reasoning_model
 from proxy.providers.ir import (
     ChatRequest,
     ChatResponse,
@@ -185,9 +185,8 @@ def usage_from_openai(usage: Any) -> Usage:
     """OpenAI's usage object (chat completions) in the IR's convention, which is OpenAI's own."""
     if not isinstance(usage, dict):
         return Usage()
-    prompt = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    completion = (usage.get("completion_tokens_details")
-                  if isinstance(usage.get("completion_tokens_details"), dict) else {})
+    prompt = obj(usage.get("prompt_tokens_details"))
+    completion = obj(usage.get("completion_tokens_details"))
     return Usage(
         input_tokens=_count(usage.get("prompt_tokens")), output_tokens=_count(usage.get("completion_tokens")),
         cache_read_tokens=_count(prompt.get("cached_tokens")) or 0,
