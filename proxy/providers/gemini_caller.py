@@ -365,15 +365,25 @@ def _call_part(ident: str, name: str, args: str) -> dict[str, Any]:
 
 def _parts(parts: list[Part]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    signature: str | None = None  # a Gemini signature without thought text: it goes on the next part
     for part in parts:
-        if isinstance(part, Text) and part.text:
-            out.append({"text": part.text})
-        elif isinstance(part, ToolCall):
-            out.append(_call_part(part.id, part.name, part.arguments))
-        elif isinstance(part, Reasoning) and not part.redacted:
+        encoded: dict[str, Any] | None = None
+        if isinstance(part, Reasoning) and not part.redacted:
+            if not part.text and part.signature and part.wire == "gemini":
+                signature = part.signature
+                continue
             encoded = _reasoning_part(part.text, part.signature, part.wire)
-            if encoded is not None:
-                out.append(encoded)
+        elif isinstance(part, Text) and part.text:
+            encoded = {"text": part.text}
+        elif isinstance(part, ToolCall):
+            encoded = _call_part(part.id, part.name, part.arguments)
+        if encoded is None:
+            continue
+        if signature and "thoughtSignature" not in encoded:
+            encoded["thoughtSignature"], signature = signature, None
+        out.append(encoded)
+    if signature:
+        out.append({"text": "", "thoughtSignature": signature})  # as Gemini ends a signed answer
     return out
 
 
@@ -410,7 +420,8 @@ class StreamEncoder:
         self.started = False  # a chunk has gone out (the array is open)
         self.finish: Finish = "end"
         self.usage = Usage()
-        self.calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far], not yet sent
+        self.calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far, signature], not yet sent
+        self.signature = ""  # a Gemini signature without thought text, for the next part
 
     def _frame(self, payload: dict[str, Any], *, last: bool = False) -> bytes:
         data = orjson.dumps(payload)
@@ -427,9 +438,19 @@ class StreamEncoder:
                             "modelVersion": self.model, "responseId": self.response_id})
 
     def _flush_calls(self) -> bytes:
-        parts = [_call_part(ident, name, args) for ident, name, args in self.calls.values()]
+        parts = []
+        for ident, name, args, signature in self.calls.values():
+            part = _call_part(ident, name, args)
+            if signature:
+                part["thoughtSignature"] = signature
+            parts.append(part)
         self.calls.clear()
         return self._chunk(parts) if parts else b""
+
+    def _signed(self, part: dict[str, Any]) -> dict[str, Any]:
+        if self.signature:
+            part["thoughtSignature"], self.signature = self.signature, ""
+        return part
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, StreamStart):
@@ -440,15 +461,19 @@ class StreamEncoder:
             return b""
         if isinstance(event, ToolCallStart):
             out = b"" if event.index in self.calls else self._flush_calls()
-            self.calls[event.index] = [event.id, event.name, ""]
+            self.calls[event.index] = [event.id, event.name, "", self.signature]
+            self.signature = ""
             return out
         if isinstance(event, ToolCallDelta):
             if event.index in self.calls:
                 self.calls[event.index][2] += event.arguments
             return b""
         if isinstance(event, TextDelta):
-            return self._flush_calls() + (self._chunk([{"text": event.text}]) if event.text else b"")
+            return self._flush_calls() + (self._chunk([self._signed({"text": event.text})]) if event.text else b"")
         if isinstance(event, ReasoningDelta):
+            if not event.text and event.signature and event.wire == "gemini":
+                self.signature = event.signature
+                return b""
             part = _reasoning_part(event.text, event.signature, event.wire)
             return self._flush_calls() + (self._chunk([part]) if part else b"")
         if isinstance(event, StreamFinish):
@@ -462,8 +487,11 @@ class StreamEncoder:
         return b""
 
     def tail(self) -> bytes:
-        """Function calls still open when the provider's stream ended."""
-        return self._flush_calls()
+        """Function calls still open when the provider's stream ended, and a last signature."""
+        out = self._flush_calls()
+        if self.signature:
+            out += self._chunk([self._signed({"text": ""})])
+        return out
 
     @property
     def terminal(self) -> bytes:

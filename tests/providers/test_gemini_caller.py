@@ -256,10 +256,19 @@ def test_finish_reasons_are_geminis(finish, reason):
     assert body["candidates"][0]["finishReason"] == reason
 
 
-def test_only_a_gemini_providers_signature_reaches_a_gemini_caller():
+def test_only_a_gemini_providers_signature_reaches_a_gemini_caller_on_the_part_it_came_with():
     body = gemini_caller.encode_response(ChatResponse("r", "m", [
-        Reasoning("", "gemini-sig", wire="gemini"), Reasoning("", "openai-sig", wire="openai"), Text("x")]))
-    assert body["candidates"][0]["content"]["parts"] == [{"thoughtSignature": "gemini-sig"}, {"text": "x"}]
+        Reasoning("", "gemini-sig", wire="gemini"), Reasoning("", "openai-sig", wire="openai"),
+        ToolCall("c", "f", "{}"), Reasoning("", "last-sig", wire="gemini")]))
+    assert body["candidates"][0]["content"]["parts"] == [
+        {"functionCall": {"id": "c", "name": "f", "args": {}}, "thoughtSignature": "gemini-sig"},
+        {"text": "", "thoughtSignature": "last-sig"}]
+    encoder = gemini_caller.StreamEncoder()
+    events = [ReasoningDelta("", "s1", wire="gemini"), ToolCallStart(0, "c", "f"), ToolCallDelta(0, "{}"),
+              ReasoningDelta("", "s2", wire="gemini"), TextDelta("x"), ReasoningDelta("", "s3", wire="gemini")]
+    wire = b"".join(encoder.encode(e) for e in events) + encoder.tail()
+    parts = [orjson.loads(d)["candidates"][0]["content"]["parts"] for _, d in SSEParser().feed(wire)]
+    assert [[p.get("thoughtSignature") for p in chunk] for chunk in parts] == [["s1"], ["s2"], ["s3"]]
 
 
 STREAM: list[StreamEvent] = [
