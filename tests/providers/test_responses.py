@@ -41,7 +41,7 @@ from proxy.providers.ir import (
 )
 from proxy.providers.sse import SSEParser
 
-CODEX_REQUEST = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_responses_request.json").read_text())
+CODEX_REQUEST = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_like_responses_request.json").read_text())
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
 
@@ -551,3 +551,15 @@ def test_stream_usage_reads_the_terminal_event_only():
     assert responses.stream_usage(completed) == Usage(2048, 230, cache_read_tokens=1920, reasoning_tokens=192)
     assert responses.stream_usage(OPENAI_STREAM.split(b"\n\n")[0] + b"\n\n") is None
     assert completed.startswith(responses.TERMINAL_EVENTS)
+
+
+REAL_CODEX = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_responses_request.json").read_text())
+
+
+def test_it_decodes_the_request_codex_cli_sends_by_default():
+    """The body captured from Codex CLI itself (tests/fixtures/capture_agent_requests.py)."""
+    body = REAL_CODEX["body"]
+    request = responses.decode_request(body)
+    assert request.stream is True
+    assert request.messages, "the user's prompt reaches the IR"
+    assert {tool.name for tool in request.tools}, "Codex's function tools survive the translation"
