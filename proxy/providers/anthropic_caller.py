@@ -182,6 +182,14 @@ def _document(block: dict[str, Any], where: str) -> Text:
     return Text(f"{title}\n\n{text}" if title else text)
 
 
+def _json_text(value: Any, where: str) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer past 64 bits
+        raise TranslationError(f"'{where}.input' cannot be sent as JSON to this provider.",
+                               param=f"{where}.input") from None
+
+
 def _part(block: dict[str, Any], role: str, where: str) -> tuple[Part | None, str]:
     """One content block as an IR part and the role of the message it belongs in (None: dropped)."""
     kind = block["type"]
@@ -192,7 +200,7 @@ def _part(block: dict[str, Any], role: str, where: str) -> tuple[Part | None, st
                           bool(block.get("is_error"))), "tool"
     if kind == "tool_use":
         return ToolCall(str(block.get("id") or ""), str(block.get("name") or ""),
-                        orjson.dumps(block.get("input") or {}).decode()), role
+                        _json_text(block.get("input") or {}, where)), role
     if kind == "image":
         return _image(block, where), role
     if kind == "document":

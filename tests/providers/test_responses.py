@@ -41,7 +41,8 @@ from proxy.providers.ir import (
 )
 from proxy.providers.sse import SSEParser
 
-CODEX_REQUEST = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_like_responses_request.json").read_text())
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+CODEX_REQUEST = json.loads((FIXTURES / "codex_like_responses_request.json").read_text())
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
 
@@ -553,7 +554,7 @@ def test_stream_usage_reads_the_terminal_event_only():
     assert completed.startswith(responses.TERMINAL_EVENTS)
 
 
-REAL_CODEX = json.loads((Path(__file__).parent.parent / "fixtures" / "codex_responses_request.json").read_text())
+REAL_CODEX = json.loads((FIXTURES / "codex_responses_request.json").read_text())
 
 
 def test_it_decodes_the_request_codex_cli_sends_by_default():

@@ -266,6 +266,18 @@ def _tool(tool: Any, where: str) -> ToolDef | None:
                            param=where)
 
 
+def _tools(tool: Any, where: str) -> list[ToolDef]:
+    """A tool as IR tool definitions: a `namespace` (Codex CLI groups its sub-agent tools in one)
+    gives its function tools, flattened under their own names; a dropped built-in gives none."""
+    if isinstance(tool, dict) and tool.get("type") == "namespace":
+        inner = tool.get("tools")
+        if not isinstance(inner, list):
+            raise _invalid(f"'{where}.tools' must be a list.", f"{where}.tools")
+        return [t for index, item in enumerate(inner) if (t := _tool(item, f"{where}.tools[{index}]")) is not None]
+    found = _tool(tool, where)
+    return [] if found is None else [found]
+
+
 def _tool_choice(choice: Any) -> ToolChoice | None:
     if choice is None:
         return None
@@ -345,7 +357,7 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
     raw_tools = body.get("tools")
     if raw_tools is not None and not isinstance(raw_tools, list):
         raise _invalid("'tools' must be a list.", "tools")
-    tools = [t for index, tool in enumerate(raw_tools or []) if (t := _tool(tool, f"tools[{index}]")) is not None]
+    tools = [t for index, tool in enumerate(raw_tools or []) for t in _tools(tool, f"tools[{index}]")]
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise _invalid("'max_output_tokens' must be a positive integer.", "max_output_tokens")
