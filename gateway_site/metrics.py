@@ -166,7 +166,7 @@ class StateCollector:
         yield up
 
     def _breakers(self, status: Any) -> Iterator[GaugeMetricFamily]:
-        from proxy import health
+        from proxy import breaker
         from proxy.models import Deployment
 
         family = GaugeMetricFamily("tollgate_circuit_breaker_state",
@@ -176,7 +176,7 @@ class StateCollector:
         deployments = Deployment.objects.filter(enabled=True).select_related("route", "provider")
         for d in deployments.order_by("route__model", "priority", "id"):
             family.add_metric([d.route.model, d.provider.name, f"{d.provider.name}/{d.upstream_model}"],
-                              values[health.state_now(d.pk)])
+                              values[breaker.state_now(d.pk)])
         yield family
 
     def _budgets(self, status: Any) -> Iterator[GaugeMetricFamily]:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
-from proxy import health
+from proxy import breaker
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError
 from proxy.providers import anthropic as anthropic_format
@@ -108,9 +108,9 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
     if not route.deployments:
         raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
                            code="no_deployment")
-    open_until = await health.open_until_many(d.id for d in route.deployments)
+    open_until = await breaker.open_until_many(d.id for d in route.deployments)
     now = time.time()
-    states = {i: health.state_at(u, now) for i, u in open_until.items()}
+    states = {i: breaker.state_at(u, now) for i, u in open_until.items()}
     usable = [d for d in route.deployments if states[d.id] != "open"]
     half_open = {i for i, s in states.items() if s == "half_open"}
     pinned = ctx.pinned_provider
@@ -152,7 +152,7 @@ async def call_chat(
             logger.info("request %s: retry budget of %.1fs used up", ctx.request_id, route.retry_budget_seconds)
             break
         trial = deployment.id in half_open
-        if trial and not await health.acquire_trial(deployment.id):
+        if trial and not await breaker.acquire_trial(deployment.id):
             continue
         adapter = adapter_for(deployment.provider)
         same_format = adapter.wire_format == caller.wire
@@ -186,12 +186,12 @@ async def call_chat(
             logger.info("request %s: attempt %d on %s failed: %s", ctx.request_id, ctx.attempts,
                         deployment.provider.name, error.error_class)
             if fails_over:
-                await health.record_failure(deployment.id, error.message, retry_after=error.retry_after,
+                await breaker.record_failure(deployment.id, error.message, retry_after=error.retry_after,
                                             trial=trial)
                 continue
             break
         if trial:
-            await health.record_success(deployment.id)
+            await breaker.record_success(deployment.id)
         return response
     if last_error is None:
         if untranslatable is not None:
@@ -365,7 +365,7 @@ async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter
     # error event in the caller's format, and the deployment's breaker hears of it.
     error = _transport_error(adapter, exc)
     ctx.error_class = "stream_interrupted"
-    await health.record_failure(deployment.id, f"stream interrupted: {error.message}")
+    await breaker.record_failure(deployment.id, f"stream interrupted: {error.message}")
     return f"The provider's stream ended early: {error.message}"
 
 
@@ -565,7 +565,7 @@ async def _relay_translated(
         yield encoder.error_event(message, "stream_interrupted")
     except _UpstreamStreamError as exc:
         ctx.error_class = "upstream_stream_error"
-        await health.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
+        await breaker.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
         await finish(ctx)
         yield encoder.error_event(f"The provider reported an error: {exc.event.message}", "upstream_stream_error")
     except asyncio.CancelledError:
