@@ -4,7 +4,8 @@ Each gateway worker writes a heartbeat (host, pid, start time) to the shared cac
 every TOLLGATE_HEARTBEAT_SECONDS from a task started at ASGI lifespan startup;
 Celery beat has a worker stamp the cache the same way (gateway_site.tasks), and
 the budget reset job stamps its runs. The admin's health page and the scrape-time
-metrics read them through `status_report()`.
+metrics (gateway_site/metrics.py) read them through `status_report()`; nothing here
+reads the metrics, so the arrow runs one way.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
+from prometheus_client import Gauge
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ WORKERS_KEY = "ops:workers"
 # Workers not seen for this many heartbeats are shown as down, and forgotten after an hour.
 STALE_AFTER_BEATS = 3
 FORGET_AFTER_SECONDS = 3600
+
+# Sampled by each worker's heartbeat below; exposed at /metrics with every other metric.
+AUDIT_BACKLOG = Gauge("tollgate_audit_backlog", "Audit events waiting for their group commit (sampled).",
+                      multiprocess_mode="livesum")
 
 
 def _stamp_key(job: str) -> str:
@@ -99,10 +105,15 @@ def _worker_entries() -> list[dict]:
     return list((cache.get(WORKERS_KEY) or {}).values())
 
 
+def audit_backlog_sample() -> None:
+    """Publish this worker's group-commit queue length (the heartbeat calls it every few seconds)."""
+    from audit.writer import writer
+
+    AUDIT_BACKLOG.set(len(writer._pending))
+
+
 async def heartbeat_loop() -> None:
     """Runs in every gateway worker for its lifetime (started by gateway_site.asgi)."""
-    from gateway_site import metrics
-
     started = time.time()
     write = sync_to_async(heartbeat_write, thread_sensitive=False)
     while True:
@@ -110,7 +121,7 @@ async def heartbeat_loop() -> None:
             await write(started)
         except Exception:
             logger.warning("worker heartbeat could not be written", exc_info=True)
-        metrics.audit_backlog_sample()
+        audit_backlog_sample()
         await asyncio.sleep(settings.TOLLGATE_HEARTBEAT_SECONDS)
 
 

@@ -11,9 +11,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from gateway_site import metrics
 from gateway_site.lib.clientaddr import client_address
 from gateway_site.lib.db import database_mark_down, database_usable
+from proxy import metrics
 from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import key_touch_if_due
 from proxy.calls import call_chat, openai_stream_error_event
