@@ -9,15 +9,13 @@ from __future__ import annotations
 from django.urls import path, re_path
 
 from proxy import views
-from proxy.recording import recorded_view
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
-    path("v1/messages/count_tokens", recorded_view("messages.count_tokens")(views.messages_count_tokens)),
-    # Views outside the pipeline are audited from here (the pipeline records its own).
-    path("v1/models", recorded_view("models.list")(views.models_list)),
-    path("v1/models/<path:model>", recorded_view("models.retrieve")(views.model_detail)),
+    path("v1/messages/count_tokens", views.messages_count_tokens),
+    path("v1/models", views.models_list),
+    path("v1/models/<path:model>", views.model_detail),
     # Last: any other /v1/ path is answered (after authentication) with a 404 in the caller's shape.
-    re_path(r"^v1/(?P<rest>.*)$", recorded_view("unknown")(views.not_found)),
+    re_path(r"^v1/(?P<rest>.*)$", views.not_found),
 ]
