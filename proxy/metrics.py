@@ -1,7 +1,7 @@
 """The proxy's request metrics: recorded once per finished request, in memory (docs/operations.md).
 
 Under gunicorn every worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR
-and a scrape of /metrics (gateway_site/metrics.py), answered by any worker, adds
+and a scrape of /metrics (the site's view of every app's metrics), answered by any worker, adds
 them up. Recording costs a few microseconds per request and touches no network.
 
 Labels are bounded: routes, providers and consumers are configured names ("-" when

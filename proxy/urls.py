@@ -1,8 +1,8 @@
-"""The proxy's routes: every /v1/ path, included by gateway_site/urls.py.
+"""The proxy's routes: every /v1/ path, included by the site's root URLconf.
 
-gateway_site/asgi.py resolves these paths without middleware (its lean handler
-uses the same ROOT_URLCONF), so a route added here is served lean as long as its
-path starts with one of asgi's LEAN_PATH_PREFIXES.
+The site's ASGI entry point resolves these paths without middleware (its lean
+handler uses the same ROOT_URLCONF), so a route added here is served lean as long
+as its path starts with one of the entry point's LEAN_PATH_PREFIXES.
 """
 from __future__ import annotations
 
