@@ -34,6 +34,7 @@ from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
+# The proxy's routes (proxy/urls.py, included by gateway_site/urls.py) and the probes.
 LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 

@@ -13,7 +13,7 @@ from budgets.models import Consumer
 from budgets.signals import key_cache
 from gateway_site.lib.db import database_forget_down
 from proxy.auth import _last_touch
-from proxy.health import snapshot as breaker_snapshot
+from proxy.breaker import snapshot as breaker_snapshot
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread
