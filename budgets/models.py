@@ -255,34 +255,3 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}: ${self.input_per_million / 1e6:g}/${self.output_per_million / 1e6:g} per M"
-
-
-class UsageDimension(models.TextChoices):
-    TOTAL = "total", "total"
-    CONSUMER = "consumer", "consumer"
-    PROVIDER = "provider", "provider"
-    MODEL = "model", "upstream model"
-
-
-class DailyUsage(models.Model):
-    """A closed UTC day of the audit log, added up per consumer, provider and model (the dashboard's rollup).
-
-    Written once per day by gateway_site.dashboard.usage_rollup_day (idempotent); the
-    `total` row (name "") of a day says that the day is rolled up.
-    """
-
-    day = models.DateField()
-    dimension = models.CharField(max_length=10, choices=UsageDimension.choices)
-    name = models.CharField(max_length=200, blank=True)
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    failovers = models.BigIntegerField(default=0)
-    tokens = models.BigIntegerField(default=0)
-    cost_micros = models.BigIntegerField(default=0)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["dimension", "day", "name"], name="daily_usage_unique")]
-        verbose_name_plural = "daily usage"
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.dimension} {self.name}: {self.requests}"

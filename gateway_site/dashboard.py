@@ -106,7 +106,7 @@ def _live(start: datetime, end: datetime | None, consumer: str | None) -> list[t
 
 def usage_rollup_day(*, day: date) -> int:
     """Add up one closed UTC day into DailyUsage (replacing what was there); returns its rows."""
-    from budgets.models import DailyUsage
+    from audit.models import DailyUsage
 
     rows = [DailyUsage(day=day, dimension=dim, name=(name or "")[:200], requests=req, tokens=tok, cost_micros=cost,
                        errors=err, failovers=fail)
@@ -125,7 +125,7 @@ def usage_rollup_day(*, day: date) -> int:
 
 def _rolled_up(since: date, last_closed: date) -> list[tuple]:
     """Closed days from the rollup, rolling up (once) any day that is missing."""
-    from budgets.models import DailyUsage
+    from audit.models import DailyUsage
 
     if last_closed < since:
         return []
@@ -380,7 +380,7 @@ def usage_rollup(days: int = DAYS) -> int:
     now = timezone.now()
     since, until, _ = _bounds(days, now)
     last_closed = min((now - ROLLUP_DELAY).astimezone(UTC).date() - timedelta(days=1), until - timedelta(days=1))
-    from budgets.models import DailyUsage
+    from audit.models import DailyUsage
 
     done = set(DailyUsage.objects.filter(dimension="total", day__gte=since, day__lte=last_closed)
                .values_list("day", flat=True))

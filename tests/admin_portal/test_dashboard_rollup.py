@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from budgets.models import DailyUsage
+from audit.models import DailyUsage
 from gateway_site.dashboard import _live, usage_summary
 from tests.audit.conftest import add_events
 
