@@ -341,8 +341,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/admin/",
 }
-# The usage dashboard adds up each closed day of the audit log once (gateway_site.dashboard).
-CELERY_IMPORTS = (*CELERY_IMPORTS, "gateway_site.dashboard")
+# The usage dashboard adds up each closed day of the audit log once: audit.tasks.usage_rollup,
+# registered under the name it had when it lived in gateway_site.dashboard.
 CELERY_BEAT_SCHEDULE["dashboard-usage-rollup"] = {
     "task": "gateway_site.dashboard.usage_rollup",
     "schedule": 15 * 60.0,
