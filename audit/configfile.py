@@ -9,14 +9,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from audit.models import AuditPolicy, BodyMode
+from audit.models import BodyMode
 from budgets.configfile import consumers
 from budgets.models import Consumer
 from gateway_site.lib.configfile import MISSING, ConfigError, Item, Plan, value_describe
 
 
 class ConsumerAudit:
-    """Stored as the consumer's AuditPolicy row; no row means the default mode."""
+    """Stored in Consumer.audit_body_mode; empty (the key left out) means the default mode."""
 
     key = "audit"
 
@@ -27,9 +27,7 @@ class ConsumerAudit:
         return value
 
     def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
-        have = None
-        if obj is not None:
-            have = AuditPolicy.objects.filter(consumer=obj).values_list("body_mode", flat=True).first()
+        have = obj.audit_body_mode if obj is not None else None
         if value is MISSING:
             if have is not None:
                 plan.add("-", f"audit policy of {item.name} ({have}; the default applies)",
@@ -40,21 +38,18 @@ class ConsumerAudit:
             plan.add(sign, text, partial(self._set, item.name, value), where=item.where)
 
     @staticmethod
-    def _set(consumer_name: str, mode: str) -> None:
+    def _set(consumer_name: str, mode: str | None) -> None:
         consumer = Consumer.objects.get(name=consumer_name)
-        # save() (not update()) so the signal drops every worker's cached policy.
-        policy = AuditPolicy.objects.filter(consumer=consumer).first() or AuditPolicy(consumer=consumer)
-        policy.body_mode = mode
-        policy.save()
+        consumer.audit_body_mode = mode
+        # save() (not update()) so the signal drops every worker's cached key entry, which carries the mode.
+        consumer.save(update_fields=["audit_body_mode", "updated_at"])
 
-    @staticmethod
-    def _delete(consumer_name: str) -> None:
-        for policy in AuditPolicy.objects.filter(consumer__name=consumer_name):
-            policy.delete()
+    @classmethod
+    def _delete(cls, consumer_name: str) -> None:
+        cls._set(consumer_name, None)
 
     def export(self, obj: Consumer) -> Any:
-        mode = AuditPolicy.objects.filter(consumer=obj).values_list("body_mode", flat=True).first()
-        return MISSING if mode is None else mode
+        return MISSING if obj.audit_body_mode is None else obj.audit_body_mode
 
 
 consumers.add_key(ConsumerAudit())

@@ -83,21 +83,6 @@ class AuditChainHead(models.Model):
         return f"audit chain head at {self.seq}"
 
 
-class AuditPolicy(models.Model):
-    """Per consumer: whether request and response bodies go into the audit log."""
-
-    consumer = models.OneToOneField("budgets.Consumer", on_delete=models.CASCADE, related_name="audit_policy")
-    body_mode = models.CharField(max_length=8, choices=BodyMode.choices, default=BodyMode.METADATA)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name = "audit policy"
-        verbose_name_plural = "audit policies"
-
-    def __str__(self) -> str:
-        return f"{self.consumer}: {self.body_mode}"
-
-
 class AuditExport(models.Model):
     """One day written by the daily export; the unique day makes the job idempotent."""
 
@@ -139,8 +124,8 @@ class DailyUsage(models.Model):
     """A closed UTC day of the audit log, added up per consumer, provider and model (the dashboard's rollup).
 
     Written once per day by audit.usage.usage_rollup_day (idempotent); the `total`
-    row (name "") of a day says that the day is rolled up. It began in the budgets
-    app and keeps that app's table, so moving it copied no rows.
+    row (name "") of a day says that the day is rolled up. The model moved here from
+    another app without copying a row, so its table keeps the name it was created with.
     """
 
     day = models.DateField()

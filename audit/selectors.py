@@ -4,29 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from audit.models import AuditEvent, AuditPolicy
+from audit.models import AuditEvent
 from audit.usage import DAYS, UsageRow, last_closed_day, live_rows, midnight, rolled_up_rows, window_bounds
-from gateway_site.lib.localcache import LocalCache
-
-policy_cache = LocalCache(
-    "audit-policy",
-    ttl=settings.TOLLGATE_AUDIT_POLICY_CACHE_SECONDS,
-    recheck=settings.TOLLGATE_AUTH_RECHECK_SECONDS,
-)
-
-
-async def body_mode_for(consumer_id: int | None) -> str:
-    """The consumer's body mode (`none`, `metadata` or `full`); cached per worker."""
-    if consumer_id is None:
-        return settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE
-    mode = await policy_cache.aget_or_load(
-        consumer_id, lambda: AuditPolicy.objects.filter(consumer_id=consumer_id).values_list(
-            "body_mode", flat=True).afirst())
-    return mode or settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE
 
 
 def events_in_range(*, since: datetime | None = None, until: datetime | None = None,

@@ -4,6 +4,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
+from audit.models import BodyMode
+
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
     "Use letters, digits, '.', '_' and '-' (at most 100 characters).",
@@ -16,6 +18,15 @@ class Consumer(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True, help_text="Inactive consumers' keys are refused.")
+    # Kept here, not in the audit app, so that it comes with the key lookup that every
+    # request makes anyway (budgets.selectors.KeyInfo) and reaches the audit record on
+    # the request: the audit log never has to ask budgets about a consumer. NULL (not "")
+    # says "not set: the default applies", as having no AuditPolicy row used to.
+    audit_body_mode = models.CharField(  # noqa: DJ001
+        "audit body mode", max_length=8, choices=BodyMode.choices, null=True, blank=True,
+        help_text="What the audit log keeps of this consumer's request and response bodies; "
+                  "empty: the gateway's default (TOLLGATE_AUDIT_DEFAULT_BODY_MODE).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -20,6 +20,9 @@ class KeyInfo:
     expires_at: datetime | None
     revoked: bool
     allowed_routes: frozenset[str] | None  # None: every route
+    # The consumer's audit body mode, so the audit record gets it with the request;
+    # None: TOLLGATE_AUDIT_DEFAULT_BODY_MODE. A consumer change drops the entry.
+    audit_body_mode: str | None = None
 
 
 def key_info_by_digest(digest: str) -> KeyInfo | None:
@@ -36,6 +39,7 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         allowed_routes=frozenset(key.allowed_routes) if key.allowed_routes else None,
+        audit_body_mode=key.consumer.audit_body_mode,
     )
 
 
