@@ -31,6 +31,16 @@ class AuditEventPagination(CursorPagination):
     max_page_size = 1000
 
 
+def _query(request):
+    """The query parameters, refused (400 naming the parameter) if one holds a NUL character:
+    PostgreSQL cannot compare text with one, and the error would otherwise be a 500."""
+    params = request.query_params
+    for name, value in params.items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationError({name.replace("\x00", ""): ["Must not contain NUL (\\u0000) characters."]})
+    return params
+
+
 def _moment(params, name: str, *, end: bool = False):
     value = params.get(name)
     if not value:
@@ -51,7 +61,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self):
-        params = self.request.query_params
+        params = _query(self.request)
         events = AuditEvent.objects.all()
         since, until = _moment(params, "since"), _moment(params, "until", end=True)
         if since is not None:
@@ -77,7 +87,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], url_path="export")
     def export(self, request):
         """Stream events with since <= time < until (a date as until includes that day) as CSV or JSONL."""
-        params = request.query_params
+        params = _query(request)
         fmt = (params.get("format") or "jsonl").lower()
         if fmt not in FORMATS:
             raise ValidationError({"format": [f"Use one of: {', '.join(FORMATS)}."]})
@@ -130,8 +140,8 @@ class UsageViewSet(viewsets.ViewSet):
         responses=UsageSummarySerializer,
     )
     def list(self, request):
+        consumer = _query(request).get("consumer") or None
         days = query_int(request, "days") or 30
         if not 1 <= days <= 90:
             raise ValidationError({"days": ["From 1 to 90."]})
-        consumer = request.query_params.get("consumer") or None
         return Response(UsageSummarySerializer(usage_summary(days=days, consumer=consumer)).data)
