@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from audit.exports import FORMATS, export_filename, export_response, parse_moment
-from audit.models import AuditEvent, AuditExport, AuditPolicy, AuditSinkCursor
+from audit.models import AuditEvent, AuditExport, AuditSinkCursor
 from audit.permissions import is_audit_reader
 from audit.selectors import events_in_range
 
@@ -114,14 +114,6 @@ class AuditEventAdmin(ReadOnlyAdmin):
             "changelist_url": reverse("admin:audit_auditevent_changelist"),
         }
         return TemplateResponse(request, "admin/audit/auditevent/export.html", context)
-
-
-@admin.register(AuditPolicy)
-class AuditPolicyAdmin(admin.ModelAdmin):
-    list_display = ("consumer", "body_mode", "updated_at")
-    list_filter = ("body_mode",)
-    search_fields = ("consumer__name",)
-    list_select_related = ("consumer",)
 
 
 @admin.register(AuditExport)

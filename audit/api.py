@@ -1,16 +1,19 @@
-"""The audit log in the admin REST API: list, filter, read one, export (read-only)."""
+"""The audit log in the admin REST API: list, filter, read one, export, and usage per day (read-only)."""
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 from audit.exports import EXPORT_COLUMNS, FORMATS, export_filename, export_record, export_response, parse_moment
 from audit.models import AuditEvent
 from audit.permissions import IsAuditReader
-from audit.selectors import events_in_range
+from audit.selectors import events_in_range, usage_summary
+from gateway_site.lib.api_errors import query_int
 
 
 class AuditEventSerializer(serializers.BaseSerializer):
@@ -26,6 +29,16 @@ class AuditEventPagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+
+def _query(request):
+    """The query parameters, refused (400 naming the parameter) if one holds a NUL character:
+    PostgreSQL cannot compare text with one, and the error would otherwise be a 500."""
+    params = request.query_params
+    for name, value in params.items():
+        if "\x00" in name or "\x00" in value:
+            raise ValidationError({name.replace("\x00", ""): ["Must not contain NUL (\\u0000) characters."]})
+    return params
 
 
 def _moment(params, name: str, *, end: bool = False):
@@ -48,7 +61,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self):
-        params = self.request.query_params
+        params = _query(self.request)
         events = AuditEvent.objects.all()
         since, until = _moment(params, "since"), _moment(params, "until", end=True)
         if since is not None:
@@ -74,7 +87,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], url_path="export")
     def export(self, request):
         """Stream events with since <= time < until (a date as until includes that day) as CSV or JSONL."""
-        params = request.query_params
+        params = _query(request)
         fmt = (params.get("format") or "jsonl").lower()
         if fmt not in FORMATS:
             raise ValidationError({"format": [f"Use one of: {', '.join(FORMATS)}."]})
@@ -84,3 +97,51 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         consumer = params.get("consumer") or None
         events = events_in_range(since=since, until=until, consumer=consumer)
         return export_response(request, events, fmt, export_filename(fmt, since, until, consumer))
+
+
+# --- Usage summaries (from the audit log and its daily rollup, as the dashboard) ---------
+
+
+class DaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    requests = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    failovers = serializers.IntegerField()
+
+
+class TopSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    requests = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+    errors = serializers.IntegerField()
+
+
+class UsageSummarySerializer(serializers.Serializer):
+    since = serializers.DateField()
+    until = serializers.DateField()
+    totals = DaySerializer()
+    days = DaySerializer(many=True)
+    consumers = TopSerializer(many=True)
+    models = TopSerializer(many=True)
+    providers = TopSerializer(many=True)
+
+
+class UsageViewSet(viewsets.ViewSet):
+    """Requests, tokens, cost, errors and failovers per UTC day, and the top consumers, models and providers."""
+
+    permission_classes = [IsAuditReader]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", int, description="1 to 90 (default 30)."),
+                    OpenApiParameter("consumer", str, description="Only this consumer (its name).")],
+        responses=UsageSummarySerializer,
+    )
+    def list(self, request):
+        consumer = _query(request).get("consumer") or None
+        days = query_int(request, "days") or 30
+        if not 1 <= days <= 90:
+            raise ValidationError({"days": ["From 1 to 90."]})
+        return Response(UsageSummarySerializer(usage_summary(days=days, consumer=consumer)).data)

@@ -6,4 +6,4 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit log"
 
     def ready(self) -> None:
-        from audit import signals  # noqa: F401  (policy cache invalidation, groups after flush)
+        from audit import signals  # noqa: F401  (groups after a flush)

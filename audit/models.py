@@ -83,21 +83,6 @@ class AuditChainHead(models.Model):
         return f"audit chain head at {self.seq}"
 
 
-class AuditPolicy(models.Model):
-    """Per consumer: whether request and response bodies go into the audit log."""
-
-    consumer = models.OneToOneField("budgets.Consumer", on_delete=models.CASCADE, related_name="audit_policy")
-    body_mode = models.CharField(max_length=8, choices=BodyMode.choices, default=BodyMode.METADATA)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name = "audit policy"
-        verbose_name_plural = "audit policies"
-
-    def __str__(self) -> str:
-        return f"{self.consumer}: {self.body_mode}"
-
-
 class AuditExport(models.Model):
     """One day written by the daily export; the unique day makes the job idempotent."""
 
@@ -126,3 +111,36 @@ class AuditSinkCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_seq}"
+
+
+class UsageDimension(models.TextChoices):
+    TOTAL = "total", "total"
+    CONSUMER = "consumer", "consumer"
+    PROVIDER = "provider", "provider"
+    MODEL = "model", "upstream model"
+
+
+class DailyUsage(models.Model):
+    """A closed UTC day of the audit log, added up per consumer, provider and model (the dashboard's rollup).
+
+    Written once per day by audit.usage.usage_rollup_day (idempotent); the `total`
+    row (name "") of a day says that the day is rolled up. The model moved here from
+    another app without copying a row, so its table keeps the name it was created with.
+    """
+
+    day = models.DateField()
+    dimension = models.CharField(max_length=10, choices=UsageDimension.choices)
+    name = models.CharField(max_length=200, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    failovers = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "budgets_dailyusage"
+        constraints = [models.UniqueConstraint(fields=["dimension", "day", "name"], name="daily_usage_unique")]
+        verbose_name_plural = "daily usage"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.dimension} {self.name}: {self.requests}"

@@ -1,22 +1,11 @@
-"""Keep the workers' audit policy caches honest, and the groups in place after a flush."""
+"""Keep the groups in place after a flush.
+
+(A consumer's body mode needs no cache of its own: it comes with the request, from
+the key's cached entry, which is dropped everywhere when the consumer changes.)
+"""
 from __future__ import annotations
 
-from django.db import transaction
-from django.db.models.signals import post_delete, post_migrate, post_save
-from django.dispatch import receiver
-
-from audit.models import AuditPolicy
-
-
-def policy_cache_invalidate() -> None:
-    from audit.selectors import policy_cache
-
-    policy_cache.invalidate_everywhere()
-
-
-@receiver([post_save, post_delete], sender=AuditPolicy)
-def _on_policy_change(sender, **kwargs) -> None:
-    transaction.on_commit(policy_cache_invalidate)
+from django.db.models.signals import post_migrate
 
 
 def _on_post_migrate(sender, app_config=None, using="default", apps=None, **kwargs) -> None:

@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from audit.permissions import is_audit_reader
 from budgets.keys import IssuedKey, key_issue, key_revoke, key_rotate
 from budgets.models import (
     ApiKey,
@@ -72,15 +73,41 @@ class RateLimitInline(admin.TabularInline):
     fields = ("requests", "tokens", "window_seconds", "rejected_code", "rejected_msg", "enabled")
 
 
+def _audit_reader_only(request: HttpRequest) -> bool:
+    """Compliance: may read each consumer's audit body mode (an audit setting), nothing else of budgets."""
+    return not request.user.has_perm("budgets.view_consumer") and is_audit_reader(request.user)
+
+
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
-    list_display = ("name", "active", "key_count", "budget_usage", "created_at")
-    list_filter = ("active",)
+    list_display = ("name", "active", "audit_body_mode", "key_count", "budget_usage", "created_at")
+    list_filter = ("active", "audit_body_mode")
     search_fields = ("name", "description")
     inlines = [ApiKeyInline, BudgetInline, RateLimitInline]
     readonly_fields = ("current_usage",)
     list_per_page = 50
     change_form_template = "admin/budgets/consumer/change_form.html"
+
+    # The audit body mode lives on the consumer; compliance reads it here, read-only
+    # (no permission is granted, so the admin API still refuses them consumers).
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return super().has_view_permission(request, obj) or is_audit_reader(request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or is_audit_reader(request.user)
+
+    def get_fields(self, request: HttpRequest, obj: Consumer | None = None):
+        if _audit_reader_only(request):
+            return ("name", "active", "audit_body_mode")
+        return super().get_fields(request, obj)
+
+    def get_inlines(self, request: HttpRequest, obj: Consumer | None):
+        return [] if _audit_reader_only(request) else super().get_inlines(request, obj)
+
+    def get_list_display(self, request: HttpRequest):
+        if _audit_reader_only(request):
+            return ("name", "active", "audit_body_mode")
+        return super().get_list_display(request)
 
     @admin.display(description="usage this period")
     def current_usage(self, obj: Consumer) -> str:

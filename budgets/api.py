@@ -1,4 +1,4 @@
-"""Consumers, keys, budgets, rate limits and usage in the admin REST API (docs/admin.md).
+"""Consumers, keys, budgets and rate limits in the admin REST API (docs/admin.md).
 
 Writes go through the same services as the admin (key_issue, key_revoke, key_rotate);
 serializers run the models' own validation, so bad input is a 400 naming the field.
@@ -12,7 +12,6 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from audit.permissions import IsAuditReader
 from budgets.keys import key_issue, key_revoke, key_rotate
 from budgets.models import ApiKey, Budget, Consumer, RateLimit
 from budgets.selectors import budget_usage_report
@@ -235,53 +234,3 @@ class RateLimitViewSet(_OwnedViewSet):
 
     serializer_class = RateLimitSerializer
     queryset = RateLimit.objects.all()
-
-
-# --- Usage summaries (from the audit log, as the dashboard) -------------------------------
-
-
-class DaySerializer(serializers.Serializer):
-    day = serializers.DateField()
-    requests = serializers.IntegerField()
-    tokens = serializers.IntegerField()
-    cost_micros = serializers.IntegerField()
-    errors = serializers.IntegerField()
-    failovers = serializers.IntegerField()
-
-
-class TopSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    requests = serializers.IntegerField()
-    tokens = serializers.IntegerField()
-    cost_micros = serializers.IntegerField()
-    errors = serializers.IntegerField()
-
-
-class UsageSummarySerializer(serializers.Serializer):
-    since = serializers.DateField()
-    until = serializers.DateField()
-    totals = DaySerializer()
-    days = DaySerializer(many=True)
-    consumers = TopSerializer(many=True)
-    models = TopSerializer(many=True)
-    providers = TopSerializer(many=True)
-
-
-class UsageViewSet(viewsets.ViewSet):
-    """Requests, tokens, cost, errors and failovers per UTC day, and the top consumers, models and providers."""
-
-    permission_classes = [IsAuditReader]
-
-    @extend_schema(
-        parameters=[OpenApiParameter("days", int, description="1 to 90 (default 30)."),
-                    OpenApiParameter("consumer", str, description="Only this consumer (its name).")],
-        responses=UsageSummarySerializer,
-    )
-    def list(self, request):
-        from gateway_site.dashboard import usage_summary
-
-        days = query_int(request, "days") or 30
-        if not 1 <= days <= 90:
-            raise ValidationError({"days": ["From 1 to 90."]})
-        consumer = request.query_params.get("consumer") or None
-        return Response(UsageSummarySerializer(usage_summary(days=days, consumer=consumer)).data)

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from audit.models import AuditPolicy, BodyMode
+from audit.models import BodyMode
 from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
 from gateway_site.lib.configfile import (
     MISSING,
@@ -244,26 +244,18 @@ consumers.add_key(ConsumerRateLimits())
 #         audit: full        # none | metadata | full; left out: TOLLGATE_AUDIT_DEFAULT_BODY_MODE
 #
 # The two functions below are the only code that knows where the mode is stored
-# (today an audit.AuditPolicy row, none meaning the default); ConsumerAudit reads and
-# writes it only through them, so moving the mode to a column changes just these.
+# (the nullable column Consumer.audit_body_mode, null meaning the default).
 
 
 def _body_mode_get(consumer: Consumer) -> str | None:
     """The consumer's own body mode; None when the default from settings applies."""
-    return AuditPolicy.objects.filter(consumer=consumer).values_list("body_mode", flat=True).first()
+    return consumer.audit_body_mode
 
 
 def _body_mode_set(consumer: Consumer, mode: str | None) -> None:
     """Store the consumer's own body mode; None goes back to the default from settings."""
-    # save() and delete() (not update()) so the signal drops every worker's cached policy.
-    policy = AuditPolicy.objects.filter(consumer=consumer).first()
-    if mode is None:
-        if policy is not None:
-            policy.delete()
-        return
-    policy = policy or AuditPolicy(consumer=consumer)
-    policy.body_mode = mode
-    policy.save()
+    consumer.audit_body_mode = mode
+    consumer.save(update_fields=["audit_body_mode"])  # save(): post_save drops every worker's key entries
 
 
 class ConsumerAudit:

@@ -4,6 +4,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
+from audit.models import BodyMode
+
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
     "Use letters, digits, '.', '_' and '-' (at most 100 characters).",
@@ -16,6 +18,15 @@ class Consumer(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True, help_text="Inactive consumers' keys are refused.")
+    # Kept here, not in the audit app, so that it comes with the key lookup that every
+    # request makes anyway (budgets.selectors.KeyInfo) and reaches the audit record on
+    # the request: the audit log never has to ask budgets about a consumer. NULL (not "")
+    # says "not set: the default applies", as having no AuditPolicy row used to.
+    audit_body_mode = models.CharField(  # noqa: DJ001
+        "audit body mode", max_length=8, choices=BodyMode.choices, null=True, blank=True,
+        help_text="What the audit log keeps of this consumer's request and response bodies; "
+                  "empty: the gateway's default (TOLLGATE_AUDIT_DEFAULT_BODY_MODE).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -255,34 +266,3 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}: ${self.input_per_million / 1e6:g}/${self.output_per_million / 1e6:g} per M"
-
-
-class UsageDimension(models.TextChoices):
-    TOTAL = "total", "total"
-    CONSUMER = "consumer", "consumer"
-    PROVIDER = "provider", "provider"
-    MODEL = "model", "upstream model"
-
-
-class DailyUsage(models.Model):
-    """A closed UTC day of the audit log, added up per consumer, provider and model (the dashboard's rollup).
-
-    Written once per day by gateway_site.dashboard.usage_rollup_day (idempotent); the
-    `total` row (name "") of a day says that the day is rolled up.
-    """
-
-    day = models.DateField()
-    dimension = models.CharField(max_length=10, choices=UsageDimension.choices)
-    name = models.CharField(max_length=200, blank=True)
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    failovers = models.BigIntegerField(default=0)
-    tokens = models.BigIntegerField(default=0)
-    cost_micros = models.BigIntegerField(default=0)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["dimension", "day", "name"], name="daily_usage_unique")]
-        verbose_name_plural = "daily usage"
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.dimension} {self.name}: {self.requests}"

@@ -30,6 +30,9 @@ class KeyInfo:
     expires_at: datetime | None
     revoked: bool
     allowed_routes: frozenset[str] | None  # None: every route
+    # The consumer's audit body mode, so the audit record gets it with the request;
+    # None: TOLLGATE_AUDIT_DEFAULT_BODY_MODE. A consumer change drops the entry.
+    audit_body_mode: str | None = None
 
 
 def key_info_by_digest(digest: str) -> KeyInfo | None:
@@ -46,6 +49,7 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         allowed_routes=frozenset(key.allowed_routes) if key.allowed_routes else None,
+        audit_body_mode=key.consumer.audit_body_mode,
     )
 
 
@@ -192,3 +196,32 @@ def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> l
             reserved=reserved,
         ))
     return rows
+
+
+def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dict]:
+    """Budgets in their current window, by share used (database copy), highest first."""
+    from django.db.models import F, FloatField
+    from django.db.models.functions import Cast
+    from django.utils import timezone
+
+    from budgets.models import BudgetUsage, format_amount
+
+    now = now or timezone.now()
+    rows = (BudgetUsage.objects.filter(starts_at__lte=now, ends_at__gt=now, budget__enabled=True,
+                                       budget__limit__gt=0)
+            .annotate(share=Cast(F("used"), FloatField()) / Cast(F("budget__limit"), FloatField()))
+            .select_related("budget__consumer", "budget__key__consumer")
+            .order_by("-share")[:limit])
+    result = []
+    for usage in rows:
+        budget = usage.budget
+        owner = budget.consumer or (budget.key.consumer if budget.key_id else None)
+        result.append({
+            "consumer": owner.name if owner else "?", "consumer_id": owner.pk if owner else None,
+            "scope": f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            "metric": budget.metric, "period": budget.period, "used": usage.used, "limit": budget.limit,
+            "percent": round(100 * usage.used / budget.limit, 1),
+            "used_display": format_amount(budget.metric, usage.used),
+            "limit_display": format_amount(budget.metric, budget.limit),
+        })
+    return result

@@ -4,8 +4,8 @@ from __future__ import annotations
 from rest_framework.routers import DefaultRouter
 
 import gateway_site.api_schema  # noqa: F401 -- registers the audit views' OpenAPI descriptions
-from audit.api import AuditEventViewSet
-from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet, UsageViewSet
+from audit.api import AuditEventViewSet, UsageViewSet
+from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet
 from proxy.api import DeploymentViewSet, ModelRouteViewSet, ProviderViewSet
 
 router = DefaultRouter()

@@ -230,7 +230,7 @@ TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT = envbool("TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT",
 # Key of the HMAC that chains events; without it, one is derived from SECRET_KEY.
 # Set it explicitly in production and never change it: old events verify with it.
 TOLLGATE_AUDIT_CHAIN_KEY = envsecret("TOLLGATE_AUDIT_CHAIN_KEY") or ""
-# Bodies: the default mode for consumers without an audit policy, the size cut
+# Bodies: the default mode for consumers whose audit body mode is empty, the size cut
 # (characters per body) and extra regular expressions redacted besides secrets.
 TOLLGATE_AUDIT_DEFAULT_BODY_MODE = envchoice("TOLLGATE_AUDIT_DEFAULT_BODY_MODE", "metadata",
                                              ("none", "metadata", "full"))
@@ -238,7 +238,6 @@ TOLLGATE_AUDIT_BODY_MAX_CHARS = envint("TOLLGATE_AUDIT_BODY_MAX_CHARS", 16 * 102
 TOLLGATE_AUDIT_REDACT_EMAILS = envbool("TOLLGATE_AUDIT_REDACT_EMAILS", True)
 TOLLGATE_AUDIT_REDACT_CARDS = envbool("TOLLGATE_AUDIT_REDACT_CARDS", True)
 TOLLGATE_AUDIT_REDACT_PATTERNS = [p for p in envstr("TOLLGATE_AUDIT_REDACT_PATTERNS", "").split("\n") if p.strip()]
-TOLLGATE_AUDIT_POLICY_CACHE_SECONDS = envfloat("TOLLGATE_AUDIT_POLICY_CACHE_SECONDS", 30.0, minimum=0)
 # Daily export: a directory (empty disables it), its format, and how long after
 # midnight (UTC) a day counts as complete (a request is dated when it arrived).
 TOLLGATE_AUDIT_EXPORT_DIR = envstr("TOLLGATE_AUDIT_EXPORT_DIR", "")
@@ -313,6 +312,9 @@ CELERY_BEAT_SCHEDULE["ops-heartbeat"] = {
 }
 
 # --- Admin portal and API (docs/admin.md) ---------------------------------------------
+# The `gateway-admin` group gets every permission of these apps (audit.permissions.groups_ensure;
+# the audit trail's own rows stay read-only); `compliance` gets audit read and export only.
+TOLLGATE_GATEWAY_ADMIN_APPS = ("budgets", "proxy", "audit")
 # OpenAPI 3 schema (drf-spectacular) with Swagger UI served from the sidecar package: no CDN.
 INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK.update({
@@ -341,8 +343,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/admin/",
 }
-# The usage dashboard adds up each closed day of the audit log once (gateway_site.dashboard).
-CELERY_IMPORTS = (*CELERY_IMPORTS, "gateway_site.dashboard")
+# The usage dashboard adds up each closed day of the audit log once: audit.tasks.usage_rollup,
+# registered under the name it had when it lived in gateway_site.dashboard.
 CELERY_BEAT_SCHEDULE["dashboard-usage-rollup"] = {
     "task": "gateway_site.dashboard.usage_rollup",
     "schedule": 15 * 60.0,

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from budgets.selectors import KeyInfo
 from proxy.errors import Caller
 from proxy.routing import DeploymentInfo, RouteInfo
@@ -63,6 +65,12 @@ class RequestContext:
         since = self.started if self._lap_mark is None else self._lap_mark
         self.stages[stage] = self.stages.get(stage, 0.0) + (now - since)
         self._lap_mark = now
+
+    @property
+    def audit_body_mode(self) -> str:
+        """The body mode of the caller's consumer, which came with its key; the default without one."""
+        mode = self.key.audit_body_mode if self.key is not None else None
+        return mode or settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -15,7 +15,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.models import BodyMode
-from audit.selectors import body_mode_for
 from audit.services import AuditRecord
 from audit.writer import event_write
 from proxy.context import RequestContext
@@ -31,7 +30,7 @@ async def capture_bodies(ctx: RequestContext, body: dict[str, Any]) -> None:
     model = body.get("model")
     if isinstance(model, str):
         ctx.requested_model = model
-    mode = await body_mode_for(ctx.key.consumer_id if ctx.key else None)
+    mode = ctx.audit_body_mode
     if mode == BodyMode.FULL:
         ctx.capture_limit = settings.TOLLGATE_AUDIT_BODY_MAX_CHARS + _CAPTURE_MARGIN
     if mode != BodyMode.NONE:
@@ -82,7 +81,7 @@ def audit_record(ctx: RequestContext, *, body_mode: str) -> AuditRecord:
 async def record(ctx: RequestContext) -> None:
     """Write the request's audit event durably; returns once it is stored."""
     if ctx.request_body is None:
-        body_mode = BodyMode.NONE if ctx.key is None else await body_mode_for(ctx.key.consumer_id)
+        body_mode = BodyMode.NONE if ctx.key is None else ctx.audit_body_mode
     else:
         body_mode = BodyMode.FULL if ctx.capture_limit > 0 else BodyMode.METADATA
     await event_write(audit_record(ctx, body_mode=body_mode))

@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from gateway_site.dashboard import usage_summary
+from audit.selectors import usage_summary
 
 
 @pytest.mark.django_db

@@ -68,8 +68,8 @@ def _unseed() -> None:
     from django.contrib.admin.models import LogEntry
     from django.contrib.auth import get_user_model
 
-    from audit.models import AuditChainHead, AuditEvent
-    from budgets.models import Consumer, DailyUsage
+    from audit.models import AuditChainHead, AuditEvent, DailyUsage
+    from budgets.models import Consumer
 
     LogEntry.objects.filter(user__username__startswith="browser-").delete()
     get_user_model().objects.filter(username__startswith="browser-").delete()

@@ -2,18 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from audit.models import AuditEvent
-from audit.selectors import policy_cache
 from audit.services import AuditRecord, events_append
-
-
-@pytest.fixture(autouse=True)
-def fresh_policy_cache():
-    policy_cache.clear_local()
-    yield
-    policy_cache.clear_local()
 
 
 def records(n: int, *, start: datetime | None = None, step: timedelta = timedelta(seconds=1),

@@ -29,7 +29,7 @@ def test_the_beat_schedule_names_registered_tasks():
     from gateway_site.celery import app
 
     app.loader.import_default_modules()
-    for name in ("audit-export-daily", "audit-retention", "audit-sink-flush"):
+    for name in ("audit-export-daily", "audit-retention", "audit-sink-flush", "dashboard-usage-rollup"):
         assert settings.CELERY_BEAT_SCHEDULE[name]["task"] in app.tasks
 
 

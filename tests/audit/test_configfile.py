@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from audit.models import AuditPolicy
 from budgets.models import Consumer
 from gateway_site.lib.configfile import ConfigError, config_apply, config_export
 
@@ -24,20 +23,20 @@ def apply(text: str, **kwargs):
 def test_it_sets_changes_and_removes_a_consumers_body_mode():
     plan = apply(FILE.format(mode="full"))
     assert "+ audit policy of alice-agent (full)" in [str(c) for c in plan.changes]
-    assert AuditPolicy.objects.get(consumer__name="alice-agent").body_mode == "full"
-    assert not AuditPolicy.objects.filter(consumer__name="bob-batch").exists()
+    assert Consumer.objects.get(name="alice-agent").audit_body_mode == "full"
+    assert Consumer.objects.get(name="bob-batch").audit_body_mode is None
     assert "audit: full" in config_export()
     plan = apply(FILE.format(mode="none"))
     assert [str(c) for c in plan.changes] == ["~ audit policy of alice-agent: full → none"]
     assert apply(FILE.format(mode="none")).changes == []  # idempotent
     apply(FILE.replace("    audit: {mode}\n", ""))
-    assert not AuditPolicy.objects.exists()
+    assert not Consumer.objects.filter(audit_body_mode__isnull=False).exists()
     assert Consumer.objects.count() == 2
 
 
 def test_a_dry_run_changes_nothing():
     apply(FILE.format(mode="metadata"), dry_run=True)
-    assert not AuditPolicy.objects.exists()
+    assert not Consumer.objects.exists()
 
 
 def test_it_names_the_line_of_a_bad_mode():

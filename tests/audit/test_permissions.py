@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from audit.models import AuditEvent, AuditPolicy
+from audit.models import AuditEvent
 from tests.audit.conftest import add_events
 
 pytestmark = pytest.mark.django_db
@@ -43,9 +43,9 @@ def api(user=None, token: str | None = None) -> Client:
 def test_the_migration_created_both_groups_with_their_permissions(db):
     compliance = set(Group.objects.get(name="compliance").permissions.values_list("codename", flat=True))
     admins = set(Group.objects.get(name="gateway-admin").permissions.values_list("codename", flat=True))
-    assert {"view_auditevent", "export_auditevent", "view_auditpolicy"} <= compliance
+    assert {"view_auditevent", "export_auditevent"} <= compliance
     assert not {c for c in compliance if c.startswith(("add_", "change_", "delete_"))}
-    assert {"view_auditevent", "export_auditevent", "change_auditpolicy", "add_consumer", "change_provider"} <= admins
+    assert {"view_auditevent", "export_auditevent", "change_consumer", "add_consumer", "change_provider"} <= admins
     assert not {"change_auditevent", "delete_auditevent", "add_auditevent"} & admins
 
 
@@ -75,14 +75,24 @@ def test_nobody_can_add_change_or_delete_events_in_the_admin(staff, who):
     assert AuditEvent.objects.get(pk=event.pk).status == 200
 
 
-def test_compliance_cannot_change_a_policy_but_gateway_admin_can(staff, personas):
-    policy = AuditPolicy.objects.create(consumer=personas.alice, body_mode="none")
-    url = reverse("admin:audit_auditpolicy_change", args=[policy.pk])
-    data = {"consumer": personas.alice.pk, "body_mode": "full"}
-    assert logged_in(staff["compliance"]).get(url).status_code == 200  # view only
+def test_compliance_sees_a_body_mode_but_only_gateway_admin_changes_it(staff, personas):
+    personas.alice.audit_body_mode = "none"
+    personas.alice.save()
+    url = reverse("admin:budgets_consumer_change", args=[personas.alice.pk])
+    page = logged_in(staff["compliance"]).get(url)  # view only, and only the audit setting
+    assert page.status_code == 200
+    assert "audit body mode" in page.content.decode().lower() and "usage this period" not in page.content.decode()
+    listing = logged_in(staff["compliance"]).get(reverse("admin:budgets_consumer_changelist")).content.decode()
+    assert "alice-agent" in listing and "none: no body information" in listing
+    data = {"name": "alice-agent", "active": "on", "audit_body_mode": "full",
+            **{f"{p}-{k}": v for p in ("keys", "budgets", "rate_limits")
+               for k, v in (("TOTAL_FORMS", "0"), ("INITIAL_FORMS", "0"))}}
     assert logged_in(staff["compliance"]).post(url, data).status_code == 403
     assert logged_in(staff["gateway-admin"]).post(url, data).status_code == 302
-    assert AuditPolicy.objects.get(pk=policy.pk).body_mode == "full"
+    personas.alice.refresh_from_db()
+    assert personas.alice.audit_body_mode == "full"
+    # Nothing else of budgets: the admin API still refuses compliance the consumers.
+    assert api(staff["compliance"]).get("/api/admin/consumers/").status_code == 403
 
 
 def test_staff_outside_the_groups_sees_nothing(staff):

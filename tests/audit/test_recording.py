@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 
 from audit.chain import chain_verify
-from audit.models import AuditEvent, AuditPolicy, BodyMode
+from audit.models import AuditEvent, BodyMode
 from proxy.errors import GatewayError
 from proxy.models import Deployment, ModelRoute, Provider
 from tests.audit.conftest import all_events
@@ -177,8 +177,13 @@ def test_an_anonymous_probe_of_any_path_is_recorded(db):
     assert [(e.status, e.error_class) for e in all_events()] == [(401, "missing_api_key")] * 3
 
 
+def body_mode_set(consumer, mode: str) -> None:
+    consumer.audit_body_mode = mode
+    consumer.save()
+
+
 def test_full_bodies_are_stored_redacted_and_cut(personas, demo_route):
-    AuditPolicy.objects.create(consumer=personas.alice, body_mode=BodyMode.FULL)
+    body_mode_set(personas.alice, BodyMode.FULL)
     text = "mail me at jane.doe@example.com, card 4111 1111 1111 1111, " + "z" * 40_000
     with override_settings(TOLLGATE_AUDIT_BODY_MAX_CHARS=2000):
         response = chat(personas.alice_key, {**HELLO, "messages": [{"role": "user", "content": text}]})
@@ -192,16 +197,34 @@ def test_full_bodies_are_stored_redacted_and_cut(personas, demo_route):
 
 
 def test_no_body_is_stored_in_mode_none(personas, demo_route):
-    AuditPolicy.objects.create(consumer=personas.alice, body_mode=BodyMode.NONE)
+    body_mode_set(personas.alice, BodyMode.NONE)
     chat(personas.alice_key, HELLO)
     event = only_event()
     assert (event.body_mode, event.request_body, event.response_body) == (BodyMode.NONE, "", "")
 
 
-def test_a_policy_change_reaches_the_worker_cache(personas, demo_route, django_capture_on_commit_callbacks):
-    chat(personas.alice_key, HELLO)  # caches "metadata"
+def test_the_body_mode_comes_with_the_key_lookup(personas, settings):
+    from dataclasses import replace
+
+    from budgets.keys import key_digest
+    from budgets.selectors import key_info_by_digest
+    from proxy.context import RequestContext
+    from proxy.errors import Caller
+
+    body_mode_set(personas.alice, BodyMode.NONE)
+    info = key_info_by_digest(key_digest(personas.alice_key))
+    assert info.audit_body_mode == BodyMode.NONE
+    ctx = RequestContext(caller=Caller.OPENAI, endpoint="chat.completions", key=info)
+    assert ctx.audit_body_mode == BodyMode.NONE
+    settings.TOLLGATE_AUDIT_DEFAULT_BODY_MODE = BodyMode.FULL
+    ctx.key = replace(info, audit_body_mode=None)  # not set: the gateway's default
+    assert ctx.audit_body_mode == BodyMode.FULL
+
+
+def test_a_body_mode_change_reaches_the_worker_cache(personas, demo_route, django_capture_on_commit_callbacks):
+    chat(personas.alice_key, HELLO)  # caches the key's entry, with the default mode ("metadata")
     with django_capture_on_commit_callbacks(execute=True):
-        AuditPolicy.objects.create(consumer=personas.alice, body_mode=BodyMode.FULL)
+        body_mode_set(personas.alice, BodyMode.FULL)
     chat(personas.alice_key, HELLO)
     assert [e.body_mode for e in all_events()] == [BodyMode.METADATA, BodyMode.FULL]
 
@@ -210,7 +233,7 @@ def test_no_secret_appears_in_any_stored_field(personas, demo_route, faulty, mon
     """Keys in headers, bodies, model names and user agents; search every column of every event."""
     monkeypatch.setenv("AUDIT_TEST_UPSTREAM", UPSTREAM_SECRET)
     Provider.objects.filter(name="sandbox").update(api_key_env="AUDIT_TEST_UPSTREAM")
-    AuditPolicy.objects.create(consumer=personas.alice, body_mode=BodyMode.FULL)
+    body_mode_set(personas.alice, BodyMode.FULL)
     leaky = (f"my key is {personas.alice_key}, bob's is {personas.bob_key}, old one {personas.revoked_key}; "
              f"provider keys {' '.join(PROVIDER_KEYS)}; header Authorization: Bearer {BEARER}")
     body = {**HELLO, "messages": [{"role": "user", "content": leaky}]}
