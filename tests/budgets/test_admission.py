@@ -141,7 +141,7 @@ def test_the_seeded_price_table_knows_common_models(db):
                   "gemini-2.5-flash", "models/gemini-2.5-pro"):
         assert table.lookup(model) is not None, model
     price = table.lookup("gpt-4o-mini")
-    assert (price.input, price.output) == (150_000, 600_000)
+    assert (price.input, price.cached_input, price.output) == (150_000, 75_000, 600_000)
 
 
 def test_it_limits_requests_per_window_with_the_configured_code_and_message(personas, alice, demo_route):
