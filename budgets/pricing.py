@@ -244,9 +244,10 @@ async def unpriced_seen_add(model: str, provider: str = "") -> None:
     _unpriced_written[mark] = now
     try:
         seen = dict(await cache.aget(UNPRICED_KEY) or {})
-        seen[f"{provider}\x1f{model}"] = timezone.now().isoformat()
-        newest = sorted(seen.items(), key=lambda item: item[1], reverse=True)[:UNPRICED_MAX]
-        await cache.aset(UNPRICED_KEY, dict(newest), timeout=None)
+        key = f"{provider}\x1f{model}"
+        seen.pop(key, None)
+        others = sorted(seen.items(), key=lambda item: item[1], reverse=True)[:UNPRICED_MAX - 1]
+        await cache.aset(UNPRICED_KEY, {key: timezone.now().isoformat(), **dict(others)}, timeout=None)
     except Exception:
         logger.warning("could not record unpriced model %s", model, exc_info=True)
 
