@@ -337,16 +337,46 @@ class BudgetHistoryAdmin(admin.ModelAdmin):
         return False
 
 
+def _usd(micro: int | None) -> str:
+    return "—" if micro is None else f"{micro / 1_000_000:g}"
+
+
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ("model", "input_usd", "output_usd", "valid_from", "note")
-    search_fields = ("model",)
+    """Every token class of a price, in micro-dollars per million tokens ($1 = 1,000,000).
+
+    A changed price is best entered as a new row with a later `valid_from`, so past
+    requests keep the price they were charged at (gateway_apply does that itself).
+    """
+
+    list_display = ("model", "provider", "input_usd", "cached_input_usd", "cache_write_usd", "output_usd",
+                    "valid_from", "source")
+    list_filter = ("provider",)
+    search_fields = ("model", "provider", "source", "note")
     date_hierarchy = "valid_from"
+    fieldsets = (
+        (None, {"fields": ("model", "provider", "valid_from")}),
+        ("Prices in micro-dollars per million tokens ($1 = 1,000,000; empty: see each field)", {"fields": (
+            "input_per_million", "cached_input_per_million", "cache_write_per_million",
+            "cache_write_1h_per_million", "output_per_million", "reasoning_output_per_million",
+        )}),
+        ("Where the price comes from", {"fields": ("source", "note")}),
+    )
 
     @admin.display(description="input $ / M tokens", ordering="input_per_million")
     def input_usd(self, obj: ModelPrice) -> str:
-        return f"{obj.input_per_million / 1_000_000:g}"
+        return _usd(obj.input_per_million)
+
+    @admin.display(description="cached input $ / M", ordering="cached_input_per_million")
+    def cached_input_usd(self, obj: ModelPrice) -> str:
+        return _usd(obj.cached_input_per_million)
+
+    @admin.display(description="cache write $ / M (5 min / 1 h)")
+    def cache_write_usd(self, obj: ModelPrice) -> str:
+        if obj.cache_write_per_million is None and obj.cache_write_1h_per_million is None:
+            return "—"
+        return f"{_usd(obj.cache_write_per_million)} / {_usd(obj.cache_write_1h_per_million)}"
 
     @admin.display(description="output $ / M tokens", ordering="output_per_million")
     def output_usd(self, obj: ModelPrice) -> str:
-        return f"{obj.output_per_million / 1_000_000:g}"
+        return _usd(obj.output_per_million)

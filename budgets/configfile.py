@@ -294,9 +294,24 @@ class ConsumerAudit:
 consumers.add_key(ConsumerAudit())
 
 
+# `prices:` keys of the token classes: (file key, ModelPrice column). Input and output are
+# required; an absent class costs what its parent class costs (see ModelPrice).
+_PRICE_CLASSES = (
+    ("input_per_million_usd", "input_per_million"),
+    ("cached_input_per_million_usd", "cached_input_per_million"),
+    ("cache_write_per_million_usd", "cache_write_per_million"),
+    ("cache_write_1h_per_million_usd", "cache_write_1h_per_million"),
+    ("output_per_million_usd", "output_per_million"),
+    ("reasoning_output_per_million_usd", "reasoning_output_per_million"),
+)
+_REQUIRED_CLASSES = ("input_per_million_usd", "output_per_million_usd")
+_PRICE_KEYS = {column: key for key, column in _PRICE_CLASSES}
+
+
 class PricesSection:
-    """`prices:` the price table. A changed price is a new row valid from now, so past
-    costs keep the price they were charged at; an unchanged one changes nothing."""
+    """`prices:` the price table, one item per (provider, model), each token class in dollars
+    per million tokens (docs/budgets.md). A changed price is a new row valid from now, so
+    past costs keep the price they were charged at; an unchanged one changes nothing."""
 
     key = "prices"
     order = 40
@@ -304,69 +319,95 @@ class PricesSection:
     def __init__(self) -> None:
         self.fields = fields_bind(None, [
             Field("model", str, required=True),
-            Field("input_per_million_usd", float, required=True, check=_non_negative("input_per_million_usd")),
-            Field("output_per_million_usd", float, required=True, check=_non_negative("output_per_million_usd")),
+            Field("provider", str, default=""),
+            *(Field(key, float, required=key in _REQUIRED_CLASSES, default=None, nullable=key not in _REQUIRED_CLASSES,
+                    check=_non_negative(key)) for key, _column in _PRICE_CLASSES),
+            Field("source", str, default=""),
             Field("note", str, default=""),
         ])
+
+    @staticmethod
+    def _name(provider: str, model: str) -> str:
+        return f"{model} via {provider}" if provider else model
 
     def parse(self, value: Any, *, where: str) -> list[Item]:
         if not isinstance(value, ConfigList):
             raise ConfigError(f"{where}: 'prices' must be a list of prices, got {value_describe(value)}")
         parsed: list[Item] = []
-        first: dict[str, str] = {}
+        first: dict[tuple[str, str], str] = {}
         for raw, item_where in zip(value, value.item_where, strict=True):
             values = mapping_parse(raw, fields=self.fields, what="price", where=item_where)
-            name = values["model"]
-            if name in first:
-                raise ConfigError(f"{item_where}: duplicate price for {name!r} (first at {first[name]})")
-            first[name] = item_where
-            parsed.append(Item(name=name, where=item_where, values=values, extras={}))
+            ident = (values["provider"], values["model"])
+            name = self._name(*ident)
+            if ident in first:
+                raise ConfigError(f"{item_where}: duplicate price for {name!r} (first at {first[ident]})")
+            first[ident] = item_where
+            parsed.append(Item(name=name, where=item_where, values=values, extras={"identity": ident}))
         return parsed
 
     @staticmethod
-    def _current() -> dict[str, ModelPrice]:
-        current: dict[str, ModelPrice] = {}
-        for row in ModelPrice.objects.filter(valid_from__lte=timezone.now()).order_by("model", "-valid_from"):
-            current.setdefault(row.model, row)
+    def _current() -> dict[tuple[str, str], ModelPrice]:
+        current: dict[tuple[str, str], ModelPrice] = {}
+        rows = ModelPrice.objects.filter(valid_from__lte=timezone.now()).order_by("provider", "model", "-valid_from")
+        for row in rows:
+            current.setdefault((row.provider, row.model), row)
         return current
+
+    @staticmethod
+    def _columns(values: dict[str, Any]) -> dict[str, Any]:
+        columns: dict[str, Any] = {column: None if values[key] is None else _usd_to_micro(values[key])
+                                   for key, column in _PRICE_CLASSES}
+        return {**columns, "source": values["source"], "note": values["note"]}
 
     def diff(self, parsed: list[Item], plan: Plan) -> None:
         current = self._current()
         for item in parsed:
-            prices = (_usd_to_micro(item.values["input_per_million_usd"]),
-                      _usd_to_micro(item.values["output_per_million_usd"]))
-            row = current.get(item.name)
-            shown = (f"${value_format(item.values['input_per_million_usd'])} in, "
-                     f"${value_format(item.values['output_per_million_usd'])} out per million tokens")
+            columns = self._columns(item.values)
+            provider, model = item.extras["identity"]
+            model_clean(ModelPrice(model=model, provider=provider, **columns), where=item.where, what="price",
+                        keys=_PRICE_KEYS, full=False)
+            row = current.get(item.extras["identity"])
+            shown = ", ".join(f"{key.removesuffix('_per_million_usd')} ${value_format(item.values[key])}"
+                              for key, _column in _PRICE_CLASSES if item.values[key] is not None)
             if row is None:
-                plan.add("+", f"price {item.name} ({shown})", partial(self._create, item, prices), where=item.where)
-            elif (row.input_per_million, row.output_per_million) != prices or row.note != item.values["note"]:
-                plan.add("~", f"price {item.name}: {shown}, from now on", partial(self._create, item, prices),
-                         where=item.where)
+                plan.add("+", f"price {item.name} ({shown} per million tokens)",
+                         partial(self._create, item, columns), where=item.where)
+            elif any(getattr(row, column) != value for column, value in columns.items()):
+                plan.add("~", f"price {item.name}: {shown} per million tokens, from now on",
+                         partial(self._create, item, columns), where=item.where)
 
-    def _create(self, item: Item, prices: tuple[int, int]) -> None:
-        ModelPrice.objects.create(model=item.name, input_per_million=prices[0], output_per_million=prices[1],
-                                  note=item.values["note"], valid_from=timezone.now())
+    @staticmethod
+    def _create(item: Item, columns: dict[str, Any]) -> None:
+        provider, model = item.extras["identity"]
+        price = ModelPrice(model=model, provider=provider, valid_from=timezone.now(), **columns)
+        model_clean(price, where=item.where, what="price", keys=_PRICE_KEYS)
+        price.save()
 
     def prune(self, parsed: list[Item], plan: Plan) -> None:
-        listed = {item.name for item in parsed}
-        for name in sorted(set(ModelPrice.objects.values_list("model", flat=True)) - listed):
+        listed = {item.extras["identity"] for item in parsed}
+        for provider, model in sorted(set(ModelPrice.objects.values_list("provider", "model")) - listed):
+            name = self._name(provider, model)
             if not plan.prune:
                 plan.left_alone.append(f"price {name}")
                 continue
-            plan.add("-", f"price {name}", partial(self._delete, name), where=plan.section_where[self.key])
+            plan.add("-", f"price {name}", partial(self._delete, provider, model), where=plan.section_where[self.key])
 
     @staticmethod
-    def _delete(model: str) -> None:
-        ModelPrice.objects.filter(model=model).delete()
+    def _delete(provider: str, model: str) -> None:
+        ModelPrice.objects.filter(provider=provider, model=model).delete()
 
     def export(self) -> list[FlowMap]:
         rows = []
-        for name, row in sorted(self._current().items()):
-            entry = FlowMap(model=name, input_per_million_usd=_micro_to_usd(row.input_per_million),
-                            output_per_million_usd=_micro_to_usd(row.output_per_million))
-            if row.note:
-                entry["note"] = row.note
+        for (provider, model), row in sorted(self._current().items(), key=lambda item: (item[0][1], item[0][0])):
+            entry = FlowMap(model=model)
+            if provider:
+                entry["provider"] = provider
+            for key, column in _PRICE_CLASSES:
+                if getattr(row, column) is not None:
+                    entry[key] = _micro_to_usd(getattr(row, column))
+            for key in ("source", "note"):
+                if getattr(row, key):
+                    entry[key] = getattr(row, key)
             rows.append(entry)
         return rows
 

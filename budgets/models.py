@@ -250,19 +250,60 @@ class RateLimit(models.Model):
 
 
 class ModelPrice(models.Model):
-    """List price of an upstream model, in micro-dollars per million tokens, from `valid_from` on."""
+    """List price of an upstream model by token class, in micro-dollars per million tokens,
+    from `valid_from` on (budgets/pricing.py prices a request with it).
 
-    model = models.CharField(max_length=200, help_text="Upstream model name; also matches dated versions "
-                             "such as gpt-4o-2024-08-06.")
-    input_per_million = models.PositiveBigIntegerField(help_text="Micro-dollars per million input tokens.")
+    An empty class costs what its parent class costs: cached input and cache writes
+    the input price (the provider gives no cache discount, or charges no write
+    surcharge), one-hour cache writes the cache-write price, reasoning output the
+    output price. `model` "*" prices every model of `provider` that has no row of its
+    own (a fallback, so that no model served is free); an empty `provider` makes a
+    row apply through any provider.
+    """
+
+    model = models.CharField(
+        max_length=200,
+        help_text="Upstream model name; also prices its dated versions (gpt-4o-2024-08-06, "
+                  "claude-3-5-haiku-20241022, gemini-2.5-pro-001, ...-latest), never another "
+                  "model (gpt-4o-mini, claude-opus-4-8). \"*\": every model of the provider without "
+                  "a price of its own.",
+    )
+    provider = models.CharField(
+        max_length=100, blank=True, default="",
+        help_text="A gateway provider's name: the price applies only through that provider. "
+                  "Empty: through any provider.",
+    )
+    input_per_million = models.PositiveBigIntegerField(
+        help_text="Micro-dollars per million uncached input tokens ($1 = 1,000,000).")
+    cached_input_per_million = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Micro-dollars per million input tokens read from the provider's cache. "
+                  "Empty: the provider gives no cache discount (the input price).")
+    cache_write_per_million = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Micro-dollars per million input tokens written to the cache (Anthropic's "
+                  "5-minute writes, OpenAI's default retention). Empty: no surcharge (the input price).")
+    cache_write_1h_per_million = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Micro-dollars per million tokens written to Anthropic's 1-hour cache. "
+                  "Empty: the cache-write price.")
     output_per_million = models.PositiveBigIntegerField(help_text="Micro-dollars per million output tokens.")
+    reasoning_output_per_million = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Micro-dollars per million reasoning (thinking) tokens, a part of the output. "
+                  "Empty: the output price (what every provider charges today).")
     valid_from = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=300, blank=True,
+                              help_text="Where the price comes from: a URL or a document's name.")
     note = models.CharField(max_length=200, blank=True)
 
     class Meta:
-        ordering = ["model", "-valid_from"]
-        constraints = [models.UniqueConstraint(fields=["model", "valid_from"], name="model_price_unique")]
+        ordering = ["model", "provider", "-valid_from"]
+        constraints = [models.UniqueConstraint(fields=["provider", "model", "valid_from"],
+                                               name="model_price_unique")]
         verbose_name = "model price"
 
     def __str__(self) -> str:
-        return f"{self.model}: ${self.input_per_million / 1e6:g}/${self.output_per_million / 1e6:g} per M"
+        scope = f" via {self.provider}" if self.provider else ""
+        return (f"{self.model}{scope}: ${self.input_per_million / 1e6:g}/"
+                f"${self.output_per_million / 1e6:g} per M")

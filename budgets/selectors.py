@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from budgets import counters
 from budgets.holds import BudgetRule, RateRule
-from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, ModelPrice, RateLimit
+from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
 from budgets.periods import window_at
-from budgets.signals import limits_cache, price_cache
+from budgets.signals import limits_cache
 from gateway_site.lib.db import run_db
 
 
@@ -53,7 +53,7 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
     )
 
 
-# --- Budgets, rate limits and prices, cached per worker -----------------------------
+# --- Budgets and rate limits, cached per worker (prices: budgets/pricing.py) -------
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,52 +96,6 @@ async def limits_for_key(key: KeyInfo) -> Limits:
     """The key's limits from this worker's memory; one database round trip on a miss."""
     return await limits_cache.aget_or_load((key.consumer_id, key.key_id),
                                            lambda: run_db(_load_limits, key.consumer_id, key.key_id))
-
-
-class PriceTable:
-    """Current prices (micro-dollars per million tokens) by upstream model name."""
-
-    def __init__(self, prices: dict[str, tuple[int, int]]) -> None:
-        self._prices = prices
-        self._resolved: dict[str, tuple[int, int] | None] = {}
-
-    def lookup(self, model: str) -> tuple[int, int] | None:
-        """Exact name first, then the longest priced name it extends (gpt-4o-2024-08-06 -> gpt-4o)."""
-        try:
-            return self._resolved[model]
-        except KeyError:
-            pass
-        name = model.removeprefix("models/")  # Gemini's resource names
-        found = self._prices.get(name)
-        if found is None:
-            best = ""
-            for priced in self._prices:
-                if len(priced) > len(best) and name.startswith(priced) and name[len(priced)] in "-@:":
-                    best = priced
-            found = self._prices.get(best) if best else None
-        if len(self._resolved) < 10_000:
-            self._resolved[model] = found
-        return found
-
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> int | None:
-        """Micro-dollars, rounded up; None when the model has no price."""
-        price = self.lookup(model)
-        if price is None:
-            return None
-        return -(-(prompt_tokens * price[0] + completion_tokens * price[1]) // 1_000_000)
-
-
-def _load_prices(now: datetime | None = None) -> PriceTable:
-    now = now or timezone.now()
-    prices: dict[str, tuple[int, int]] = {}
-    # Latest valid_from first: the first row seen for a model is its current price.
-    for row in ModelPrice.objects.filter(valid_from__lte=now).order_by("model", "-valid_from"):
-        prices.setdefault(row.model, (row.input_per_million, row.output_per_million))
-    return PriceTable(prices)
-
-
-async def price_table() -> PriceTable:
-    return await price_cache.aget_or_load("table", lambda: run_db(_load_prices))
 
 
 @dataclass(frozen=True)

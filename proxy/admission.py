@@ -16,7 +16,8 @@ from django.conf import settings
 
 from budgets.admission import budget_admit_unmetered, budget_reserve, budget_settle
 from budgets.holds import Admission, LimitExceeded, LimitsUnavailable
-from budgets.selectors import limits_for_key, price_table
+from budgets.pricing import TokenUsage, price_table, unpriced_seen_add
+from budgets.selectors import limits_for_key
 from proxy.context import RequestContext
 from proxy.errors import GatewayError
 
@@ -99,8 +100,8 @@ async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
     if limits.needs_cost:
         prices = await price_table()
         # The route may be served by any of its deployments: hold the dearest.
-        cost = max((prices.cost(d.upstream_model, prompt, max_output) or 0 for d in ctx.route.deployments),
-                   default=0)
+        cost = max((prices.worst_case(d.upstream_model, prompt, max_output, provider=d.provider.name) or 0
+                    for d in ctx.route.deployments), default=0)
     try:
         ctx.admission = await budget_reserve(key=ctx.key, limits=limits, request_id=ctx.request_id,
                                              tokens=prompt + max_output, cost=cost)
@@ -119,11 +120,19 @@ async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
 
 
 async def price_usage(ctx: RequestContext) -> None:
-    """The request's cost from its real usage (the audit event records it; settle charges it)."""
+    """The request's cost from its real usage, each token class at its own price (the audit
+    event records it; settle charges it). An unpriced model is noted for the health page."""
     prompt = ctx.prompt_tokens or 0
     completion = ctx.completion_tokens or 0
-    if ctx.deployment is not None and (prompt or completion):
-        ctx.cost_microusd = (await price_table()).cost(ctx.deployment.upstream_model, prompt, completion)
+    if ctx.deployment is None or not (prompt or completion):
+        return
+    usage = TokenUsage(input_tokens=prompt, output_tokens=completion, cache_read_tokens=ctx.cache_read_tokens,
+                       cache_write_tokens=ctx.cache_write_tokens, cache_write_1h_tokens=ctx.cache_write_1h_tokens,
+                       reasoning_tokens=ctx.reasoning_tokens)
+    model, provider = ctx.deployment.upstream_model, ctx.deployment.provider.name
+    ctx.cost_microusd = (await price_table()).cost(model, usage, provider=provider)
+    if ctx.cost_microusd is None:
+        await unpriced_seen_add(model, provider)
 
 
 async def _settle(ctx: RequestContext) -> None:

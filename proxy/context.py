@@ -36,6 +36,12 @@ class RequestContext:
     first_byte_seconds: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Parts of prompt_tokens and completion_tokens that providers price apart (budgets/pricing.py),
+    # in the IR's convention (proxy/providers/ir.py Usage); the codecs fill them.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
     # How the request ends, as its client sees it: set through outcome() and stream_ends().
     status: int | None = None
     error_class: str | None = None

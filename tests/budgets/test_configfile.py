@@ -102,3 +102,68 @@ def test_bad_budgets_are_refused_with_their_line(tmp_path, old, new, expected):
         apply(tmp_path, ISSUE_YAML.replace(old, new))
     assert "gateway.yaml:" in str(info.value)
     assert not Budget.objects.exists()
+
+
+CLASSES_YAML = """\
+prices:
+  - {model: claude-opus-4-8, input_per_million_usd: 5, cached_input_per_million_usd: 0.5,
+     cache_write_per_million_usd: 6.25, cache_write_1h_per_million_usd: 10, output_per_million_usd: 25,
+     source: "https://platform.claude.com/docs/en/about-claude/pricing"}
+  - {model: o9, input_per_million_usd: 2, output_per_million_usd: 8, reasoning_output_per_million_usd: 12}
+  - {model: claude-opus-4-8, provider: bedrock, input_per_million_usd: 5.5, output_per_million_usd: 27.5}
+  - {model: "*", provider: local-llm, input_per_million_usd: 0.1, output_per_million_usd: 0.1,
+     note: everything the local server runs}
+"""
+
+
+def test_every_token_class_round_trips_through_apply_and_export(tmp_path):
+    apply(tmp_path, CLASSES_YAML)
+    opus = ModelPrice.objects.filter(model="claude-opus-4-8", provider="").latest("valid_from")
+    assert (opus.input_per_million, opus.cached_input_per_million, opus.cache_write_per_million,
+            opus.cache_write_1h_per_million, opus.output_per_million, opus.reasoning_output_per_million) == (
+        5_000_000, 500_000, 6_250_000, 10_000_000, 25_000_000, None)
+    assert opus.source == "https://platform.claude.com/docs/en/about-claude/pricing"
+    assert ModelPrice.objects.get(model="o9").reasoning_output_per_million == 12_000_000
+    assert ModelPrice.objects.get(model="claude-opus-4-8", provider="bedrock").input_per_million == 5_500_000
+    assert ModelPrice.objects.get(model="*", provider="local-llm").note == "everything the local server runs"
+    text = export()
+    assert ("- {model: claude-opus-4-8, input_per_million_usd: 5, cached_input_per_million_usd: 0.5, "
+            "cache_write_per_million_usd: 6.25, cache_write_1h_per_million_usd: 10, output_per_million_usd: 25, "
+            "source: 'https://platform.claude.com/docs/en/about-claude/pricing'") in text
+    assert "- {model: claude-opus-4-8, provider: bedrock, input_per_million_usd: 5.5," in text
+    assert apply(tmp_path, text).strip() == "No changes."
+    assert apply(tmp_path, CLASSES_YAML).strip().endswith("No changes.")
+
+
+def test_a_changed_cache_price_is_a_new_row_from_now(tmp_path):
+    apply(tmp_path, CLASSES_YAML)
+    cheaper = CLASSES_YAML.replace("cached_input_per_million_usd: 0.5", "cached_input_per_million_usd: 0.25")
+    out = apply(tmp_path, cheaper)
+    assert "~ price claude-opus-4-8: input $5, cached_input $0.25" in out
+    rows = ModelPrice.objects.filter(model="claude-opus-4-8", provider="").order_by("valid_from")
+    assert [r.cached_input_per_million for r in rows][-2:] == [500_000, 250_000]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("cached_input_per_million_usd: 0.5", "cached_input_per_million_usd: -0.5", "must be >= 0"),
+    ("cache_write_1h_per_million_usd: 10", "cache_write_1h_per_million_usd: ten", "must be a number"),
+    ("provider: bedrock, ", "", "duplicate price for 'claude-opus-4-8'"),
+    ("output_per_million_usd: 8,", "", "missing the required key 'output_per_million_usd'"),
+])
+def test_bad_prices_are_refused_with_their_line(tmp_path, old, new, expected):
+    assert old in CLASSES_YAML
+    with pytest.raises(CommandError, match=expected) as info:
+        apply(tmp_path, CLASSES_YAML.replace(old, new))
+    assert "gateway.yaml:" in str(info.value)
+    assert not ModelPrice.objects.filter(model="o9").exists()
+
+
+def test_pruning_prices_goes_by_provider_and_model(tmp_path):
+    apply(tmp_path, CLASSES_YAML)
+    bedrock = ("  - {model: claude-opus-4-8, provider: bedrock, input_per_million_usd: 5.5, "
+               "output_per_million_usd: 27.5}\n")
+    kept = CLASSES_YAML.replace(bedrock, "")
+    out = apply(tmp_path, kept, "--prune")
+    assert "- price claude-opus-4-8 via bedrock" in out
+    assert not ModelPrice.objects.filter(provider="bedrock").exists()
+    assert ModelPrice.objects.filter(model="claude-opus-4-8", provider="").exists()
