@@ -38,7 +38,7 @@ from proxy.providers.ir import (
     Usage,
 )
 from proxy.providers.sse import SSEParser
-from tests.fixtures.capture_agent_requests import agent_installed, run_claude
+from tests.fixtures.capture_agent_requests import require_agent, run_claude
 from tests.providers.canned import serve
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -446,8 +446,8 @@ def _claude_turns(target: Path):
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not agent_installed("claude"), reason="Claude Code is not installed (see /work/shared/agents.md)")
 def test_claude_code_runs_a_tool_turn_on_a_translated_stream():
+    require_agent("claude")
     with tempfile.TemporaryDirectory() as home:
         hello = Path(home) / "hello.txt"
         hello.write_text("hello from the gateway test\n")

@@ -38,7 +38,7 @@ from proxy.providers.ir import (
     Usage,
 )
 from proxy.providers.sse import SSEParser
-from tests.fixtures.capture_agent_requests import agent_installed, run_gemini
+from tests.fixtures.capture_agent_requests import require_agent, run_gemini
 from tests.providers.canned import serve
 
 genai_types = pytest.importorskip("google.genai.types")
@@ -404,8 +404,8 @@ def _cli_turns(path: str, body: dict) -> tuple[str, bytes]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not agent_installed("gemini"), reason="Gemini CLI is not installed (see /work/shared/agents.md)")
 def test_gemini_cli_runs_a_tool_turn_on_our_stream_and_sends_the_result_back():
+    require_agent("gemini")
     with serve(_cli_turns) as (url, seen), tempfile.TemporaryDirectory() as home:
         (Path(home) / "hello.txt").write_text("hello from the gateway test\n")
         result = run_gemini(url, home, prompt="What does hello.txt say?")
