@@ -34,8 +34,13 @@ from proxy.sandbox.model import (
     split_chunks,
 )
 
+# Anthropic's beta that lets `messages` carry role "system" (Claude Code's default requests send
+# it); without it the real API refuses that role, and so does the sandbox.
+MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-"
 
-def parse(body: dict, *, count_only: bool) -> Conversation:
+
+def parse(body: dict, *, count_only: bool, anthropic_beta: str = "") -> Conversation:
+    """`anthropic_beta`: the request's anthropic-beta header (comma-separated beta names)."""
     model = check_string(body.get("model"), "model", required=True)
     max_tokens = check_positive_int(body.get("max_tokens"), "max_tokens")
     if max_tokens is None and not count_only:
@@ -46,22 +51,18 @@ def parse(body: dict, *, count_only: bool) -> Conversation:
     check_positive_int(body.get("top_k"), "top_k")
     stream = check_boolean(body.get("stream"), "stream")
 
-    system: list[str] = []
-    raw_system = body.get("system")
-    if isinstance(raw_system, str):
-        system = [raw_system] if raw_system else []
-    elif raw_system is not None:
-        for i, block in enumerate(check_list(raw_system, "system")):
-            text = check_object(block, f"system[{i}]").get("text")
-            if block.get("type") != "text" or not isinstance(text, str):
-                raise SandboxRequestError("System blocks must be text blocks.", f"system[{i}]")
-            if text:
-                system.append(text)
+    system = _system_texts(body.get("system"), "system")
 
+    system_in_messages = any(beta.strip().startswith(MID_CONVERSATION_SYSTEM_BETA)
+                             for beta in anthropic_beta.split(","))
     turns: list[Turn] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         role = check_object(message, param).get("role")
+        if role == "system" and system_in_messages:
+            # A system text like the top-level `system`, wherever it stands (as OpenAI's are).
+            system.extend(_system_texts(message.get("content"), f"{param}.content"))
+            continue
         if role not in ("user", "assistant"):
             raise SandboxRequestError(f"Invalid role {role!r}: use 'user' or 'assistant'.", f"{param}.role")
         turn = Turn(role)
@@ -95,6 +96,22 @@ def parse(body: dict, *, count_only: bool) -> Conversation:
         elif kind != "auto":
             raise SandboxRequestError("tool_choice.type must be auto, any, tool or none.", "tool_choice.type")
     return check_tool_name(conv, "tool_choice")
+
+
+def _system_texts(raw: object, param: str) -> list[str]:
+    """The non-empty texts of a system prompt: a string or a list of text blocks."""
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw] if raw else []
+    texts = []
+    for i, block in enumerate(check_list(raw, param)):
+        text = check_object(block, f"{param}[{i}]").get("text")
+        if block.get("type") != "text" or not isinstance(text, str):
+            raise SandboxRequestError("System blocks must be text blocks.", f"{param}[{i}]")
+        if text:
+            texts.append(text)
+    return texts
 
 
 def _block(turn: Turn, block: dict, param: str) -> None:

@@ -20,12 +20,15 @@ _ALIASES = {"openai": "openai.chat", "anthropic": "anthropic.messages", "gemini"
             "gemini.streamGenerateContent": "gemini.generateContent"}
 
 
-def parse_request(wire: str, body: Any, *, model: str = "", count_only: bool = False) -> Conversation:
+def parse_request(wire: str, body: Any, *, model: str = "", count_only: bool = False,
+                  anthropic_beta: str = "") -> Conversation:
     """Validate a request body of format `wire` and reduce it to a Conversation.
 
     `wire` is "openai" (Chat Completions), "anthropic", "gemini" or one of CONVERSATION_FORMATS.
     Gemini carries the model in the URL: pass it as `model`. `count_only` parses a token-counting
-    request (Anthropic count_tokens needs no max_tokens). Raises SandboxRequestError.
+    request (Anthropic count_tokens needs no max_tokens). `anthropic_beta` is an Anthropic request's
+    anthropic-beta header: the mid-conversation-system beta lets `messages` hold system messages.
+    Raises SandboxRequestError.
     """
     fmt = _ALIASES.get(wire, wire)
     if fmt not in CONVERSATION_FORMATS:
@@ -37,14 +40,14 @@ def parse_request(wire: str, body: Any, *, model: str = "", count_only: bool = F
     if fmt == "openai.responses":
         return openai_responses.parse(body)
     if fmt == "anthropic.messages":
-        return anthropic_messages.parse(body, count_only=count_only)
+        return anthropic_messages.parse(body, count_only=count_only, anthropic_beta=anthropic_beta)
     return gemini_generate.parse(body, model)
 
 
-def expected_usage(wire: str, body: Any, *, model: str = "", **usage_knobs: int) -> Usage:
+def expected_usage(wire: str, body: Any, *, model: str = "", anthropic_beta: str = "", **usage_knobs: int) -> Usage:
     """The usage the sandbox reports for this request body (stream and non-stream alike).
 
     `usage_knobs` are the usage knobs in effect (cache_read_tokens=..., reasoning_tokens=...).
     """
-    conv = parse_request(wire, body, model=model)
+    conv = parse_request(wire, body, model=model, anthropic_beta=anthropic_beta)
     return apply_usage_knobs(plan_reply(conv).usage, max_tokens=conv.max_tokens, **usage_knobs)

@@ -259,7 +259,8 @@ class SandboxApp:
             body = body["generateContentRequest"]
         try:
             conv = parse_request(_PARSED_AS[action], body, model=model,
-                                 count_only=action in ("count_tokens", "countTokens"))
+                                 count_only=action in ("count_tokens", "countTokens"),
+                                 anthropic_beta=headers.get("anthropic-beta", ""))
         except SandboxRequestError as exc:
             await send_error(send, wire, 400, exc.message, exc.param)
             return

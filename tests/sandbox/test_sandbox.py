@@ -296,6 +296,22 @@ def test_it_stops_anthropic_replies_at_max_tokens_and_stop_sequences(claude):
     assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "hello")
 
 
+def test_it_reads_system_messages_inside_anthropic_messages_only_with_the_beta(sandbox):
+    """Claude Code's default request puts a system message in `messages`, with Anthropic's beta for it."""
+    body = {"model": "sandbox-small", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "Say hello"},
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}]}
+    refused = post(sandbox, "anthropic", body)
+    assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+    beta = "claude-code-20250219,mid-conversation-system-2026-04-07"
+    answered = post(sandbox, "anthropic", body, headers={"anthropic-beta": beta})
+    assert answered.status_code == 200, answered.text
+    # The system text counts as the top-level one does, and the reply quotes the user's message.
+    assert answered.json()["content"][0]["text"] == "Sandbox reply to: Say hello"
+    assert answered.json()["usage"]["input_tokens"] == HELLO_USAGE[0]
+    assert expected_usage("anthropic", body, anthropic_beta=beta).prompt_tokens == HELLO_USAGE[0]
+
+
 def test_it_requires_max_tokens_for_anthropic(sandbox, claude):
     response = post(sandbox, "anthropic", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400
