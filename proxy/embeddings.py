@@ -117,8 +117,10 @@ async def _openai(ctx: RequestContext, inbound: Inbound, adapter: OpenAIAdapter,
     if isinstance(usage, dict):
         ctx.record_tokens(usage.get("prompt_tokens"), 0)
     ctx.capture_response(content)
-    return HttpResponse(content, status=response.status_code,
-                        content_type=response.headers.get("content-type", "application/json"))
+    answer = HttpResponse(content, status=response.status_code,
+                          content_type=response.headers.get("content-type", "application/json"))
+    answer[COUNT_HEADER] = "exact" if isinstance(usage, dict) else "estimated"
+    return answer
 
 
 async def call_embeddings(ctx: RequestContext, route: RouteInfo, inbound: Inbound) -> HttpResponse:
