@@ -17,6 +17,7 @@ from proxy.errors import Caller, GatewayError, error_response, json_response
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_gemini_generate
 from proxy.pipeline import (
     caller_of,
+    client_ip,
     finished_as,
     proxy_anthropic_messages,
     proxy_gemini_generate,
@@ -24,6 +25,7 @@ from proxy.pipeline import (
     proxy_openai_embeddings,
     proxy_openai_responses,
 )
+from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.routing import RouteInfo, resolve_route, routes_for_key
 
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
@@ -102,10 +104,11 @@ async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
     try:
         if request.method != "POST":
             raise GatewayError("method_not_allowed", "Use POST for /v1/messages/count_tokens.")
-        key = await authenticate(request)
+        address = client_ip(request)
+        key = await authenticate_watched(request, address)
         body = read_json_object(request)
         validate_anthropic_messages(body)
-        route = await resolve_route(key, body["model"])
+        route = await resolve_route_watched(key, body["model"], address)
     except GatewayError as error:
         return error_response(error, Caller.ANTHROPIC)
     ctx = RequestContext(caller=Caller.ANTHROPIC, endpoint="messages.count_tokens")
@@ -117,7 +120,7 @@ async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
 
 
 def _gemini_model(route: RouteInfo) -> dict:
-    return {"name": f"models/{route.model}", "version": "tollgate", "displayName": route.model,
+    return {"name": f"models/{route.model}", "version": "1", "displayName": route.model,
             "description": f"The gateway's route '{route.model}'.",
             "supportedGenerationMethods": list(GEMINI_METHODS)}
 
@@ -138,7 +141,8 @@ async def gemini_count_tokens(request: HttpRequest, model: str) -> HttpResponse:
     try:
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for models/{model}:countTokens.")
-        key = await authenticate(request)
+        address = client_ip(request)
+        key = await authenticate_watched(request, address)
         body = read_json_object(request)
         # {"contents": [...]} or the whole request: {"generateContentRequest": {...}}.
         inner = body.get("generateContentRequest", body)
@@ -146,7 +150,7 @@ async def gemini_count_tokens(request: HttpRequest, model: str) -> HttpResponse:
             raise GatewayError("invalid_request", "'generateContentRequest' must be an object.",
                                param="generateContentRequest")
         validate_gemini_generate(inner)
-        route = await resolve_route(key, model)
+        route = await resolve_route_watched(key, model, address)
     except GatewayError as error:
         return error_response(error, Caller.GEMINI)
     ctx = RequestContext(caller=Caller.GEMINI, endpoint="gemini.countTokens")

@@ -55,6 +55,7 @@ def test_openai_counts_through_its_input_tokens_endpoint(alice, kinds, monkeypat
     assert response.headers["x-tollgate-token-count"] == "exact"
     assert response.json() == {"input_tokens": 9}
     (url, payload), = asked
+    assert url.endswith("/v1/responses/input_tokens")
     assert payload["model"] == "up-openai" and payload["instructions"] == "Be terse."
     assert payload["input"][0]["role"] == "user"
     gemini = call("POST", "/v1beta/models/openai-route:countTokens", headers={"x-goog-api-key": alice},
