@@ -113,6 +113,12 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
             total += 4
             if isinstance(content, dict):
                 total += _content_tokens(content.get("parts"))
+    # Gemini's embeddings: one content, or a batch of requests each with its content.
+    requests = body.get("requests") if isinstance(body.get("requests"), list) else [body]
+    for request in requests:
+        content = request.get("content") if isinstance(request, dict) else None
+        if isinstance(content, dict):
+            total += _content_tokens(content.get("parts"))
     instruction = body.get("systemInstruction")
     if isinstance(instruction, dict):
         total += _content_tokens(instruction.get("parts"))

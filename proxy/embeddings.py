@@ -7,6 +7,9 @@ as floats or as base64 (little-endian float32, which the official SDK asks for).
 reports no tokens for embeddings: the usage is an estimate, and the answer says so
 (`x-tollgate-token-count: estimated`). Anthropic has no embeddings: a 400 unless the route
 has another deployment. Failover is the chat path's (proxy.calls.failover).
+
+Gemini's own `:embedContent` / `:batchEmbedContents`, sent to the gateway, go to Gemini as they
+are and to OpenAI-format providers as one `/v1/embeddings` call.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from django.http import HttpResponse
 
 from proxy.calls import failover
 from proxy.context import RequestContext
+from proxy.errors import GatewayError
 from proxy.formats import Inbound
 from proxy.providers.base import ProviderAdapter, ProviderError
 from proxy.providers.gemini import GeminiAdapter
@@ -136,3 +140,99 @@ async def call_embeddings(ctx: RequestContext, route: RouteInfo, inbound: Inboun
                                "them.", param="model")
 
     return await failover(ctx, route, inbound.format, prepare)
+
+
+# --- Gemini's embedContent / batchEmbedContents, sent to the gateway ---------------------------
+
+
+def gemini_requests(body: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """The EmbedContentRequests of a Gemini embeddings body, checked (one for embedContent)."""
+    if method == "embedContent":
+        requests = [body]
+    else:
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests or len(requests) > GEMINI_BATCH:
+            raise GatewayError("invalid_request", f"'requests' must be a list of 1 to {GEMINI_BATCH} "
+                               "EmbedContentRequests.", param="requests")
+    for index, request in enumerate(requests):
+        where = "" if method == "embedContent" else f"requests[{index}]."
+        content = request.get("content") if isinstance(request, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not any(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                                  for p in parts):
+            raise GatewayError("invalid_request", f"'{where}content' must have parts with text to embed.",
+                               param=f"{where}content")
+        dimensions = request.get("outputDimensionality")
+        if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                       or dimensions < 1):
+            raise GatewayError("invalid_request", f"'{where}outputDimensionality' must be a positive integer.",
+                               param=f"{where}outputDimensionality")
+    return requests
+
+
+def _gemini_text(request: dict[str, Any]) -> str:
+    # The text parts of a content, joined as Gemini embeds them.
+    return "\n".join(p["text"] for p in request["content"]["parts"] if isinstance(p, dict)
+                     and isinstance(p.get("text"), str))
+
+
+async def _gemini_as_is(ctx: RequestContext, inbound: Inbound, adapter: GeminiAdapter, deployment: DeploymentInfo,
+                        method: str) -> HttpResponse:
+    upstream = deployment.upstream_model
+    body = inbound.body
+    if method == "batchEmbedContents":
+        # Each request names its model, which must be the URL's.
+        body = {**body, "requests": [{**r, "model": f"models/{upstream}"} for r in body["requests"]]}
+    response, content = await post_json(ctx, adapter, adapter.model_url(upstream, method), body,
+                                        adapter.request_headers({}))
+    ctx.record_tokens(sum(_estimate(_gemini_text(r)) for r in gemini_requests(inbound.body, method)), 0)
+    ctx.capture_response(content)
+    answer = HttpResponse(content, status=response.status_code, content_type="application/json")
+    answer[COUNT_HEADER] = "estimated"  # Gemini counts no tokens for embeddings
+    return answer
+
+
+async def _gemini_by_openai(ctx: RequestContext, inbound: Inbound, adapter: OpenAIAdapter,
+                            deployment: DeploymentInfo, method: str) -> HttpResponse:
+    requests = gemini_requests(inbound.body, method)
+    dimensions = {r.get("outputDimensionality") for r in requests}
+    if len(dimensions) > 1:
+        raise TranslationError("The requests ask for different outputDimensionality, which one OpenAI call "
+                               "cannot give; send them separately.", param="requests")
+    payload: dict[str, Any] = {"model": deployment.upstream_model, "input": [_gemini_text(r) for r in requests],
+                               "encoding_format": "float"}
+    if (size := dimensions.pop()) is not None:
+        payload["dimensions"] = size
+    _, content = await post_json(ctx, adapter, adapter.embeddings_url(), payload, adapter.request_headers({}))
+    try:
+        data = orjson.loads(content)
+        vectors = [item["embedding"] for item in sorted(data["data"], key=lambda item: item["index"])]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ProviderError(f"Provider '{deployment.provider.name}' sent an answer that is not an embedding "
+                            f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer", retryable=False,
+                            status=502) from None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    ctx.record_tokens(usage.get("prompt_tokens"), 0)
+    out = orjson.dumps({"embedding": {"values": vectors[0]}} if method == "embedContent"
+                       else {"embeddings": [{"values": v} for v in vectors]})
+    ctx.capture_response(out)
+    answer = HttpResponse(out, status=200, content_type="application/json")
+    answer[COUNT_HEADER] = "exact" if usage else "estimated"
+    return answer
+
+
+def gemini_embeddings_call(method: str) -> Any:
+    """The call (for proxy.pipeline) that serves a Gemini embeddings body of `method`."""
+    async def call(ctx: RequestContext, route: RouteInfo, inbound: Inbound) -> HttpResponse:
+        def prepare(adapter: ProviderAdapter, deployment: DeploymentInfo) -> tuple[bool, Any]:
+            if isinstance(adapter, GeminiAdapter):
+                return True, lambda: _gemini_as_is(ctx, inbound, adapter, deployment, method)
+            if isinstance(adapter, OpenAIAdapter):
+                return False, lambda: _gemini_by_openai(ctx, inbound, adapter, deployment, method)
+            raise TranslationError(f"Provider '{deployment.provider.name}' ({deployment.provider.kind}) has no "
+                                   f"embeddings; the model '{route.model}' needs a Gemini or OpenAI deployment "
+                                   "for them.", param="model")
+
+        return await failover(ctx, route, inbound.format, prepare)
+
+    return call

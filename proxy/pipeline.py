@@ -26,7 +26,7 @@ from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_chat
 from proxy.context import RequestContext
-from proxy.embeddings import call_embeddings
+from proxy.embeddings import call_embeddings, gemini_embeddings_call, gemini_requests
 from proxy.errors import Caller, GatewayError, error_response
 from proxy.formats import CALLER_FORMATS, Inbound, stream_error_event
 from proxy.parsing import (
@@ -207,6 +207,13 @@ async def proxy_openai_embeddings(request: HttpRequest) -> HttpResponse:
     # Nothing is generated: budgets reserve the input's estimate alone.
     return await _proxy_chat(request, Caller.OPENAI, "embeddings", "/v1/embeddings", validate_openai_embeddings,
                              stream=False, call=call_embeddings, output_tokens=0)
+
+
+async def proxy_gemini_embed(request: HttpRequest, model: str, method: str) -> HttpResponse:
+    """Gemini's embedContent / batchEmbedContents (the route named in the URL)."""
+    return await _proxy_chat(request, Caller.GEMINI, f"gemini.{method}", f"/v1beta/models/{{model}}:{method}",
+                             lambda body: gemini_requests(body, method), url_model=model, stream=False,
+                             call=gemini_embeddings_call(method), output_tokens=0)
 
 
 Call = Callable[[RequestContext, RouteInfo, Inbound], Awaitable[HttpResponse]]

@@ -20,6 +20,7 @@ from proxy.pipeline import (
     client_ip,
     finished_as,
     proxy_anthropic_messages,
+    proxy_gemini_embed,
     proxy_gemini_generate,
     proxy_openai_chat,
     proxy_openai_embeddings,
@@ -28,7 +29,7 @@ from proxy.pipeline import (
 from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.routing import RouteInfo, resolve_route, routes_for_key
 
-GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents")
 
 
 @csrf_exempt
@@ -132,7 +133,7 @@ async def gemini_model_method(request: HttpRequest, model: str, method: str) -> 
         return await proxy_gemini_generate(request, model, stream=method == "streamGenerateContent")
     if method == "countTokens":
         return await gemini_count_tokens(request, model=model)
-    return await gemini_embed(request, model=model, method=method)
+    return await proxy_gemini_embed(request, model, method)
 
 
 @finished_as("gemini.countTokens", Caller.GEMINI)
@@ -157,18 +158,6 @@ async def gemini_count_tokens(request: HttpRequest, model: str) -> HttpResponse:
     fields = ("contents", "systemInstruction", "tools")
     tokens, exact = await count_tokens(ctx, route, Caller.GEMINI, inner, fields)
     return json_response({"totalTokens": tokens}, headers={COUNT_HEADER: "exact" if exact else "estimated"})
-
-
-@finished_as("gemini.embed", Caller.GEMINI)
-async def gemini_embed(request: HttpRequest, model: str, method: str) -> HttpResponse:
-    # Gemini-native embeddings are not served yet: /v1/embeddings (OpenAI's format) reaches Gemini providers.
-    try:
-        await authenticate(request)
-        raise GatewayError("not_found", f"models/{model}:{method} is not served by this gateway; use "
-                           "POST /v1/embeddings (OpenAI's format), which Gemini providers serve.",
-                           code="unknown_endpoint")
-    except GatewayError as error:
-        return error_response(error, Caller.GEMINI)
 
 
 @csrf_exempt
