@@ -25,7 +25,8 @@ def seen(sandbox_url: str, fmt: str) -> dict:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("route, fmt", [("openai-route", "openai.embeddings"), ("compatible-route", "openai.embeddings"),
+@pytest.mark.parametrize("route, fmt", [("openai-route", "openai.embeddings"),
+                                        ("compatible-route", "openai.embeddings"),
                                         ("sandbox-route", "openai.embeddings"),
                                         ("gemini-route", "gemini.batchEmbedContents")])
 def test_openai_embeddings_from_every_provider_that_has_them(alice, kinds, sandbox_url, route, fmt):
