@@ -35,7 +35,7 @@ from proxy.upstream import close_clients  # noqa: E402
 logger = logging.getLogger("tollgate.asgi")
 
 # The proxy's routes (proxy/urls.py, included by gateway_site/urls.py) and the probes.
-LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
+LEAN_PATH_PREFIXES = ("/v1/", "/v1beta/", "/healthz", "/readyz", "/metrics")
 
 
 class LeanASGIHandler(ASGIHandler):
@@ -152,7 +152,8 @@ async def _refuse_headers(scope, send, size: int, limit: int) -> None:
     error = GatewayError("headers_too_large",
                          f"The request's headers add up to {size} bytes; the gateway accepts at most {limit}.",
                          code="request_headers_too_large")
-    body = orjson.dumps(error.body(Caller.ANTHROPIC if anthropic else Caller.OPENAI))
+    caller = Caller.GEMINI if path.startswith("/v1beta/") else Caller.ANTHROPIC if anthropic else Caller.OPENAI
+    body = orjson.dumps(error.body(caller))
     # The unread body is discarded by the server; the connection stays usable.
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"),

@@ -77,14 +77,15 @@ def _unseed() -> None:
 
 
 @contextmanager
-def provider_gateway(django_db_blocker) -> Iterator[SimpleNamespace]:
+def provider_gateway(django_db_blocker, **settings: str) -> Iterator[SimpleNamespace]:
+    """`settings`: more environment for the gateway (TOLLGATE_PROBE_BLOCK_AFTER=...)."""
     sandbox_port, gateway_port = free_port(), free_port()
     with django_db_blocker.unblock():
         seeded = _seed(sandbox_port)
         database_url = database_url_for(connection.settings_dict)
     env = server_env(DATABASE_URL=database_url, E2E_UPSTREAM_KEY=UPSTREAM_KEY,
                      # Failover is what these tests watch: keep the breaker from hiding it.
-                     TOLLGATE_BREAKER_FAILURES="1000")
+                     TOLLGATE_BREAKER_FAILURES="1000", **settings)
     try:
         with subprocess_server(sandbox_command(sandbox_port, "--require-key", UPSTREAM_KEY),
                                health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
