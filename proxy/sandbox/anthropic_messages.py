@@ -6,6 +6,7 @@ Conversation and renders the shared Reply, so the formats cannot drift apart in 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -77,7 +78,8 @@ def parse(body: dict, *, count_only: bool, anthropic_beta: str = "") -> Conversa
         turns.append(turn)
 
     conv = Conversation(model=model or "", system=system, turns=turns, tools=[], max_tokens=max_tokens,
-                        stop=check_string_list(body.get("stop_sequences"), "stop_sequences"), stream=stream)
+                        stop=check_string_list(body.get("stop_sequences"), "stop_sequences"), stream=stream,
+                        response_schema=_response_schema(body))
     if body.get("tools") is not None:
         for i, tool in enumerate(check_list(body["tools"], "tools")):
             check_object(tool, f"tools[{i}]")
@@ -96,6 +98,18 @@ def parse(body: dict, *, count_only: bool, anthropic_beta: str = "") -> Conversa
         elif kind != "auto":
             raise SandboxRequestError("tool_choice.type must be auto, any, tool or none.", "tool_choice.type")
     return check_tool_name(conv, "tool_choice")
+
+
+def _response_schema(body: dict) -> dict[str, Any] | None:
+    """Structured outputs: output_config.format, or the beta's output_format, of type json_schema."""
+    config = body.get("output_config")
+    form = check_object(config, "output_config").get("format") if config is not None else None
+    where = "output_config.format"
+    if form is None:
+        form, where = body.get("output_format"), "output_format"
+    if form is None or check_object(form, where).get("type") != "json_schema":
+        return None
+    return check_object(form.get("schema") or {"type": "object"}, f"{where}.schema")
 
 
 def _system_texts(raw: object, param: str) -> list[str]:

@@ -63,6 +63,11 @@ def parse(body: dict, model: str) -> Conversation:
                                     "generationConfig.maxOutputTokens")
     stop = check_string_list(camel(config, "stopSequences", "stop_sequences"), "generationConfig.stopSequences")
     conv = Conversation(model=model, system=system, turns=turns, tools=[], max_tokens=max_tokens, stop=stop)
+    if camel(config, "responseMimeType", "response_mime_type") == "application/json":
+        # responseJsonSchema (JSON Schema) or responseSchema (OpenAPI subset, types in upper case).
+        schema = camel(config, "responseJsonSchema", "response_json_schema") or camel(
+            config, "responseSchema", "response_schema") or {"type": "object"}
+        conv.response_schema = check_object(schema, "generationConfig.responseJsonSchema")
 
     tools = body.get("tools")
     if tools is not None:

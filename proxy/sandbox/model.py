@@ -7,6 +7,7 @@ the sandbox will answer instead of hard-coding numbers.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,6 +81,9 @@ class Conversation:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False  # OpenAI stream_options.include_usage
+    # Structured output asked for in the format's own field: the JSON schema the reply follows
+    # ({"type": "object"} for "any JSON object"), or None for free text.
+    response_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,36 @@ def sample_arguments(schema: Any) -> dict[str, Any]:
     return {name: sample_value(properties.get(name)) for name in required if isinstance(name, str)}
 
 
+def sample_json(schema: Any) -> Any:
+    """A value that follows a JSON schema: an object with each *required* property set to
+    `sample_value` (as tool arguments), or `sample_value` of a schema that is not an object's."""
+    if isinstance(schema, dict) and (str(schema.get("type", "")).lower() == "object" or "properties" in schema):
+        return sample_arguments(schema)
+    return sample_value(schema)
+
+
+# How a system text asks for JSON where the provider has no structured-output field (Tollgate's own
+# phrasing for Anthropic, proxy/providers/anthropic.py): "... matches this JSON Schema: {...}" at its end.
+_SCHEMA_ASKED = re.compile(r"JSON Schema: (\{.*\})\s*\Z", re.DOTALL)
+
+
+def response_schema(conv: Conversation) -> dict[str, Any] | None:
+    """The schema a text reply follows: the format's structured-output field, else a system text
+    that ends by giving one, as a model told so would."""
+    if conv.response_schema is not None:
+        return conv.response_schema
+    for text in reversed(conv.system):
+        found = _SCHEMA_ASKED.search(text)
+        if found is not None:
+            try:
+                schema = orjson.loads(found.group(1))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(schema, dict):
+                return schema
+    return None
+
+
 def plan_reply(conv: Conversation) -> Reply:
     """The deterministic answer to a conversation.
 
@@ -184,7 +218,8 @@ def plan_reply(conv: Conversation) -> Reply:
     2. Else, tools defined and tool choice is not none -> one call to the forced tool, else the
        first tool, with `sample_arguments` of its schema; finish "tool_use". Completion tokens =
        count_tokens(canonical JSON of the arguments), capped at max_tokens; never truncated.
-    3. Else text "Sandbox reply to: " + the first 200 characters of the last user message's text.
+    3. Else, structured output asked for (`response_schema`) -> the canonical JSON of `sample_json`.
+    4. Else text "Sandbox reply to: " + the first 200 characters of the last user message's text.
     Text is cut before the earliest stop sequence (finish "stop_sequence"), then, if
     count_tokens(text) > max_tokens, to its first max_tokens*4 bytes on a character boundary
     (finish "max_tokens", completion tokens = max_tokens). Otherwise completion tokens =
@@ -204,6 +239,8 @@ def plan_reply(conv: Conversation) -> Reply:
         if conv.max_tokens is not None:
             completion = min(completion, conv.max_tokens)
         return Reply(None, tool.name, arguments, arguments_json, "tool_use", None, Usage(prompt, completion))
+    elif (schema := response_schema(conv)) is not None:
+        text = canonical_json(sample_json(schema))
     else:
         text = REPLY_PREFIX + _last_user_text(conv)[:REPLY_INPUT_CHARS]
 

@@ -76,7 +76,7 @@ def parse(body: dict) -> Conversation:
 
     conv = Conversation(model=model or "", system=system, turns=turns, tools=[], max_tokens=max_tokens,
                         stop=check_string_list(body.get("stop"), "stop", allow_string=True), stream=stream,
-                        include_usage=include_usage)
+                        include_usage=include_usage, response_schema=_response_schema(body.get("response_format")))
     if body.get("tools") is not None:
         for i, tool in enumerate(check_list(body["tools"], "tools")):
             check_object(tool, f"tools[{i}]")
@@ -94,6 +94,19 @@ def parse(body: dict) -> Conversation:
     elif choice is not None and not isinstance(choice, dict):
         raise SandboxRequestError("'tool_choice' must be none, auto, required or an object.", "tool_choice")
     return check_tool_name(conv, "tool_choice")
+
+
+def _response_schema(value: Any) -> dict[str, Any] | None:
+    """response_format: json_schema (its json_schema.schema) or json_object (any object); text is None."""
+    if value is None:
+        return None
+    kind = check_object(value, "response_format").get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = check_object(value.get("json_schema"), "response_format.json_schema")
+        return check_object(spec.get("schema") or {"type": "object"}, "response_format.json_schema.schema")
+    return None
 
 
 def _texts(content: Any, param: str) -> list[str]:

@@ -58,7 +58,8 @@ def parse(body: dict) -> Conversation:
     else:
         raise SandboxRequestError("'input' must be a string or a non-empty array of input items.", "input")
 
-    conv = Conversation(model=model or "", system=system, turns=turns, tools=[], max_tokens=max_tokens, stream=stream)
+    conv = Conversation(model=model or "", system=system, turns=turns, tools=[], max_tokens=max_tokens, stream=stream,
+                        response_schema=_response_schema(body.get("text")))
     if body.get("tools") is not None:
         for i, tool in enumerate(check_list(body["tools"], "tools")):
             if check_object(tool, f"tools[{i}]").get("type") != "function":
@@ -76,6 +77,21 @@ def parse(body: dict) -> Conversation:
     elif choice is not None and not isinstance(choice, dict):
         raise SandboxRequestError("'tool_choice' must be none, auto, required or an object.", "tool_choice")
     return check_tool_name(conv, "tool_choice")
+
+
+def _response_schema(text: Any) -> dict[str, Any] | None:
+    """text.format: json_schema (its schema) or json_object (any object); text is None."""
+    if text is None:
+        return None
+    form = check_object(text, "text").get("format")
+    if form is None:
+        return None
+    kind = check_object(form, "text.format").get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        return check_object(form.get("schema") or {"type": "object"}, "text.format.schema")
+    return None
 
 
 def _item(system: list[str], turns: list[Turn], item: dict, param: str) -> None:

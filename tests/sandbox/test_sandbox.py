@@ -312,6 +312,47 @@ def test_it_reads_system_messages_inside_anthropic_messages_only_with_the_beta(s
     assert expected_usage("anthropic", body, anthropic_beta=beta).prompt_tokens == HELLO_USAGE[0]
 
 
+# Gemini CLI's router asks for this (tests/fixtures/gemini_cli_router_request.json), types in upper case.
+ROUTER_SCHEMA = {"type": "OBJECT", "properties": {
+    "complexity_reasoning": {"type": "STRING"}, "complexity_score": {"type": "INTEGER"}},
+    "required": ["complexity_reasoning", "complexity_score"]}
+ROUTER_ANSWER = '{"complexity_reasoning":"sandbox","complexity_score":1}'
+
+
+@pytest.mark.parametrize(("wire", "path", "body", "text_of"), [
+    ("gemini", None, {**HELLO_GEMINI, "generationConfig": {"responseMimeType": "application/json",
+                                                           "responseJsonSchema": ROUTER_SCHEMA}},
+     lambda a: a["candidates"][0]["content"]["parts"][0]["text"]),
+    ("gemini", None, {**HELLO_GEMINI, "generationConfig": {"responseMimeType": "application/json",
+                                                           "responseSchema": ROUTER_SCHEMA}},
+     lambda a: a["candidates"][0]["content"]["parts"][0]["text"]),
+    ("openai", None, {**HELLO_OPENAI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "route", "schema": ROUTER_SCHEMA}}}, lambda a: a["choices"][0]["message"]["content"]),
+    ("openai", "/v1/responses", {"model": "m", "input": "Say hello", "text": {"format": {
+        "type": "json_schema", "name": "route", "schema": ROUTER_SCHEMA}}},
+     lambda a: a["output"][0]["content"][0]["text"]),
+    ("anthropic", None, {**HELLO_ANTHROPIC, "output_config": {"format": {"type": "json_schema",
+                                                                          "schema": ROUTER_SCHEMA}}},
+     lambda a: a["content"][0]["text"]),
+    # No structured-output field: the schema given at the end of a system text, as the gateway asks
+    # Anthropic (proxy/providers/anthropic.py), is followed as a model would follow it.
+    ("anthropic", None, {**HELLO_ANTHROPIC, "system": "Respond only with a JSON value that matches this JSON "
+                                                      "Schema: " + json.dumps(ROUTER_SCHEMA)},
+     lambda a: a["content"][0]["text"]),
+])
+def test_it_answers_structured_output_with_a_value_of_the_schema(sandbox, wire, path, body, text_of):
+    answered = post(sandbox, wire, body, path=path)
+    assert answered.status_code == 200, answered.text
+    assert text_of(answered.json()) == ROUTER_ANSWER
+    assert plan_reply(parse_request("openai.responses" if path else wire, body)).text == ROUTER_ANSWER
+
+
+def test_it_answers_a_json_object_asked_without_a_schema_with_an_empty_object(oai):
+    reply = oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello"}],
+                                        response_format={"type": "json_object"})
+    assert reply.choices[0].message.content == "{}"
+
+
 def test_it_requires_max_tokens_for_anthropic(sandbox, claude):
     response = post(sandbox, "anthropic", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400
