@@ -39,6 +39,7 @@ from proxy.providers.ir import (
     TranslationError,
     Usage,
 )
+from proxy.providers.responses.common import CUSTOM_TOOL_PARAMETERS
 from proxy.providers.sse import SSEParser
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -564,3 +565,26 @@ def test_it_decodes_the_request_codex_cli_sends_by_default():
     assert request.stream is True
     assert request.messages, "the user's prompt reaches the IR"
     assert {tool.name for tool in request.tools}, "Codex's function tools survive the translation"
+
+
+CODEX_DEFAULT = json.loads((FIXTURES / "codex_default_request.json").read_text())
+
+
+def test_it_decodes_codex_cli_on_its_own_default_model_with_the_tools_of_its_additional_tools_item():
+    """Codex CLI 0.169 without a model in config.toml sends no `tools`, but an additional_tools input item."""
+    body = CODEX_DEFAULT["body"]
+    assert "tools" not in body and body["input"][0]["type"] == "additional_tools"
+    request = responses.decode_request(body)
+    names = [tool.name for tool in request.tools]
+    # Each namespace's tools, flattened; the freeform exec tool as a function of one string.
+    assert {"exec", "wait", "sleep", "spawn_agent"} <= set(names) and len(names) == len(set(names))
+    assert next(t for t in request.tools if t.name == "exec").parameters == CUSTOM_TOOL_PARAMETERS
+    assert request.messages[-1].role == "user"
+
+
+def test_an_additional_tools_item_without_a_tool_list_is_a_400():
+    body = {"model": "m", "input": [{"type": "additional_tools", "role": "developer", "tools": "exec"},
+                                    {"role": "user", "content": "hi"}]}
+    with pytest.raises(GatewayError) as caught:
+        responses.decode_request(body)
+    assert caught.value.param == "input[0].tools"

@@ -144,6 +144,7 @@ class _Conversation:
         self.system: list[str] = []
         self.messages: list[Message] = []
         self.tool_images: list[Image] = []
+        self.tools: list[ToolDef] = []  # from additional_tools items
 
     def _flush_images(self) -> None:
         if self.tool_images:
@@ -210,6 +211,13 @@ class _Conversation:
             self.add("assistant", [_reasoning(item)])
         elif kind == "web_search_call":
             pass  # OpenAI's own search step: its results never were in the conversation
+        elif kind == "additional_tools":
+            # Tools offered from this item on (Codex CLI 0.169 sends all of its tools so on its default
+            # model, and no top-level `tools`): other providers take one tool list, so they join it.
+            inner = item.get("tools")
+            if not isinstance(inner, list):
+                raise _invalid(f"'{where}.tools' must be a list.", f"{where}.tools")
+            self.tools += [t for index, tool in enumerate(inner) for t in _tools(tool, f"{where}.tools[{index}]")]
         elif kind == "item_reference":
             raise TranslationError(f"'{where}' (item_reference) needs the conversation state kept by the provider"
                                    + _STATEFUL_HINT, param=where)
@@ -358,6 +366,7 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
     if raw_tools is not None and not isinstance(raw_tools, list):
         raise _invalid("'tools' must be a list.", "tools")
     tools = [t for index, tool in enumerate(raw_tools or []) for t in _tools(tool, f"tools[{index}]")]
+    tools += conversation.tools
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise _invalid("'max_output_tokens' must be a positive integer.", "max_output_tokens")
