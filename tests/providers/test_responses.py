@@ -588,3 +588,19 @@ def test_an_additional_tools_item_without_a_tool_list_is_a_400():
     with pytest.raises(GatewayError) as caught:
         responses.decode_request(body)
     assert caught.value.param == "input[0].tools"
+
+
+def test_a_call_of_codex_clis_exec_tool_goes_back_as_a_custom_tool_call():
+    """exec is a freeform tool inside a namespace of the additional_tools item; Codex refuses a
+    function_call for it ("tool exec invoked with incompatible payload")."""
+    body = CODEX_DEFAULT["body"]
+    answer = _answer(parts=[ToolCall("toolu_01", "exec", '{"input":"1 + 1"}'), ToolCall("toolu_02", "wait", "{}")],
+                     finish="tool_use")
+    items = Response.model_validate(responses.encode_response(answer, body)).output
+    assert [item.type for item in items] == ["custom_tool_call", "function_call"]
+    assert items[0].name == "exec" and items[0].input == "1 + 1"
+    streamed = _validated(_stream(responses.StreamEncoder(request=body, upstream_wire="anthropic"), [
+        StreamStart("msg_1", "claude-sonnet-4-5"), ToolCallStart(0, "toolu_01", "exec"),
+        ToolCallDelta(0, '{"input":"1 + 1"}'), StreamFinish("tool_use"), StreamUsage(10, 5)]))
+    done = [e.item for e in streamed if e.type == "response.output_item.done"]
+    assert [(item.type, item.input) for item in done] == [("custom_tool_call", "1 + 1")]

@@ -98,12 +98,21 @@ def wants_encrypted_reasoning(body: dict[str, Any]) -> bool:
 
 
 def custom_tool_names(body: dict[str, Any]) -> frozenset[str]:
-    """Names of the caller's freeform tools: their calls go back as `custom_tool_call` items."""
-    tools = body.get("tools")
-    if not isinstance(tools, list):
-        return frozenset()
-    return frozenset(t["name"] for t in tools
-                     if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str))
+    """Names of the caller's freeform tools: their calls go back as `custom_tool_call` items. They
+    are in `tools`, in its namespaces, or in additional_tools input items (Codex CLI's exec tool)."""
+    offered = _flat_tools(body.get("tools"))
+    for item in dicts(body.get("input")):
+        if item.get("type") == "additional_tools":
+            offered += _flat_tools(item.get("tools"))
+    return frozenset(t["name"] for t in offered if t.get("type") == "custom" and isinstance(t.get("name"), str))
+
+
+def _flat_tools(tools: Any) -> list[dict[str, Any]]:
+    """A tool list with each namespace replaced by its tools (as the request decoder flattens them)."""
+    flat: list[dict[str, Any]] = []
+    for tool in dicts(tools):
+        flat += dicts(tool.get("tools")) if tool.get("type") == "namespace" else [tool]
+    return flat
 
 
 def dicts(value: Any) -> list[dict[str, Any]]:
