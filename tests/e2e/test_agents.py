@@ -25,12 +25,13 @@ from tests.fixtures.capture_agent_requests import require_agent, run_claude, run
 # write nothing (the routes are switched by the module-scoped `upstream` fixture).
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
-AGENT_TIMEOUT = 90  # seconds per agent run; a run takes 3 to 15 s
+AGENT_TIMEOUT = 90  # seconds per agent run; one takes 1 to 10 s
 
 # What each agent asks for when nobody names a model: its main model first, then its helpers'
 # (Claude Code's small/fast model, Gemini CLI's router). docs/agents.md lists them.
 DEFAULT_MODELS = {
-    "claude": ["claude-opus-4-8", "claude-haiku-4-5"],
+    # Its small/fast model is claude-haiku-4-5, sent under its first-party id (dated).
+    "claude": ["claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-haiku-4-5"],
     "codex": ["gpt-6.1-sol"],
     "gemini": ["gemini-3.8-flash", "gemini-3.5-flash-lite"],
 }
@@ -56,31 +57,29 @@ def streamed_format(agent: str, upstream: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def agents_gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
     """One gateway and sandbox for the module, with the agents' routes (on Anthropic until switched)."""
     from proxy.models import Deployment, ModelRoute, Provider
 
     # Tests switch the routes' provider: with no route cache, every worker reads the switch at its
     # next request. (The tests' autouse fixture empties the shared cache, generation counters
     # included, so an invalidation cannot be relied on to reach the workers here.)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("TOLLGATE_ROUTE_CACHE_SECONDS", "0")
-        with provider_gateway(django_db_blocker) as running:
+    with provider_gateway(django_db_blocker, TOLLGATE_ROUTE_CACHE_SECONDS="0") as running:
+        with django_db_blocker.unblock():
+            anthropic = Provider.objects.get(name="e2e-anthropic")
+            for model in ROUTES:
+                route = ModelRoute.objects.create(model=model)
+                Deployment.objects.create(route=route, provider=anthropic,
+                                          upstream_model=upstream_model(model, "anthropic"))
+        try:
+            yield running
+        finally:
             with django_db_blocker.unblock():
-                anthropic = Provider.objects.get(name="e2e-anthropic")
-                for model in ROUTES:
-                    route = ModelRoute.objects.create(model=model)
-                    Deployment.objects.create(route=route, provider=anthropic,
-                                              upstream_model=upstream_model(model, "anthropic"))
-            try:
-                yield running
-            finally:
-                with django_db_blocker.unblock():
-                    ModelRoute.objects.filter(model__in=ROUTES).delete()
+                ModelRoute.objects.filter(model__in=ROUTES).delete()
 
 
 @pytest.fixture(scope="module")
-def upstream(request, gateway, django_db_blocker) -> str:
+def upstream(request, agents_gateway, django_db_blocker) -> str:
     """The upstream under test, openai, anthropic or gemini (parametrized indirectly): every agent
     route is switched to it. Module-scoped, so the switch is committed outside the tests'
     transactions, where the gateway's workers see it."""
@@ -96,12 +95,12 @@ def upstream(request, gateway, django_db_blocker) -> str:
 
 
 @pytest.fixture
-def sandbox_log(gateway) -> Callable[[], list[dict[str, Any]]]:
+def sandbox_log(agents_gateway) -> Callable[[], list[dict[str, Any]]]:
     """Every call the sandbox saw during the test, oldest first."""
-    httpx.post(f"{gateway.sandbox_url}/_sandbox/reset").raise_for_status()
+    httpx.post(f"{agents_gateway.sandbox_url}/_sandbox/reset").raise_for_status()
 
     def read() -> list[dict[str, Any]]:
-        seen = httpx.get(f"{gateway.sandbox_url}/_sandbox/requests", params={"limit": 200}).json()["requests"]
+        seen = httpx.get(f"{agents_gateway.sandbox_url}/_sandbox/requests", params={"limit": 200}).json()["requests"]
         return seen[::-1]
 
     return read
@@ -146,7 +145,7 @@ def check_agent_went_through(agent: str, upstream: str, result: Any, seen: list[
     """(a) the agent printed the sandbox's answer to its last turn, (b) in the upstream's format."""
     output = f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
     calls = [f"{c['method']} {c['path']} ({c['format']})" for c in seen]
-    assert result.returncode == 0, output
+    assert result.returncode == 0, f"{output}\n--- the sandbox saw\n" + "\n".join(calls)
     # Every model call went to this upstream, none to another (the route was switched everywhere).
     assert seen and {(c["format"] or "unknown").split(".")[0] for c in seen} == {upstream}, calls
     expected_format = streamed_format(agent, upstream)
@@ -160,14 +159,14 @@ def check_agent_went_through(agent: str, upstream: str, result: Any, seen: list[
 
 @pytest.mark.parametrize("upstream", ["openai", "anthropic", "gemini"], indirect=True)
 @pytest.mark.parametrize("agent", ["claude", "codex", "gemini"])
-def test_the_agent_works_through_the_gateway_with_its_default_model(agent, upstream, gateway, sandbox_log):
-    result = run_agent(agent, gateway)
+def test_the_agent_works_through_the_gateway_with_its_default_model(agent, upstream, agents_gateway, sandbox_log):
+    result = run_agent(agent, agents_gateway)
     check_agent_went_through(agent, upstream, result, sandbox_log(), DEFAULT_MODELS[agent][0])
 
 
 @pytest.mark.parametrize("upstream", ["anthropic"], indirect=True)
-def test_claude_code_on_an_older_model_sends_its_plainer_request_through(upstream, gateway, sandbox_log):
-    result = run_agent("claude", gateway, "--model", OLDER_CLAUDE)
+def test_claude_code_on_an_older_model_sends_its_plainer_request_through(upstream, agents_gateway, sandbox_log):
+    result = run_agent("claude", agents_gateway, "--model", OLDER_CLAUDE)
     turn = check_agent_went_through("claude", upstream, result, sandbox_log(), OLDER_CLAUDE)
     # What makes it plainer (tests/fixtures/claude_code_sonnet45_request.json): a thinking budget,
     # not adaptive thinking, and no output_config; the pass-through kept it so.
