@@ -39,9 +39,10 @@ def test_claude_codes_models(quickstart_key, model):
 
 
 @pytest.mark.django_db
-def test_codex_clis_model(quickstart_key):
+@pytest.mark.parametrize("model", ["gpt-6.1-sol", "gpt-5-codex"])
+def test_codex_clis_model(quickstart_key, model):
     response = call("POST", "/v1/responses", key=quickstart_key,
-                    body={"model": "gpt-5-codex", "input": HELLO, "stream": True})
+                    body={"model": model, "input": HELLO, "stream": True})
     assert response.status_code == 200, response.content
     assert b"event: response.completed" in response.content
 
