@@ -48,7 +48,8 @@ def test_codex_clis_model(quickstart_key, model):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("model", ["gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-2.5-pro"])
+@pytest.mark.parametrize("model", ["gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-3.1-pro-preview",
+                                   "gemini-2.5-pro"])
 def test_gemini_clis_models(quickstart_key, model):
     response = call("POST", f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
                     headers={"x-goog-api-key": quickstart_key},

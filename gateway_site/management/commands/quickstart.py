@@ -25,15 +25,16 @@ DEMO_ROUTES = {
     "gpt-4o-mini": "gpt-4o-mini",
 }
 # The model names coding agents send when nobody told them another, so each works out of the box
-# against the quickstart (docs/providers.md shows the same routes for real providers).
+# against the quickstart (docs/agents.md shows the same routes for real providers).
 AGENT_ROUTES = (
     # Claude Code 2.1: its default, and its small/fast helper model (as given, and as sent first-party).
     "claude-opus-4-8", "claude-haiku-4-5", "claude-haiku-4-5-20251001",
     # Codex CLI 0.169's default (when config.toml names no model), and the model older configs name.
     "gpt-6.1-sol", "gpt-5-codex",
-    # Gemini CLI 0.61: its default, its router's classifier (flash-lite) and its flash model; and the
-    # Gemini 2.5 family it falls back to (its "auto-gemini-2.5" setting).
-    "gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-3.5-flash",
+    # Gemini CLI 0.61: its default, its router's classifier (flash-lite) and its flash model, the pro
+    # model a turn goes to when the router rates it complex or cannot answer; and the Gemini 2.5
+    # family it falls back to (its "auto-gemini-2.5" setting).
+    "gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-3.5-flash", "gemini-3.1-pro-preview",
     "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
 )
 
