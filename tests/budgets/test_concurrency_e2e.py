@@ -73,7 +73,7 @@ async def fire(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:
 
 
 @pytest.fixture
-def consumer(transactional_db) -> SimpleNamespace:
+def consumer(server_database, transactional_db) -> SimpleNamespace:
     created = Consumer.objects.create(name=f"budget-e2e-{free_port()}")
     return SimpleNamespace(consumer=created, key=key_issue(consumer=created, name="e2e").plaintext)
 

@@ -52,7 +52,7 @@ def _unseed() -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     """The production server (gunicorn, 2 uvicorn workers) and a sandbox provider, on free ports."""
     sandbox_port, gateway_port = free_port(), free_port()
     with django_db_blocker.unblock():

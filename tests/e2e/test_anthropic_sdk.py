@@ -20,7 +20,7 @@ ROUTES = ["claude", "gpt", "gem"]
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     with provider_gateway(django_db_blocker) as running:
         yield running
 

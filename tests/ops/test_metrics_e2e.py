@@ -103,7 +103,7 @@ def total(families: dict, sample: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def run(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[SimpleNamespace]:
+def run(server_database, django_db_blocker, tmp_path_factory) -> Iterator[SimpleNamespace]:
     sandbox_port, gateway_port = free_port(), free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
     with django_db_blocker.unblock():
