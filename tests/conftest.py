@@ -67,6 +67,18 @@ def personas(db) -> SimpleNamespace:
                            revoked_key=revoked.plaintext)
 
 
+@pytest.fixture
+def staff(personas) -> SimpleNamespace:
+    """gwen in gateway-admin (not a superuser: the group's permissions are what is tested),
+    carl (the personas' compliance officer) in compliance."""
+    from django.contrib.auth.models import Group
+
+    gwen = get_user_model().objects.create_user("gwen", "gwen@example.com", "gwen-password-1", is_staff=True)
+    gwen.groups.add(Group.objects.get(name="gateway-admin"))
+    personas.compliance.groups.add(Group.objects.get(name="compliance"))
+    return SimpleNamespace(admin=gwen, compliance=personas.compliance)
+
+
 @pytest.fixture(scope="session")
 def sandbox_url() -> Iterator[str]:
     with sandbox_in_thread() as url:

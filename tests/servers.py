@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
@@ -235,6 +236,25 @@ def gateway_command(port: int, workers: int = 2) -> list[str]:
     program, *args = procfile_command("web")
     # This virtualenv's gunicorn, whatever is on PATH.
     return [sys.executable, "-m", program, *args, *gateway_test_overrides(port, workers)]
+
+
+@contextmanager
+def sandbox_and_gateway(*, env: dict[str, str], sandbox_port: int | None = None, workers: int = 2,
+                        upstream_key: str | None = None, log_name: str = "") -> Iterator[SimpleNamespace]:
+    """The sandbox provider (`manage.py sandbox_provider`; requiring `upstream_key` when given) and
+    the production start (the Procfile's web command), each on a free port, with `env`."""
+    sandbox_port = sandbox_port or free_port()
+    gateway_port = free_port()
+    require_key = ("--require-key", upstream_key) if upstream_key else ()
+    with subprocess_server(sandbox_command(sandbox_port, *require_key),
+                           health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
+                           env=env, log_name=f"{log_name}sandbox"), \
+         subprocess_server(gateway_command(gateway_port, workers),
+                           health_url=f"http://127.0.0.1:{gateway_port}/healthz",
+                           env=env, log_name=f"{log_name}gateway") as process:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{gateway_port}", port=gateway_port,
+                              sandbox_url=f"http://127.0.0.1:{sandbox_port}", sandbox_port=sandbox_port,
+                              process=process, env=env)
 
 
 @contextmanager
