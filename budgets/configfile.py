@@ -2,7 +2,8 @@
 
 Keys are never part of it: they are issued with `manage.py issuekey` and shown once.
 A consumer's `budgets:` and `rate_limits:` and the top-level `prices:` section are
-below (docs/budgets.md).
+below (docs/budgets.md), and so is its `audit:` body mode (docs/audit.md): it
+configures a consumer, so it lives with the consumers, and audit never imports budgets.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from audit.models import AuditPolicy, BodyMode
 from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
 from gateway_site.lib.configfile import (
     MISSING,
@@ -233,6 +235,71 @@ class ConsumerRateLimits(ConsumerRows):
 
 consumers.add_key(ConsumerBudgets())
 consumers.add_key(ConsumerRateLimits())
+
+
+# --- audit: a consumer's audit body mode (docs/audit.md) ----------------------------
+#
+#     consumers:
+#       - name: alice-agent
+#         audit: full        # none | metadata | full; left out: TOLLGATE_AUDIT_DEFAULT_BODY_MODE
+#
+# The two functions below are the only code that knows where the mode is stored
+# (today an audit.AuditPolicy row, none meaning the default); ConsumerAudit reads and
+# writes it only through them, so moving the mode to a column changes just these.
+
+
+def _body_mode_get(consumer: Consumer) -> str | None:
+    """The consumer's own body mode; None when the default from settings applies."""
+    return AuditPolicy.objects.filter(consumer=consumer).values_list("body_mode", flat=True).first()
+
+
+def _body_mode_set(consumer: Consumer, mode: str | None) -> None:
+    """Store the consumer's own body mode; None goes back to the default from settings."""
+    # save() and delete() (not update()) so the signal drops every worker's cached policy.
+    policy = AuditPolicy.objects.filter(consumer=consumer).first()
+    if mode is None:
+        if policy is not None:
+            policy.delete()
+        return
+    policy = policy or AuditPolicy(consumer=consumer)
+    policy.body_mode = mode
+    policy.save()
+
+
+class ConsumerAudit:
+    """A consumer's `audit:` key; left out means the default mode."""
+
+    key = "audit"
+
+    def parse(self, value: Any, *, where: str) -> str:
+        if not isinstance(value, str) or value not in BodyMode.values:
+            raise ConfigError(f"{where}: audit must be one of {', '.join(BodyMode.values)} "
+                              f"(the body mode), got {value_describe(value)}")
+        return value
+
+    def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
+        have = None if obj is None else _body_mode_get(obj)
+        if value is MISSING:
+            if have is not None:
+                plan.add("-", f"audit policy of {item.name} ({have}; the default applies)",
+                         partial(self._set, item.name, None), where=item.where)
+        elif value != have:
+            sign, text = ("+", f"audit policy of {item.name} ({value})") if have is None else \
+                ("~", f"audit policy of {item.name}: {have} → {value}")
+            plan.add(sign, text, partial(self._set, item.name, value), where=item.where)
+
+    @staticmethod
+    def _set(consumer_name: str, mode: str | None) -> None:
+        # By name: the consumer may be created by this same plan.
+        _body_mode_set(Consumer.objects.get(name=consumer_name), mode)
+
+    def export(self, obj: Consumer) -> Any:
+        mode = _body_mode_get(obj)
+        return MISSING if mode is None else mode
+
+
+# After budgets: and rate_limits:, so an export lists a consumer's keys in the same order as before.
+consumers.add_key(ConsumerAudit())
 
 
 class PricesSection:

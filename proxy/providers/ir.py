@@ -12,7 +12,12 @@ from typing import Literal
 
 from proxy.errors import GatewayError
 
-Role = Literal["user", "assistant", "tool"]
+# "system" is a system/developer message inside the conversation (Anthropic's
+# mid-conversation system messages, OpenAI's developer messages after the first turn);
+# the leading system prompt stays in `ChatRequest.system`.
+Role = Literal["user", "assistant", "tool", "system"]
+# How hard a reasoning model thinks, format-neutral (OpenAI reasoning effort names).
+Effort = Literal["minimal", "low", "medium", "high"]
 # Why a reply ended, format-neutral (OpenAI / Anthropic / Gemini names in each codec).
 Finish = Literal["end", "max_tokens", "stop_sequence", "tool_use", "content_filter"]
 
@@ -46,12 +51,26 @@ class ToolResult:
     is_error: bool = False
 
 
-Part = Text | Image | ToolCall | ToolResult
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A model's reasoning (Anthropic thinking, OpenAI reasoning items, Gemini thoughts).
+
+    `wire` names the format it came from: signatures and encrypted content are only
+    meaningful to that provider, so encoders for other formats drop the part.
+    """
+
+    text: str = ""
+    signature: str | None = None  # Anthropic thinking signature / OpenAI encrypted_content
+    redacted: bool = False  # Anthropic redacted_thinking (opaque `signature` holds its data)
+    wire: str | None = None
+
+
+Part = Text | Image | ToolCall | ToolResult | Reasoning
 
 
 @dataclass(slots=True)
 class Message:
-    """`user` holds Text/Image, `assistant` Text/ToolCall, `tool` only ToolResults."""
+    """`user` holds Text/Image, `assistant` Text/ToolCall/Reasoning, `tool` only ToolResults, `system` Text."""
 
     role: Role
     parts: list[Part]
@@ -84,12 +103,29 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # OpenAI callers: stream_options.include_usage
     user: str | None = None
+    n: int = 1  # answers asked for (OpenAI `n`, Gemini candidateCount)
+    reasoning_effort: Effort | None = None
+    thinking_budget: int | None = None  # reasoning tokens allowed (Anthropic budget_tokens, Gemini thinkingBudget)
+    # Structured output: {"type": "json_schema", "name", "schema", "strict"} or {"type": "json_object"}.
+    response_format: dict | None = None
 
 
 @dataclass(slots=True)
 class Usage:
+    """Token counts as the provider billed them, in one convention for every format.
+
+    `input_tokens` counts the whole prompt, cached parts included (OpenAI's and Gemini's
+    convention; Anthropic's `input_tokens` excludes cache reads and writes, so its codec
+    adds them). `cache_read_tokens` and `cache_write_tokens` are parts of it;
+    `reasoning_tokens` is part of `output_tokens`.
+    """
+
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # Anthropic's one-hour cache writes, priced apart
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -131,6 +167,12 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str = ""
+    signature: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamFinish:
     finish: Finish
     stop_sequence: str | None = None
@@ -138,8 +180,14 @@ class StreamFinish:
 
 @dataclass(frozen=True, slots=True)
 class StreamUsage:
+    """Usage seen in a stream, in `Usage`'s convention."""
+
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +198,8 @@ class StreamError:
     status: int | None = None
 
 
-StreamEvent = StreamStart | TextDelta | ToolCallStart | ToolCallDelta | StreamFinish | StreamUsage | StreamError
+StreamEvent = (StreamStart | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | StreamFinish | StreamUsage
+               | StreamError)
 
 
 class TranslationError(GatewayError):

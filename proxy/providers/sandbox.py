@@ -1,4 +1,4 @@
-"""The built-in sandbox provider (proxy/sandbox.py), reached through its OpenAI endpoint."""
+"""The built-in sandbox provider (proxy/sandbox/), reached through its OpenAI endpoint."""
 from __future__ import annotations
 
 from proxy.providers.openai import OpenAIAdapter

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 import uvicorn
 
@@ -41,3 +42,9 @@ def sandbox(sandbox_server) -> SimpleNamespace:
     """The module's sandbox, back to its startup config with empty stats and request log."""
     sandbox_server.http.post(f"{sandbox_server.url}/_sandbox/reset").raise_for_status()
     return sandbox_server
+
+
+@pytest.fixture
+def oai(sandbox) -> openai.OpenAI:
+    """The official OpenAI SDK, pointed at the sandbox: it proves the wire formats parse."""
+    return openai.OpenAI(base_url=f"{sandbox.url}/v1", api_key="sk-test", max_retries=0, timeout=10)
