@@ -1,6 +1,6 @@
 """Consumers, keys, budgets and rate limits in the admin (docs/admin.md).
 
-Keys are issued, rotated and revoked only through budgets.services, the same
+Keys are issued, rotated and revoked only through budgets.keys, the same
 functions the admin API calls; every admin action writes Django's admin log.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from budgets.keys import IssuedKey, key_issue, key_revoke, key_rotate
 from budgets.models import (
     ApiKey,
     Budget,
@@ -27,7 +28,6 @@ from budgets.models import (
     format_amount,
 )
 from budgets.selectors import budget_usage_report
-from budgets.services import IssuedKey, key_issue, key_revoke, key_rotate
 
 
 def usage_bar(*, label: str, used: int, limit: int, metric: str) -> str:

@@ -13,9 +13,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from audit.permissions import IsAuditReader
+from budgets.keys import key_issue, key_revoke, key_rotate
 from budgets.models import ApiKey, Budget, Consumer, RateLimit
 from budgets.selectors import budget_usage_report
-from budgets.services import key_issue, key_revoke, key_rotate
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
 
 MAX_GRACE_SECONDS = 365 * 86400

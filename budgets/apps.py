@@ -6,4 +6,7 @@ class BudgetsConfig(AppConfig):
     verbose_name = "Consumers, keys and budgets"
 
     def ready(self) -> None:
-        from budgets import signals  # noqa: F401  (connects cache invalidation)
+        # signals: connects cache invalidation. tasks: registers the tasks in every process,
+        # not only in Celery workers (which autodiscover them), because budgets.alerts queues
+        # the alert task by its name, which must resolve in the gateway too.
+        from budgets import signals, tasks  # noqa: F401

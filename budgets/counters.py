@@ -5,15 +5,32 @@ increment happen as one step, for every budget of the request at once, so concur
 requests on any number of workers cannot overspend. A budget window is one hash
 (`used`, `reserved`, and `r:<request id>` for each hold) plus a sorted set of the
 holds by expiry time, so a hold whose worker died is released by the next reservation.
+
+Below the scripts, the Redis side of admission: `reserve` and `settle` build a request's
+keys and arguments from its Admission and read the script's answer back into it
+(budgets.admission decides when to call them).
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime
 
+import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django_ratelimit import ALL
+from django_ratelimit.core import EXPIRATION_FUDGE, _get_window, _make_cache_key
+
+from budgets.holds import Admission, Hold, LimitsUnavailable, RateRule, refuse_budget, refuse_requests, refuse_tokens
+from budgets.periods import Window
+from budgets.usage import window_rows
+from gateway_site.lib.db import run_db
+from gateway_site.lib.sharedcache import cache
+
+logger = logging.getLogger("tollgate.budgets")
 
 # Per budget i (KEYS 2i-1 = hash, 2i = holds), then per token window j (KEYS 2n+j), then
 # per request-rate window k (KEYS 2n+m+k: django-ratelimit's own counter keys).
@@ -217,3 +234,125 @@ async def run(script: str, keys: list[str], args: list) -> list:
     if runner is None:
         runner = registered[script] = redis_client.register_script(script)
     return await runner(keys=keys, args=args)  # type: ignore[operator]
+
+
+# --- The Redis side of admission ------------------------------------------------------------
+
+
+def request_window(rule: RateRule, admission: Admission) -> tuple[str, int]:
+    """django-ratelimit's own cache key and window end for this rule and owner.
+
+    On Redis the script increments these keys itself, in the same round trip as the
+    budgets: calling django-ratelimit (sync, three round trips) from a thread cost
+    2-6 ms per request here. The counters stay django-ratelimit's: `get_usage` reads them.
+    """
+    value = admission.owner_value(rule.owner)
+    rate = (rule.requests, rule.window_seconds)
+    window = _get_window(value, rule.window_seconds)
+    return cache.make_key(_make_cache_key(rule.ratelimit_group, window, rate, value, ALL)), window
+
+
+async def reserve(admission: Admission, now: datetime, request_rules: list[RateRule]) -> None:
+    """Hold the request's budgets and token windows and count its request windows, in one script.
+
+    Raises LimitExceeded (nothing stays held) or LimitsUnavailable (Redis cannot be reached).
+    """
+    keys: list[str] = []
+    args: list = [f"{now.timestamp():.3f}", f"{now.timestamp() + settings.TOLLGATE_RESERVATION_TTL_SECONDS:.3f}",
+                  admission.request_id, len(admission.holds), len(admission.token_holds), len(request_rules)]
+    for hold in admission.holds:
+        keys.extend(budget_keys(hold.rule.id, hold.window.period_start))
+        args += [hold.rule.limit if hold.rule.hard else -1, hold.amount, _budget_key_ttl(hold.window, now)]
+    for token_hold in admission.token_holds:
+        keys.append(token_hold.key)
+        args += [token_hold.rule.tokens, token_hold.amount, token_hold.rule.window_seconds + 60]
+    window_ends = []
+    for rule in request_rules:
+        key, window_end = request_window(rule, admission)
+        keys.append(key)
+        window_ends.append(window_end)
+        args += [rule.requests, rule.window_seconds + EXPIRATION_FUDGE]
+    try:
+        for _attempt in range(len(admission.holds) + 1):
+            result = await run(RESERVE, keys, args)
+            status, index = int(result[0]), int(result[1])
+            if status == 3:
+                await _seed(admission.holds[index - 1], now)
+                continue
+            break
+        else:
+            raise LimitsUnavailable("the budget counters could not be seeded")
+    except UNAVAILABLE_ERRORS as exc:
+        raise LimitsUnavailable(str(exc)) from exc
+    now_ts = int(now.timestamp())
+    if status == 4:
+        rule = request_rules[index - 1]
+        count = int(result[2])
+        admission.request_rates.append((rule.requests or 0, (rule.requests or 0) - count,
+                                        max(0, window_ends[index - 1] - now_ts)))
+        raise refuse_requests(rule, max(0, window_ends[index - 1] - now_ts), admission)
+    if status == 1:
+        raise refuse_budget(admission.holds[index - 1], int(result[2]), admission)
+    if status == 2:
+        raise refuse_tokens(admission.token_holds[index - 1], int(result[2]), admission)
+    values = [int(v) for v in result[2:]]
+    for hold, total in zip(admission.holds, values, strict=False):
+        hold.total = total
+    rest = values[len(admission.holds):]
+    for token_hold, count in zip(admission.token_holds, rest, strict=False):
+        token_hold.count = count
+    for rule, count, window_end in zip(request_rules, rest[len(admission.token_holds):], window_ends, strict=False):
+        admission.request_rates.append((rule.requests or 0, (rule.requests or 0) - count,
+                                        max(0, window_end - now_ts)))
+
+
+def _budget_key_ttl(window: Window, now: datetime) -> int:
+    # Kept a week past the window's end, for late settles and for the reset job.
+    return max(60, int((window.ends_at - now).total_seconds()) + 7 * 86400)
+
+
+async def _seed(hold: Hold, now: datetime) -> None:
+    """Start a window's Redis counter from the database (new window, or Redis lost its data)."""
+    used = await run_db(window_rows(hold).values_list("used", flat=True).first)
+    key, _ = budget_keys(hold.rule.id, hold.window.period_start)
+    await run(SEED, [key], [used or 0, _budget_key_ttl(hold.window, now)])
+
+
+async def settle(admission: Admission, charges: list[int], tokens: int) -> None:
+    """Release the request's holds and add its real usage; logs (never raises) when Redis is gone."""
+    keys: list[str] = []
+    args: list = [admission.request_id, len(admission.holds), len(admission.token_holds)]
+    for hold, charge in zip(admission.holds, charges, strict=True):
+        keys.extend(budget_keys(hold.rule.id, hold.window.period_start))
+        args += [charge, 1 if (hold.held and admission.metered) else 0]
+    for token_hold in admission.token_holds:
+        keys.append(token_hold.key)
+        args.append(tokens - token_hold.amount if admission.metered else tokens)
+    try:
+        result = await run(SETTLE, keys, args)
+    except UNAVAILABLE_ERRORS:
+        # Redis went away (before or after admitting): the database mirror still gets the
+        # charge, and a restarted Redis is seeded from it; a metered hold expires by itself.
+        logger.warning("request %s: settling in Redis failed; charged to the database copy",
+                       admission.request_id)
+        return
+    values = [int(v) for v in result]
+    for hold, total in zip(admission.holds, values, strict=False):
+        if total >= 0:
+            hold.total = total
+    for token_hold, count in zip(admission.token_holds, values[len(admission.holds):], strict=False):
+        token_hold.count = count
+
+
+def live_used_reader() -> Callable[[int, date], int]:
+    """used(budget_id, period_start) from Redis (0 when absent or without Redis); sync, for the reset job."""
+    if not enabled():
+        return lambda budget_id, period_start: 0
+    sync_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+    def used(budget_id: int, period_start: date) -> int:
+        key, _ = budget_keys(budget_id, period_start)
+        value = sync_client.hget(key, "used")
+        return int(value) if value is not None else 0
+
+    return used

@@ -5,7 +5,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from budgets.models import ApiKey
+import redis
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from budgets import counters
+from budgets.holds import BudgetRule, RateRule
+from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, ModelPrice, RateLimit
+from budgets.periods import window_at
+from budgets.signals import limits_cache, price_cache
+from gateway_site.lib.db import run_db
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +53,6 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetRule:
-    id: int
-    metric: str  # tokens | requests | cost_usd
-    limit: int
-    period: str
-    timezone: str
-    hard: bool
-    alert_at_percent: int | None
-    owner: str  # "consumer" or "key"
-
-
-@dataclass(frozen=True, slots=True)
-class RateRule:
-    id: int
-    requests: int | None
-    tokens: int | None
-    window_seconds: int
-    rejected_code: int
-    rejected_msg: str
-    owner: str
-
-
-@dataclass(frozen=True, slots=True)
 class Limits:
     """Everything that limits one key: its own and its consumer's budgets and rate limits."""
 
@@ -85,10 +72,6 @@ NO_LIMITS = Limits()
 
 
 def _load_limits(consumer_id: int, key_id: int) -> Limits:
-    from django.db.models import Q
-
-    from budgets.models import Budget, RateLimit
-
     owner = Q(consumer_id=consumer_id) | Q(key_id=key_id)
     budgets = tuple(
         BudgetRule(id=b.pk, metric=b.metric, limit=b.limit, period=b.period, timezone=b.timezone,
@@ -107,9 +90,6 @@ def _load_limits(consumer_id: int, key_id: int) -> Limits:
 
 async def limits_for_key(key: KeyInfo) -> Limits:
     """The key's limits from this worker's memory; one database round trip on a miss."""
-    from budgets.signals import limits_cache
-    from gateway_site.lib.db import run_db
-
     return await limits_cache.aget_or_load((key.consumer_id, key.key_id),
                                            lambda: run_db(_load_limits, key.consumer_id, key.key_id))
 
@@ -148,10 +128,6 @@ class PriceTable:
 
 
 def _load_prices(now: datetime | None = None) -> PriceTable:
-    from django.utils import timezone
-
-    from budgets.models import ModelPrice
-
     now = now or timezone.now()
     prices: dict[str, tuple[int, int]] = {}
     # Latest valid_from first: the first row seen for a model is its current price.
@@ -161,9 +137,6 @@ def _load_prices(now: datetime | None = None) -> PriceTable:
 
 
 async def price_table() -> PriceTable:
-    from budgets.signals import price_cache
-    from gateway_site.lib.db import run_db
-
     return await price_cache.aget_or_load("table", lambda: run_db(_load_prices))
 
 
@@ -186,25 +159,15 @@ class BudgetUsageRow:
         return max(0, self.limit - self.used - self.reserved)
 
 
-def budget_usage_report(*, consumer, now: datetime | None = None) -> list[BudgetUsageRow]:
+def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> list[BudgetUsageRow]:
     """Each budget of the consumer and its keys in the current period: limit, used, reserved.
 
     With Redis, the live counters there are read (the database copy trails them by at
     most the requests being settled); without it, the database rows.
     """
-    from django.conf import settings
-    from django.db.models import Q
-    from django.utils import timezone
-
-    from budgets import counters
-    from budgets.models import Budget, BudgetUsage
-    from budgets.periods import window_at
-
     now = now or timezone.now()
     redis_client = None
     if settings.REDIS_URL:
-        import redis
-
         redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     rows = []
     budgets = Budget.objects.filter(Q(consumer=consumer) | Q(key__consumer=consumer)).select_related("key")

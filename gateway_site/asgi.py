@@ -34,6 +34,7 @@ from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
+# The proxy's routes (proxy/urls.py, included by gateway_site/urls.py) and the probes.
 LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 
@@ -134,7 +135,7 @@ async def _lifespan(receive, send) -> None:
             await close_clients()
             # The last half second of settled budget usage, for the database copy
             # (gunicorn stops workers by signal, so atexit hooks never run).
-            from budgets.services import usage_mirror
+            from budgets.usage import usage_mirror
 
             try:
                 await asyncio.to_thread(usage_mirror.flush)

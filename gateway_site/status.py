@@ -3,8 +3,10 @@
 Each gateway worker writes a heartbeat (host, pid, start time) to the shared cache
 every TOLLGATE_HEARTBEAT_SECONDS from a task started at ASGI lifespan startup;
 Celery beat has a worker stamp the cache the same way (gateway_site.tasks), and
-the budget reset job stamps its runs. The admin's health page and the scrape-time
-metrics read them through `status_report()`.
+the budget reset job stamps its runs (both through gateway_site.lib.stamps, so that
+no app imports this module). The admin's health page and the scrape-time metrics
+(gateway_site/metrics.py) read them through `status_report()`; nothing here reads
+the metrics, so the arrow runs one way.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
+from prometheus_client import Gauge
+
+from gateway_site.lib.stamps import last_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -29,25 +34,9 @@ WORKERS_KEY = "ops:workers"
 STALE_AFTER_BEATS = 3
 FORGET_AFTER_SECONDS = 3600
 
-
-def _stamp_key(job: str) -> str:
-    return f"ops:last:{job}"
-
-
-def stamp(job: str) -> None:
-    """Record that `job` ran now, on this host (one cache write; never raises)."""
-    try:
-        cache.set(_stamp_key(job), {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()},
-                  timeout=None)
-    except Exception:
-        logger.warning("could not record the run of %s", job, exc_info=True)
-
-
-def last_stamp(job: str) -> datetime | None:
-    value = cache.get(_stamp_key(job))
-    if not isinstance(value, dict) or "at" not in value:
-        return None
-    return datetime.fromtimestamp(value["at"], tz=UTC)
+# Sampled by each worker's heartbeat below; exposed at /metrics with every other metric.
+AUDIT_BACKLOG = Gauge("tollgate_audit_backlog", "Audit events waiting for their group commit (sampled).",
+                      multiprocess_mode="livesum")
 
 
 # --- Worker heartbeats --------------------------------------------------------------------
@@ -99,10 +88,15 @@ def _worker_entries() -> list[dict]:
     return list((cache.get(WORKERS_KEY) or {}).values())
 
 
+def audit_backlog_sample() -> None:
+    """Publish this worker's group-commit queue length (the heartbeat calls it every few seconds)."""
+    from audit.writer import writer
+
+    AUDIT_BACKLOG.set(len(writer._pending))
+
+
 async def heartbeat_loop() -> None:
     """Runs in every gateway worker for its lifetime (started by gateway_site.asgi)."""
-    from gateway_site import metrics
-
     started = time.time()
     write = sync_to_async(heartbeat_write, thread_sensitive=False)
     while True:
@@ -110,7 +104,7 @@ async def heartbeat_loop() -> None:
             await write(started)
         except Exception:
             logger.warning("worker heartbeat could not be written", exc_info=True)
-        metrics.audit_backlog_sample()
+        audit_backlog_sample()
         await asyncio.sleep(settings.TOLLGATE_HEARTBEAT_SECONDS)
 
 

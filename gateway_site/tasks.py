@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from gateway_site.status import stamp
+from gateway_site.lib.stamps import stamp
 
 
 @shared_task(soft_time_limit=20, time_limit=30, ignore_result=True)

@@ -5,7 +5,7 @@ import datetime
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from proxy import health
+from proxy import breaker
 from proxy.models import Deployment, ModelRoute, Provider
 
 
@@ -47,9 +47,9 @@ class ModelRouteAdmin(admin.ModelAdmin):
 
 
 def _state(obj: Deployment) -> str:
-    state = health.state_now(obj.pk)
+    state = breaker.state_now(obj.pk)
     if state == "open":
-        return f"open ({health.open_remaining(obj.pk):.0f}s left)"
+        return f"open ({breaker.open_remaining(obj.pk):.0f}s left)"
     return state.replace("_", "-")
 
 
@@ -71,7 +71,7 @@ class DeploymentAdmin(admin.ModelAdmin):
     def latest_error(self, obj: Deployment) -> str:
         when: datetime.datetime | None
         # The shared cache has the newest; the row keeps one that outlives the cache.
-        cached = health.last_error(obj.pk)
+        cached = breaker.last_error(obj.pk)
         if cached is not None:
             message, at = cached
             when = datetime.datetime.fromtimestamp(at, tz=datetime.UTC)
@@ -92,5 +92,5 @@ class DeploymentAdmin(admin.ModelAdmin):
     @admin.action(description="Close the circuit breaker of the selected deployments")
     def close_breakers(self, request, queryset) -> None:
         for deployment in queryset:
-            health.reset(deployment.pk)
+            breaker.reset(deployment.pk)
         self.message_user(request, f"Closed {queryset.count()} breaker(s).", messages.SUCCESS)

@@ -14,15 +14,9 @@ from typing import Any
 
 from django.conf import settings
 
+from budgets.admission import budget_admit_unmetered, budget_reserve, budget_settle
+from budgets.holds import Admission, LimitExceeded, LimitsUnavailable
 from budgets.selectors import limits_for_key, price_table
-from budgets.services import (
-    Admission,
-    LimitExceeded,
-    LimitsUnavailable,
-    budget_admit_unmetered,
-    budget_reserve,
-    budget_settle,
-)
 from proxy.context import RequestContext
 from proxy.errors import GatewayError
 

@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
-from proxy import health
+from proxy import breaker
 from proxy.models import Deployment, ModelRoute, Provider
 
 
@@ -31,7 +31,7 @@ class ProviderSerializer(ModelValidationMixin, serializers.ModelSerializer):
 
 def _breaker(deployment_id: int) -> str:
     try:
-        return health.state_now(deployment_id)
+        return breaker.state_now(deployment_id)
     except Exception:
         return "unknown"  # the shared cache is down; the breaker state cannot be read
 

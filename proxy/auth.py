@@ -7,9 +7,8 @@ import time
 from django.http import HttpRequest
 from django.utils import timezone
 
-from budgets.keys import key_digest
+from budgets.keys import key_digest, key_touch
 from budgets.selectors import KeyInfo, key_info_by_digest
-from budgets.services import key_touch
 from budgets.signals import key_cache
 from gateway_site.lib.db import run_db
 from proxy.errors import GatewayError

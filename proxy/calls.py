@@ -4,25 +4,28 @@ A caller's request goes to a provider of the same wire format as bytes (only
 `model` is replaced, and the stream is scanned for usage); to a provider of
 another format it goes through the internal representation (proxy.providers.ir),
 non-stream and stream, one event in and one event out.
+
+Nothing here settles a budget or records an audit event: the call marks how the
+request ends on its context (status, error class, usage), and a stream marks its
+last event before it yields it, so that proxy.pipeline finishes the request before
+that event reaches the client (DESIGN §4).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
-from proxy import health
+from proxy import breaker
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError
+from proxy.formats import CALLER_FORMATS, CallerFormat
 from proxy.providers import anthropic as anthropic_format
-from proxy.providers import openai as openai_format
 from proxy.providers.base import ProviderAdapter, ProviderError
 from proxy.providers.ir import (
     ChatRequest,
@@ -41,29 +44,8 @@ from proxy.upstream import send as upstream_send
 
 logger = logging.getLogger(__name__)
 
-Finish = Callable[[RequestContext], Awaitable[None]]
-
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class CallerFormat:
-    """The caller's side of a translation: how its body is read and its answers are written."""
-
-    caller: Caller
-    wire: str
-    decode_request: Callable[[dict[str, Any]], ChatRequest]
-    encode_response: Callable[[Any], dict[str, Any]]
-    error_body: Callable[..., dict[str, Any]]
-
-
-CALLER_FORMATS = {
-    Caller.OPENAI: CallerFormat(Caller.OPENAI, "openai", openai_format.decode_request,
-                                openai_format.encode_response, openai_format.error_body),
-    Caller.ANTHROPIC: CallerFormat(Caller.ANTHROPIC, "anthropic", anthropic_format.decode_request,
-                                   anthropic_format.encode_response, anthropic_format.error_body),
-}
 
 
 def _transport_error(adapter: ProviderAdapter, exc: UpstreamError) -> ProviderError:
@@ -88,10 +70,6 @@ def _fails_over(error: ProviderError, route: RouteInfo) -> bool:
     return error.status in route.failover_statuses
 
 
-def openai_stream_error_event(message: str, error_class: str) -> bytes:
-    return openai_format.StreamEncoder.error_event(message, error_class)
-
-
 # --- Choosing -----------------------------------------------------------------------------
 
 
@@ -108,9 +86,9 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
     if not route.deployments:
         raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
                            code="no_deployment")
-    open_until = await health.open_until_many(d.id for d in route.deployments)
+    open_until = await breaker.open_until_many(d.id for d in route.deployments)
     now = time.time()
-    states = {i: health.state_at(u, now) for i, u in open_until.items()}
+    states = {i: breaker.state_at(u, now) for i, u in open_until.items()}
     usable = [d for d in route.deployments if states[d.id] != "open"]
     half_open = {i for i, s in states.items() if s == "half_open"}
     pinned = ctx.pinned_provider
@@ -135,9 +113,10 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
 
 
 async def call_chat(
-    ctx: RequestContext, route: RouteInfo, body: dict[str, Any], finish: Finish, client_headers: dict[str, str],
+    ctx: RequestContext, route: RouteInfo, body: dict[str, Any], client_headers: dict[str, str],
 ) -> HttpResponse:
-    """Serve a chat request, in the caller's format, from the route's deployments in failover order."""
+    """Serve a chat request, in the caller's format, from the route's deployments in failover order;
+    the answer's status and error class are marked on ctx (the pipeline finishes the request)."""
     caller = CALLER_FORMATS[ctx.caller]
     order, half_open = await plan_attempts(ctx, route)
     ir: ChatRequest | None = None
@@ -152,7 +131,7 @@ async def call_chat(
             logger.info("request %s: retry budget of %.1fs used up", ctx.request_id, route.retry_budget_seconds)
             break
         trial = deployment.id in half_open
-        if trial and not await health.acquire_trial(deployment.id):
+        if trial and not await breaker.acquire_trial(deployment.id):
             continue
         adapter = adapter_for(deployment.provider)
         same_format = adapter.wire_format == caller.wire
@@ -170,36 +149,37 @@ async def call_chat(
         ctx.deployment = deployment
         try:
             if same_format:
-                response = await _passthrough(ctx, caller, adapter, deployment, route, body, finish,
-                                              client_headers, trial)
+                response = await _passthrough(ctx, caller, adapter, deployment, route, body, client_headers)
             else:
                 assert ir is not None
-                response = await _translated(ctx, caller, adapter, deployment, route, ir, finish, trial)
+                response = await _translated(ctx, caller, adapter, deployment, route, ir)
         except TranslationError as error:
             ctx.attempts -= 1
             untranslatable = error
             continue
         except ProviderError as error:
             last_error, last_same_format = error, same_format
-            ctx.error_class = error.error_class
             fails_over = _fails_over(error, route)
             logger.info("request %s: attempt %d on %s failed: %s", ctx.request_id, ctx.attempts,
                         deployment.provider.name, error.error_class)
             if fails_over:
-                await health.record_failure(deployment.id, error.message, retry_after=error.retry_after,
+                await breaker.record_failure(deployment.id, error.message, retry_after=error.retry_after,
                                             trial=trial)
                 continue
             break
         if trial:
-            await health.record_success(deployment.id)
+            await breaker.record_success(deployment.id)
+        # A stream's status is its first line, sent now; how it ends, its relay marks later.
+        ctx.outcome(response.status_code)
         return response
     if last_error is None:
         if untranslatable is not None:
             raise untranslatable
         raise GatewayError("unavailable", f"The model '{route.model}' has no healthy deployment right now.",
                            code="no_healthy_deployment")
-    ctx.status = last_error.status or (504 if last_error.error_class == "timeout" else 502)
-    return _final_error_response(last_error, caller, same_format=last_same_format)
+    response = _final_error_response(last_error, caller, same_format=last_same_format)
+    ctx.outcome(response.status_code, last_error.error_class)
+    return response
 
 
 def _final_error_response(error: ProviderError, caller: CallerFormat, *, same_format: bool) -> HttpResponse:
@@ -271,8 +251,6 @@ async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, 
                             retryable=True) from None
     finally:
         ctx.upstream_seconds += time.perf_counter() - started
-    ctx.status = response.status_code
-    ctx.error_class = None
     return response, chunks, first
 
 
@@ -281,7 +259,7 @@ async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, 
 
 async def _passthrough(
     ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    route: RouteInfo, body: dict[str, Any], finish: Finish, client_headers: dict[str, str], trial: bool,
+    route: RouteInfo, body: dict[str, Any], client_headers: dict[str, str],
 ) -> HttpResponse:
     payload = {**body, "model": deployment.upstream_model}
     if caller.caller is Caller.ANTHROPIC and not payload.get("max_tokens"):
@@ -293,8 +271,6 @@ async def _passthrough(
         payload.pop("stream_options", None)
         response, content = await _post(ctx, adapter, url, payload, headers)
         _usage_of_answer(ctx, caller, content)
-        ctx.status = response.status_code
-        ctx.error_class = None
         ctx.capture_response(content)
         return HttpResponse(content, status=response.status_code,
                             content_type=response.headers.get("content-type", "application/json"))
@@ -307,16 +283,9 @@ async def _passthrough(
         payload["stream"] = True
         payload["stream_options"] = {**client_options, "include_usage": True}
     response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
-    if caller.caller is Caller.OPENAI:
-        relay = _relay_same_format(
-            ctx, adapter, deployment, response, chunks, first, finish, terminal=b"data: [DONE]",
-            keep=_openai_event_filter(ctx, client_wants_usage),
-            error_event=lambda message: openai_stream_error_event(message, "stream_interrupted"))
-    else:
-        relay = _relay_same_format(
-            ctx, adapter, deployment, response, chunks, first, finish, terminal=b"event: message_stop",
-            keep=_anthropic_event_filter(ctx),
-            error_event=lambda message: anthropic_format.StreamEncoder.error_event(message, "stream_interrupted"))
+    keep = (_openai_event_filter(ctx, client_wants_usage) if caller.caller is Caller.OPENAI
+            else _anthropic_event_filter(ctx))
+    relay = _relay_same_format(ctx, caller, adapter, deployment, response, chunks, first, keep)
     return StreamingHttpResponse(
         relay,
         status=response.status_code, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
@@ -364,8 +333,8 @@ async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter
     # Bytes already reached the client: no failover now. The stream ends with an
     # error event in the caller's format, and the deployment's breaker hears of it.
     error = _transport_error(adapter, exc)
-    ctx.error_class = "stream_interrupted"
-    await health.record_failure(deployment.id, f"stream interrupted: {error.message}")
+    await breaker.record_failure(deployment.id, f"stream interrupted: {error.message}")
+    ctx.stream_ends("stream_interrupted")
     return f"The provider's stream ended early: {error.message}"
 
 
@@ -388,22 +357,22 @@ def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
         if usage is not None:
             ctx.record_tokens(*usage)
         elif event.startswith(b"event: error"):
-            ctx.error_class = "upstream_stream_error"
+            # The provider's own error event ends its stream: it is the last event the client gets.
+            ctx.stream_ends("upstream_stream_error")
         return True
     return keep
 
 
 async def _relay_same_format(
-    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: UpstreamResponse,
-    chunks: AsyncIterator[bytes], first: bytes, finish: Finish, *,
-    terminal: bytes, keep: Callable[[bytes], bool], error_event: Callable[[str], bytes],
+    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
+    response: UpstreamResponse, chunks: AsyncIterator[bytes], first: bytes, keep: Callable[[bytes], bool],
 ) -> AsyncIterator[bytes]:
     """Relay the provider's SSE bytes as they come, event by event, metering on the way.
 
-    `terminal` starts the stream's last event ([DONE] or message_stop): it is held
-    until the request is finished, so the audit row is durable before the client
-    sees the end (DESIGN §4).
+    The stream's last event ([DONE] or message_stop) goes out on its own, marked
+    on ctx, so the pipeline can finish the request before releasing it (DESIGN §4).
     """
+    terminal = caller.stream_terminal
     pending = b""
     raw = first
     try:
@@ -420,7 +389,7 @@ async def _relay_same_format(
                         yield data
                         out = []
                     ctx.capture_response(event)
-                    await finish(ctx)
+                    ctx.stream_ends()
                     yield event
                 elif keep(event):
                     out.append(event)
@@ -435,25 +404,13 @@ async def _relay_same_format(
         if pending.strip():
             yield pending
     except UpstreamError as exc:
-        message = await _stream_broke(ctx, deployment, adapter, exc)
-        await finish(ctx)
-        yield error_event(message)
-    except asyncio.CancelledError:
-        # The client went away: closing the upstream response below cancels the provider's work too.
-        ctx.error_class = "client_disconnected"
-        raise
+        yield caller.stream_error(await _stream_broke(ctx, deployment, adapter, exc), "stream_interrupted", 502)
     finally:
+        # Also when the client went away: closing the upstream response cancels the provider's work too.
         await response.aclose()
-        await finish(ctx)
 
 
 # --- Another format: through the internal representation ----------------------------------
-
-
-def _stream_encoder(ctx: RequestContext, body_wants_usage: bool) -> Any:
-    if ctx.caller is Caller.ANTHROPIC:
-        return anthropic_format.StreamEncoder()
-    return openai_format.StreamEncoder(include_usage=body_wants_usage)
 
 
 def _account(ctx: RequestContext, event: StreamEvent) -> None:
@@ -481,7 +438,7 @@ def _decode(decoder: Any, parsed: list[tuple[str | None, bytes]]) -> list[Stream
 
 async def _translated(
     ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    route: RouteInfo, ir: ChatRequest, finish: Finish, trial: bool,
+    route: RouteInfo, ir: ChatRequest,
 ) -> HttpResponse:
     payload = adapter.encode_request(ir, upstream_model=deployment.upstream_model,
                                      default_max_tokens=route.default_max_tokens, stream=ctx.stream)
@@ -499,8 +456,6 @@ async def _translated(
         answer.model = answer.model or deployment.upstream_model
         ctx.record_tokens(answer.usage.input_tokens, answer.usage.output_tokens)
         out = orjson.dumps(caller.encode_response(answer))
-        ctx.status = response.status_code
-        ctx.error_class = None
         ctx.capture_response(out)
         return HttpResponse(out, status=200, content_type="application/json")
 
@@ -519,18 +474,20 @@ async def _translated(
         raise ProviderError(f"Provider '{deployment.provider.name}' answered {status}: {error.message}",
                             error_class=f"upstream_{status}", retryable=True, status=status,
                             body=orjson.dumps(caller.error_body(status, error.message)))
-    encoder = _stream_encoder(ctx, ir.include_usage)
+    encoder = caller.stream_encoder(ir.include_usage)
     return StreamingHttpResponse(
-        _relay_translated(ctx, adapter, deployment, response, chunks, parser, decoder, encoder, head, finish),
+        _relay_translated(ctx, caller, adapter, deployment, response, chunks, parser, decoder, encoder, head),
         status=200, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
     )
 
 
 async def _relay_translated(
-    ctx: RequestContext, adapter: ProviderAdapter, deployment: DeploymentInfo, response: UpstreamResponse,
-    chunks: AsyncIterator[bytes], parser: SSEParser, decoder: Any, encoder: Any, head: list[StreamEvent],
-    finish: Finish,
+    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
+    response: UpstreamResponse, chunks: AsyncIterator[bytes], parser: SSEParser, decoder: Any, encoder: Any,
+    head: list[StreamEvent],
 ) -> AsyncIterator[bytes]:
+    """Relay another format's stream as the caller's, event by event; the last event is marked on ctx
+    before it is yielded, so the pipeline can finish the request first (DESIGN §4)."""
     def encode(events: list[StreamEvent]) -> bytes:
         out = []
         for event in events:
@@ -555,22 +512,15 @@ async def _relay_translated(
         data = encode(_decode(decoder, parser.close()) + decoder.close()) + encoder.tail()
         ctx.capture_response(data)
         yield data
-        # The audit row is durable before the client sees the end (DESIGN §4).
         ctx.capture_response(encoder.terminal)
-        await finish(ctx)
+        ctx.stream_ends()
         yield encoder.terminal
     except UpstreamError as exc:
-        message = await _stream_broke(ctx, deployment, adapter, exc)
-        await finish(ctx)
-        yield encoder.error_event(message, "stream_interrupted")
+        yield caller.stream_error(await _stream_broke(ctx, deployment, adapter, exc), "stream_interrupted", 502)
     except _UpstreamStreamError as exc:
-        ctx.error_class = "upstream_stream_error"
-        await health.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
-        await finish(ctx)
-        yield encoder.error_event(f"The provider reported an error: {exc.event.message}", "upstream_stream_error")
-    except asyncio.CancelledError:
-        ctx.error_class = "client_disconnected"
-        raise
+        await breaker.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
+        ctx.stream_ends("upstream_stream_error")
+        yield caller.stream_error(f"The provider reported an error: {exc.event.message}",
+                                  "upstream_stream_error", 502)
     finally:
         await response.aclose()
-        await finish(ctx)

@@ -34,10 +34,14 @@ class RequestContext:
     first_byte_seconds: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # How the request ends, as its client sees it: set through outcome() and stream_ends().
     status: int | None = None
     error_class: str | None = None
+    # A stream's next chunk is its last event (set by the relay; proxy.pipeline finishes first).
+    ending: bool = False
     client_ip: str | None = None
     user_agent: str = ""
+    # Set by proxy.pipeline.request_finish, the one place a request is settled and recorded.
     finished: bool = False
     # What budgets admitted for this request (set by proxy.admission).
     admission: Any = None
@@ -66,6 +70,18 @@ class RequestContext:
     def overhead_ms(self) -> float:
         """Time spent in the gateway itself, so far, excluding waits on the provider."""
         return max(0.0, (self.elapsed() - self.upstream_seconds) * 1000.0)
+
+    def outcome(self, status: int | None, error_class: str | None = None) -> None:
+        """Mark the answer: the HTTP status the client gets, and the error class (None: answered)."""
+        self.status = status
+        self.error_class = error_class
+
+    def stream_ends(self, error_class: str | None = None) -> None:
+        """Mark the stream's next chunk as its last event (its end, or an error event of `error_class`):
+        the pipeline finishes the request before it releases that chunk (DESIGN §4)."""
+        if error_class is not None:
+            self.error_class = error_class
+        self.ending = True
 
     def capture_response(self, chunk: bytes) -> None:
         """Keep up to `capture_limit` bytes of what was sent to the client (no-op when 0)."""

@@ -139,7 +139,7 @@ class Deployment(models.Model):
     weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within its priority.")
     priority = models.IntegerField(default=0, help_text="Lower is preferred; 0 is the first choice.")
     enabled = models.BooleanField(default=True)
-    # The latest failure the proxy saw on this deployment (throttled writes, see proxy.health).
+    # The latest failure the proxy saw on this deployment (throttled writes, see proxy.breaker).
     last_error = models.TextField(blank=True, editable=False)
     last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
 

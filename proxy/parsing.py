@@ -109,7 +109,13 @@ def validate_openai_chat(data: dict[str, Any]) -> None:
 
 
 def validate_anthropic_messages(data: dict[str, Any]) -> None:
-    """Reject what Anthropic's Messages API would reject, with the field named (errors in Anthropic's shape)."""
+    """Check what the gateway must understand of an Anthropic Messages body; pass everything else through.
+
+    Anthropic's API moves fast (system-role messages inside `messages`, new block types,
+    `thinking`, `output_config`, `context_management`, server tools): a same-format call
+    passes such fields through untouched and Anthropic judges them; a cross-format call
+    translates or refuses them in proxy.providers.anthropic.decode_request.
+    """
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model", "model: Field required (a non-empty string).")
@@ -120,8 +126,8 @@ def validate_anthropic_messages(data: dict[str, Any]) -> None:
         where = f"messages.{index}"
         if not isinstance(message, dict):
             raise _bad(where, f"{where}: must be an object.")
-        if message.get("role") not in ("user", "assistant"):
-            raise _bad(f"{where}.role", f"{where}.role: must be 'user' or 'assistant'.")
+        if not isinstance(message.get("role"), str) or not message["role"]:
+            raise _bad(f"{where}.role", f"{where}.role: Field required (a string such as 'user' or 'assistant').")
         content = message.get("content")
         if not isinstance(content, str | list):
             raise _bad(f"{where}.content", f"{where}.content: must be a string or an array of content blocks.")
@@ -135,25 +141,35 @@ def validate_anthropic_messages(data: dict[str, Any]) -> None:
         raise _bad("max_tokens", "max_tokens: must be an integer of at least 1.")
     if "stream" in data and data["stream"] is not None and not isinstance(data["stream"], bool):
         raise _bad("stream", "stream: must be a boolean.")
-    system = data.get("system")
-    if system is not None and not (
-        isinstance(system, str) or (isinstance(system, list) and all(isinstance(b, dict) for b in system))
-    ):
-        raise _bad("system", "system: must be a string or an array of text blocks.")
-    for name in ("temperature", "top_p", "top_k"):
-        value = data.get(name)
-        if value is not None and not _is_number(value):
-            raise _bad(name, f"{name}: must be a number.")
-    stop = data.get("stop_sequences")
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise _bad("stop_sequences", "stop_sequences: must be an array of strings.")
-    tools = data.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise _bad("tools", "tools: must be an array of tool objects.")
-        for index, tool in enumerate(tools):
-            if not isinstance(tool.get("name"), str):
-                raise _bad(f"tools.{index}.name", f"tools.{index}.name: Field required.")
-    choice = data.get("tool_choice")
-    if choice is not None and not (isinstance(choice, dict) and choice.get("type") in ("auto", "any", "tool", "none")):
-        raise _bad("tool_choice", "tool_choice: must be an object with type auto, any, tool or none.")
+
+
+def validate_gemini_generate(data: dict[str, Any]) -> None:
+    """Check what the gateway must understand of a Gemini generateContent body (the model is in the URL).
+
+    `contents` must be a list of Content objects with a `parts` list, and the output limit,
+    which budgets reserve against, an integer; everything else passes through on a
+    same-format call and is translated or refused by proxy.providers.gemini_caller.
+    """
+    contents = data.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _bad("contents", "* GenerateContentRequest.contents: contents is not specified (a non-empty array "
+                   "of Content objects).")
+    for index, content in enumerate(contents):
+        where = f"contents[{index}]"
+        if not isinstance(content, dict):
+            raise _bad(where, f"* GenerateContentRequest.{where}: must be a Content object.")
+        role = content.get("role")
+        if role is not None and not isinstance(role, str):
+            raise _bad(f"{where}.role", f"* GenerateContentRequest.{where}.role: must be a string.")
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+            raise _bad(f"{where}.parts", f"* GenerateContentRequest.{where}.parts: must be an array of Part "
+                       "objects.")
+    config = data.get("generationConfig")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise _bad("generationConfig", "* GenerateContentRequest.generationConfig: must be an object.")
+        limit = config.get("maxOutputTokens")
+        if limit is not None and (not _is_int(limit) or limit < 1):
+            raise _bad("generationConfig.maxOutputTokens",
+                       "* GenerateContentRequest.generation_config.max_output_tokens: must be a positive integer.")

@@ -1,27 +1,35 @@
-"""The request path in order: authenticate, parse, route, call, answer, record (DESIGN §1)."""
+"""The request path in order: authenticate, parse, route, call, answer, finish (DESIGN §1).
+
+`request_finish` is the one place a request ends: its budget settled and its audit
+event recorded, once, before the answer (or the stream's last event) is released.
+The chat views go through the whole path; the other proxy views (model list,
+token counting, unknown paths) are finished the same way by `finished_as`.
+"""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from gateway_site import metrics
 from gateway_site.lib.clientaddr import client_address
 from gateway_site.lib.db import database_mark_down, database_usable
+from proxy import metrics
 from proxy.admission import admit, limit_headers, price_usage, settle_start
-from proxy.auth import key_touch_if_due
-from proxy.calls import call_chat, openai_stream_error_event
+from proxy.auth import authenticate, key_touch_if_due
+from proxy.calls import call_chat
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError, error_response
+from proxy.formats import stream_error_event
 from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
 from proxy.probing import authenticate_watched, resolve_route_watched
-from proxy.providers import anthropic as anthropic_format
 from proxy.recording import capture_bodies, record
 
 logger = logging.getLogger("tollgate.requests")
@@ -37,7 +45,8 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 async def request_finish(ctx: RequestContext) -> None:
-    """Called exactly once per request, when the answer (or the stream) is over."""
+    """Finish the request: price its usage, settle its budget and record its audit event (durably),
+    then metrics and the log line. Once per request; a second call does nothing."""
     if ctx.finished:
         return
     ctx.finished = True
@@ -109,37 +118,53 @@ def _database_lost(ctx: RequestContext, outcome: str) -> GatewayError:
                         headers={"retry-after": "1"})
 
 
-async def _relay_guarded(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay a stream, counted in tollgate_open_streams while it is sent; if the gateway fails inside
-    it, end it with an error event in the caller's format instead of a dropped connection (the
-    headers, and a 200, are already sent). The relay itself (proxy.calls) holds the stream's
-    terminal event until the audit event is committed (DESIGN §4)."""
+async def _finish_before(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay a stream, counted in tollgate_open_streams while it is sent, and finish the request
+    before its last event is released (the relay marks it: ctx.ending), so the audit event is
+    durable before the client sees the end (DESIGN §4). If the gateway fails inside the stream,
+    it ends with an error event in the caller's format instead of a dropped connection (the
+    headers, and a 200, are already sent)."""
     gauge = metrics.open_stream(ctx)
     try:
         async for chunk in chunks:
+            if ctx.ending and not ctx.finished:
+                await request_finish(ctx)
             yield chunk
+        await request_finish(ctx)  # the provider's stream ended without a last event of its own
     except DatabaseError:
-        error = _database_lost(ctx, "stream ended without its end")
-        yield _stream_error(ctx.caller, error.message, error.code, error.status)
+        yield _database_lost_event(ctx)
+    except asyncio.CancelledError:
+        # The client went away: the view is cancelled, and the relay closes the upstream response.
+        ctx.error_class = "client_disconnected"
+        raise
     except Exception:
         logger.exception("request %s failed inside the gateway while streaming", ctx.request_id)
-        yield _stream_error(ctx.caller, "The gateway failed to handle this request.", "internal_error", 500)
+        ctx.stream_ends("internal_error")
+        try:
+            await request_finish(ctx)
+        except DatabaseError:
+            yield _database_lost_event(ctx)
+        else:
+            yield stream_error_event(ctx.caller, "The gateway failed to handle this request.", "internal_error", 500)
     finally:
         gauge.dec()
         close = getattr(chunks, "aclose", None)
         if close is not None:
             await close()
+        if not ctx.finished:  # the client went away, or stopped reading: nobody left to tell
+            try:
+                await request_finish(ctx)
+            except DatabaseError:
+                _database_lost(ctx, "stream cut short")
 
 
-def _stream_error(caller: Caller, message: str, code: str, status: int) -> bytes:
-    if caller is Caller.ANTHROPIC:
-        return anthropic_format.StreamEncoder.error_event(message, code, status)
-    return openai_stream_error_event(message, code)
+def _database_lost_event(ctx: RequestContext) -> bytes:
+    error = _database_lost(ctx, "stream ended without its end")
+    return stream_error_event(ctx.caller, error.message, error.code or error.kind, error.status)
 
 
 async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
-    ctx.status = error.status
-    ctx.error_class = ctx.error_class or error.code or error.kind
+    ctx.outcome(error.status, error.code or error.kind)
     try:
         await request_finish(ctx)
     except DatabaseError:
@@ -178,7 +203,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         await admit(ctx, body)
         ctx.lap("admit")
         client_headers = {k.lower(): v for k, v in request.headers.items()}
-        response = await call_chat(ctx, ctx.route, body, request_finish, client_headers)
+        response = await call_chat(ctx, ctx.route, body, client_headers)
         # Provider time and the gateway's own time (translation, failover) of the call.
         ctx.stages["upstream"] = ctx.upstream_seconds
         ctx.lap("call")
@@ -191,13 +216,74 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",
                                                code="internal_error"))
-    if not isinstance(response, StreamingHttpResponse):
-        ctx.status = response.status_code
-        try:
-            await request_finish(ctx)
-        except DatabaseError:
-            # No audit event, so no answer (DESIGN §4): the caller gets a 503 instead.
-            return _stamp(error_response(_database_lost(ctx, "answer withheld"), ctx.caller), ctx)
-    else:
-        response.streaming_content = _relay_guarded(ctx, response.streaming_content)
+    if isinstance(response, StreamingHttpResponse):
+        response.streaming_content = _finish_before(ctx, response.streaming_content)
+        return _stamp(response, ctx)
+    return await _answer(ctx, response)
+
+
+async def _answer(ctx: RequestContext, response: HttpResponse) -> HttpResponse:
+    """Finish a request whose whole answer is ready (its outcome marked on ctx), then release it."""
+    try:
+        await request_finish(ctx)
+    except DatabaseError:
+        # No audit event, so no answer (DESIGN §4): the caller gets a 503 instead.
+        return _stamp(error_response(_database_lost(ctx, "answer withheld"), ctx.caller), ctx)
     return _stamp(response, ctx)
+
+
+# --- Proxy views outside the chat path ----------------------------------------------------
+
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def caller_of(request: HttpRequest) -> Caller:
+    """The caller's format on a path both formats share (/v1/models, unknown paths)."""
+    # Anthropic's SDK always sends anthropic-version; OpenAI's never does.
+    return Caller.ANTHROPIC if "anthropic-version" in request.headers else Caller.OPENAI
+
+
+def _error_class_of(response: HttpResponse) -> str | None:
+    """The code (or type) of an error answer in either caller's shape."""
+    if response.status_code < 400 or getattr(response, "streaming", False):
+        return None
+    try:
+        error = orjson.loads(response.content).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(error, dict):
+        return None
+    return str(error.get("code") or error.get("type") or "") or None
+
+
+def finished_as(endpoint: str, caller: Caller | None = None) -> Callable[[View], View]:
+    """Finish a proxy view that answers by itself (model list, token counting, unknown paths) through
+    request_finish, as `endpoint`: one audit event, metrics, the log line and the gateway's headers.
+    `caller` is the view's format (None: caller_of(request)), for the 503 when nothing can be recorded.
+
+    The view needs no change: the key is looked up again after the answer (a per-worker cache hit).
+    """
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            ctx = _start(request, caller or caller_of(request), endpoint)
+            model = kwargs.get("model")
+            if isinstance(model, str):
+                ctx.requested_model = model
+            try:
+                response = await view(request, *args, **kwargs)
+            except Exception:
+                ctx.outcome(500, "internal_error")
+                await request_finish(ctx)
+                raise
+            try:
+                ctx.key = await authenticate(request)
+            except GatewayError:
+                pass
+            ctx.outcome(response.status_code, _error_class_of(response))
+            return await _answer(ctx, response)
+
+        return wrapper
+
+    return decorate

@@ -1,20 +1,17 @@
 """The recording half of step 8: hand the finished request to the audit log (DESIGN §1, §4).
 
-`record(ctx)` returns once the request's audit event is committed; callers run
-it before the answer (or the end of a stream) is released, so a client that saw
-an answer has its event even if the worker dies right after.
+`record(ctx)` returns once the request's audit event is committed; its one caller,
+proxy.pipeline.request_finish, runs it before the answer (or the end of a stream)
+is released, so a client that saw an answer has its event even if the worker dies
+right after.
 """
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from audit.models import BodyMode
@@ -22,7 +19,6 @@ from audit.selectors import body_mode_for
 from audit.services import AuditRecord
 from audit.writer import event_write
 from proxy.context import RequestContext
-from proxy.errors import Caller, GatewayError
 
 logger = logging.getLogger(__name__)
 
@@ -90,54 +86,3 @@ async def record(ctx: RequestContext) -> None:
     else:
         body_mode = BodyMode.FULL if ctx.capture_limit > 0 else BodyMode.METADATA
     await event_write(audit_record(ctx, body_mode=body_mode))
-
-
-def _error_class_of(response: HttpResponse) -> str:
-    if response.status_code < 400 or getattr(response, "streaming", False):
-        return ""
-    try:
-        error = orjson.loads(response.content).get("error") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-    return str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
-
-
-View = Callable[..., Awaitable[HttpResponse]]
-
-
-def recorded_view(endpoint: str) -> Callable[[View], View]:
-    """Audit a proxy view that does not go through the pipeline (models list, unknown paths).
-
-    Wraps the view from the outside (in urls.py), so it needs no change to the
-    view: the key is looked up again after the answer (a per-worker cache hit).
-    """
-    def decorate(view: View) -> View:
-        @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            from proxy.auth import authenticate
-
-            ctx = RequestContext(caller=Caller.OPENAI, endpoint=endpoint)
-            ctx.client_ip = request.META.get("REMOTE_ADDR")
-            ctx.user_agent = request.headers.get("User-Agent", "")[:300]
-            model = kwargs.get("model")
-            if isinstance(model, str):
-                ctx.requested_model = model
-            try:
-                response = await view(request, *args, **kwargs)
-            except Exception:
-                ctx.status, ctx.error_class = 500, "internal_error"
-                await record(ctx)
-                raise
-            try:
-                ctx.key = await authenticate(request)
-            except GatewayError:
-                pass
-            ctx.status = response.status_code
-            ctx.error_class = _error_class_of(response) or None
-            await record(ctx)
-            response["x-request-id"] = ctx.request_id
-            return response
-
-        return wrapper
-
-    return decorate

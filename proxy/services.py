@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import httpx
 from django.utils import timezone
 
-from proxy import health
+from proxy import breaker
 from proxy.models import Deployment, Provider
 from proxy.providers.registry import ADAPTERS
 from proxy.routing import ProviderInfo
@@ -49,9 +49,9 @@ def provider_check(*, provider: Provider, client: httpx.Client | None = None) ->
     deployment_ids = list(Deployment.objects.filter(provider=provider, enabled=True).values_list("pk", flat=True))
     for deployment_id in deployment_ids:
         if error is None:
-            health.allow_trial(deployment_id)
+            breaker.allow_trial(deployment_id)
         else:
-            health.trip(deployment_id, error)
+            breaker.trip(deployment_id, error)
     # update(), not save(): a check must not invalidate every worker's route table.
     Provider.objects.filter(pk=provider.pk).update(
         last_check_at=timezone.now(), last_check_ok=error is None, last_check_error=error or "")

@@ -1,4 +1,8 @@
-"""Thin async views: each hands the request to the pipeline in its caller's format."""
+"""Thin async views: each hands the request to the pipeline in its caller's format.
+
+The views that answer by themselves are finished by the pipeline all the same
+(`finished_as`: settled, recorded, measured), as their endpoint in the audit log.
+"""
 from __future__ import annotations
 
 import math
@@ -11,7 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from proxy.auth import authenticate
 from proxy.errors import Caller, GatewayError, error_response, json_response
 from proxy.parsing import read_json_object, validate_anthropic_messages
-from proxy.pipeline import proxy_anthropic_messages, proxy_openai_chat
+from proxy.pipeline import caller_of, finished_as, proxy_anthropic_messages, proxy_openai_chat
 from proxy.providers.anthropic import AnthropicAdapter
 from proxy.routing import RouteInfo, resolve_route, routes_for_key
 from proxy.upstream import UpstreamError
@@ -29,11 +33,6 @@ async def messages(request: HttpRequest) -> HttpResponse:
     return await proxy_anthropic_messages(request)
 
 
-def _caller_of(request: HttpRequest) -> Caller:
-    # Anthropic's SDK always sends anthropic-version; OpenAI's never does.
-    return Caller.ANTHROPIC if "anthropic-version" in request.headers else Caller.OPENAI
-
-
 def _model_object(route: RouteInfo, caller: Caller) -> dict:
     if caller is Caller.ANTHROPIC:
         created = datetime.fromtimestamp(route.created, UTC).isoformat().replace("+00:00", "Z")
@@ -42,9 +41,10 @@ def _model_object(route: RouteInfo, caller: Caller) -> dict:
 
 
 @csrf_exempt
+@finished_as("models.list")
 async def models_list(request: HttpRequest) -> HttpResponse:
     """The routes this key may use, as OpenAI's (or, for Anthropic's SDK, Anthropic's) model list."""
-    caller = _caller_of(request)
+    caller = caller_of(request)
     try:
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models.")
@@ -60,8 +60,9 @@ async def models_list(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
+@finished_as("models.retrieve")
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
-    caller = _caller_of(request)
+    caller = caller_of(request)
     try:
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models/{model}.")
@@ -79,6 +80,7 @@ def _estimate_tokens(body: dict) -> int:
 
 
 @csrf_exempt
+@finished_as("messages.count_tokens", Caller.ANTHROPIC)
 async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
     """Anthropic's token counting: asked of the route's Anthropic deployment if it has one, else estimated."""
     try:
@@ -108,9 +110,10 @@ async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
+@finished_as("unknown")
 async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Unknown /v1/ paths: authenticate first, so an anonymous scanner learns nothing."""
-    caller = _caller_of(request)
+    caller = caller_of(request)
     try:
         await authenticate(request)
         raise GatewayError("not_found", f"Unknown endpoint: {request.method} {request.path}.",

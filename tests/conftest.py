@@ -9,12 +9,12 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 from audit.selectors import policy_cache
+from budgets.keys import key_issue, key_revoke
 from budgets.models import Consumer
-from budgets.services import key_issue, key_revoke
 from budgets.signals import key_cache
 from gateway_site.lib.db import database_forget_down
 from proxy.auth import _last_touch
-from proxy.health import snapshot as breaker_snapshot
+from proxy.breaker import snapshot as breaker_snapshot
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import route_cache
 from tests.servers import sandbox_in_thread

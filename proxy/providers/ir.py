@@ -170,6 +170,7 @@ class ToolCallDelta:
 class ReasoningDelta:
     text: str = ""
     signature: str | None = None
+    wire: str | None = None  # as Reasoning.wire: the format whose provider made it (signatures are its own)
 
 
 @dataclass(frozen=True, slots=True)

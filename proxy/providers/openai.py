@@ -7,13 +7,17 @@ from typing import Any, ClassVar
 import orjson
 
 from proxy.providers.base import ProviderAdapter
+from proxy.providers.common import effort_for_budget, obj, openai_reasoning_model
 from proxy.providers.ir import (
     ChatRequest,
     ChatResponse,
+    Effort,
     Finish,
     Image,
     Message,
     Part,
+    Reasoning,
+    ReasoningDelta,
     StreamError,
     StreamEvent,
     StreamFinish,
@@ -42,6 +46,8 @@ FINISH_FROM_OPENAI: dict[str, Finish] = {
     "stop": "end", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
     "content_filter": "content_filter",
 }
+EFFORTS: dict[str, Effort] = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+                              "xhigh": "high", "none": "minimal"}
 
 
 # --- Caller side: an OpenAI body in, an OpenAI answer out ---------------------------------
@@ -94,7 +100,11 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
     for index, raw in enumerate(body["messages"]):
         role, content, where = raw.get("role"), raw.get("content"), f"messages[{index}].content"
         if role in ("system", "developer"):
-            system.append("\n".join(_texts(content, where)))
+            text = "\n".join(_texts(content, where))
+            if messages:
+                messages.append(Message("system", [Text(text)]))  # in place, where the caller put it
+            else:
+                system.append(text)
         elif role == "user":
             messages.append(Message("user", _user_parts(content, where)))
         elif role == "assistant":
@@ -127,6 +137,7 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
     stop = body.get("stop")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     user = body.get("user")
+    effort = body.get("reasoning_effort")
     return ChatRequest(
         messages=messages, system=system, tools=tools, tool_choice=tool_choice,
         parallel_tool_calls=body.get("parallel_tool_calls") if isinstance(body.get("parallel_tool_calls"), bool)
@@ -135,7 +146,21 @@ def decode_request(body: dict[str, Any]) -> ChatRequest:
         stop=[stop] if isinstance(stop, str) else list(stop or []),
         stream=bool(body.get("stream")), user=user if isinstance(user, str) else None,
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        n=body.get("n") or 1, reasoning_effort=EFFORTS.get(effort) if isinstance(effort, str) else None,
+        response_format=_decode_response_format(body.get("response_format")),
     )
+
+
+def _decode_response_format(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    if value.get("type") == "json_object":
+        return {"type": "json_object"}
+    spec = value.get("json_schema")
+    if value.get("type") == "json_schema" and isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+        return {"type": "json_schema", "name": str(spec.get("name") or "response"), "schema": spec["schema"],
+                "strict": bool(spec.get("strict"))}
+    return None  # "text": the default
 
 
 def _message(parts: list[Part]) -> dict[str, Any]:
@@ -149,9 +174,28 @@ def _message(parts: list[Part]) -> dict[str, Any]:
     return message
 
 
-def _usage(usage: Usage) -> dict[str, int]:
+def _usage(usage: Usage) -> dict[str, Any]:
     prompt, completion = usage.input_tokens or 0, usage.output_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def usage_from_openai(usage: Any) -> Usage:
+    """OpenAI's usage object (chat completions) in the IR's convention, which is OpenAI's own."""
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = obj(usage.get("prompt_tokens_details"))
+    completion = obj(usage.get("completion_tokens_details"))
+    return Usage(
+        input_tokens=_count(usage.get("prompt_tokens")), output_tokens=_count(usage.get("completion_tokens")),
+        cache_read_tokens=_count(prompt.get("cached_tokens")) or 0,
+        reasoning_tokens=_count(completion.get("reasoning_tokens")) or 0,
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def encode_response(response: ChatResponse) -> dict[str, Any]:
@@ -214,7 +258,10 @@ class StreamEncoder:
                 self.usage.input_tokens = event.input_tokens
             if event.output_tokens is not None:
                 self.usage.output_tokens = event.output_tokens
-        return head
+            self.usage.cache_read_tokens = event.cache_read_tokens or self.usage.cache_read_tokens
+            self.usage.cache_write_tokens = event.cache_write_tokens or self.usage.cache_write_tokens
+            self.usage.reasoning_tokens = event.reasoning_tokens or self.usage.reasoning_tokens
+        return head  # ReasoningDelta too: Chat Completions has no field for reasoning
 
     def tail(self) -> bytes:
         """What goes out after the provider's last event and before the terminal one."""
@@ -251,7 +298,11 @@ def encode_request(request: ChatRequest, *, model: str, max_tokens_field: str = 
                    stream: bool) -> dict[str, Any]:
     messages: list[dict[str, Any]] = [{"role": "system", "content": text} for text in request.system]
     for message in request.messages:
-        if message.role == "user":
+        if message.role == "system":
+            # In place: "system" rather than "developer", which every OpenAI-compatible server knows.
+            messages.append({"role": "system", "content": "\n".join(p.text for p in message.parts
+                                                                      if isinstance(p, Text))})
+        elif message.role == "user":
             messages.append({"role": "user", "content": _user_content(message.parts)})
         elif message.role == "assistant":
             encoded = _message(message.parts)
@@ -282,10 +333,38 @@ def encode_request(request: ChatRequest, *, model: str, max_tokens_field: str = 
             payload[name] = value
     if request.stop:
         payload["stop"] = request.stop
+    if request.n > 1:
+        payload["n"] = request.n
+    if request.response_format is not None:
+        payload["response_format"] = _encode_response_format(request.response_format)
+    if openai_reasoning_model(model):
+        _reasoning_model_fields(request, payload)
     if stream:
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
     return payload
+
+
+def _encode_response_format(value: dict[str, Any]) -> dict[str, Any]:
+    if value.get("type") == "json_schema":
+        spec = {"name": value.get("name") or "response", "schema": value.get("schema") or {}}
+        if value.get("strict"):
+            spec["strict"] = True
+        return {"type": "json_schema", "json_schema": spec}
+    return {"type": "json_object"}
+
+
+def _reasoning_model_fields(request: ChatRequest, payload: dict[str, Any]) -> None:
+    """`reasoning_effort` for the models that take it (others answer 400 to it, so it goes only to
+    these), and the sampling fields they refuse (any temperature but 1, top_p) left out."""
+    effort = request.reasoning_effort
+    if effort is None and request.thinking_budget:
+        effort = effort_for_budget(request.thinking_budget)
+    if effort is not None:
+        payload["reasoning_effort"] = effort
+    if payload.get("temperature") not in (None, 1):
+        del payload["temperature"]
+    payload.pop("top_p", None)
 
 
 def decode_response(data: dict[str, Any]) -> ChatResponse:
@@ -293,6 +372,9 @@ def decode_response(data: dict[str, Any]) -> ChatResponse:
     choice = choices[0] or {}
     message = choice.get("message") or {}
     parts: list[Part] = []
+    if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+        # Not OpenAI's own field: DeepSeek, vLLM and other compatible servers put reasoning here.
+        parts.append(Reasoning(message["reasoning_content"], wire="openai"))
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(_texts(content, "content"))
@@ -304,11 +386,11 @@ def decode_response(data: dict[str, Any]) -> ChatResponse:
         function = call.get("function") or {}
         parts.append(ToolCall(str(call.get("id") or ""), str(function.get("name") or ""),
                               str(function.get("arguments") or "")))
-    usage = data.get("usage") or {}
+    usage = data.get("usage")
     return ChatResponse(
         id=str(data.get("id") or ""), model=str(data.get("model") or ""), parts=parts,
         finish=FINISH_FROM_OPENAI.get(choice.get("finish_reason") or "stop", "end"),
-        usage=Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+        usage=usage_from_openai(usage),
     )
 
 
@@ -334,6 +416,8 @@ class StreamDecoder:
             out.append(StreamStart(str(chunk.get("id") or ""), str(chunk.get("model") or "")))
         for choice in (chunk.get("choices") or [])[:1]:
             delta = choice.get("delta") or {}
+            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
+                out.append(ReasoningDelta(delta["reasoning_content"], wire="openai"))
             text = delta.get("content") or delta.get("refusal")
             if text:
                 out.append(TextDelta(text))
@@ -350,7 +434,9 @@ class StreamDecoder:
                 out.append(StreamFinish(FINISH_FROM_OPENAI.get(choice["finish_reason"], "end")))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            out.append(StreamUsage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            decoded = usage_from_openai(usage)
+            out.append(StreamUsage(decoded.input_tokens, decoded.output_tokens, decoded.cache_read_tokens,
+                                   reasoning_tokens=decoded.reasoning_tokens))
         return out
 
     def close(self) -> list[StreamEvent]:

@@ -46,8 +46,8 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def _seed():
+    from budgets.keys import key_issue
     from budgets.models import Budget, Consumer, ModelPrice, RateLimit
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     provider = Provider.objects.create(name="bench", kind="sandbox", base_url="http://127.0.0.1:9/v1")
@@ -130,7 +130,7 @@ def main() -> None:
             "no limits (baseline)": asyncio.run(_measure(free_key, args.requests, args.concurrency)),
         }
     finally:
-        from budgets.services import usage_mirror
+        from budgets.usage import usage_mirror
 
         usage_mirror.flush()
         time.sleep(settings.TOLLGATE_BUDGET_MIRROR_SECONDS + 0.2)  # let the mirror thread let go

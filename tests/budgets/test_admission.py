@@ -9,9 +9,9 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
+from budgets.admission import budget_reserve, budget_settle
 from budgets.models import BudgetReservation, BudgetUsage, ModelPrice
 from budgets.selectors import budget_usage_report, limits_for_key, price_table
-from budgets.services import budget_reserve, budget_settle
 from proxy.admission import estimate_prompt_tokens
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.sandbox import expected_usage

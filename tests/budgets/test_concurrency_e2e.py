@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import connection
 
 from budgets import counters
+from budgets.keys import key_issue
 from budgets.models import Budget, BudgetReservation, BudgetUsage, Consumer, RateLimit
-from budgets.services import key_issue
 from proxy.admission import estimate_prompt_tokens
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.sandbox import expected_usage

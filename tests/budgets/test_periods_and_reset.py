@@ -9,11 +9,13 @@ import time_machine
 from asgiref.sync import async_to_sync
 from django.core import mail
 
+from budgets.admission import budget_reserve, budget_settle
+from budgets.holds import LimitExceeded
 from budgets.keys import key_digest
 from budgets.models import BudgetHistory, BudgetUsage
 from budgets.periods import window_at
 from budgets.selectors import budget_usage_report, key_info_by_digest, limits_for_key
-from budgets.services import LimitExceeded, budget_reserve, budget_reset, budget_settle
+from budgets.services import budget_reset
 from tests.budgets.conftest import budget, requires_redis
 from tests.budgets.test_admission import HELLO
 from tests.proxy.client import chat
@@ -118,12 +120,12 @@ def test_the_reset_job_catches_up_after_three_days_of_downtime(personas):
 
 @pytest.mark.django_db
 def test_a_soft_budget_alerts_once_per_period(personas, monkeypatch, settings):
-    from budgets import services, tasks
+    from budgets import alerts, tasks
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     sent = []
     monkeypatch.setattr(tasks.budget_alert, "delay", lambda *a: sent.append(a))
-    monkeypatch.setattr(services, "_alerted", set())
+    monkeypatch.setattr(alerts, "_alerted", set())
     budget(personas.alice, metric="tokens", limit=1000, mode="soft", alert_at_percent=80,
            alert_email="finance@example.com")
     key = key_info_by_digest(key_digest(personas.alice_key))

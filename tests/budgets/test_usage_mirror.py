@@ -6,10 +6,10 @@ import logging
 import pytest
 from django.utils import timezone
 
+from budgets.holds import BudgetRule, Hold
 from budgets.models import Budget, BudgetUsage
 from budgets.periods import window_at
-from budgets.selectors import BudgetRule
-from budgets.services import Hold, _UsageMirror
+from budgets.usage import _UsageMirror
 
 
 def _hold(budget_id: int) -> Hold:

@@ -15,8 +15,8 @@ UPSTREAM_KEY = "sk-e2e-upstream-credential"
 
 
 def seed_demo(sandbox_port: int) -> SimpleNamespace:
+    from budgets.keys import key_issue, key_revoke
     from budgets.models import Consumer
-    from budgets.services import key_issue, key_revoke
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = Provider.objects.create(name="e2e-sandbox", kind="sandbox",
@@ -39,8 +39,8 @@ def seed_demo(sandbox_port: int) -> SimpleNamespace:
 
 
 def seed_providers(port: int) -> SimpleNamespace:
+    from budgets.keys import key_issue
     from budgets.models import Consumer
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = f"http://127.0.0.1:{port}"

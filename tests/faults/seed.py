@@ -20,8 +20,8 @@ def seed(sandbox_port: int, *, consumers: int = 1, budget_tokens: int = 1_000_00
     """Routes `demo` (sandbox, OpenAI format), `claude` (sandbox, Anthropic format), and `hang`
     (a provider that never answers in time, failing over to the sandbox); each consumer has a
     daily token budget, so every request goes through the shared counters."""
+    from budgets.keys import key_issue
     from budgets.models import Budget, Consumer
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     base = f"http://127.0.0.1:{sandbox_port}"

@@ -13,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from budgets.keys import key_issue
 from budgets.models import ApiKey, Consumer
-from budgets.services import key_issue
 from proxy.models import Deployment, ModelRoute, Provider
 
 pytestmark = pytest.mark.django_db

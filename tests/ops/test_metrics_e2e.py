@@ -39,8 +39,8 @@ WORKERS_SEEN = 2 if settings.REDIS_URL else 1
 
 
 def _seed(sandbox_port: int) -> SimpleNamespace:
+    from budgets.keys import key_issue
     from budgets.models import Budget, Consumer
-    from budgets.services import key_issue
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = Provider.objects.create(name="ops-sandbox", kind="sandbox", base_url=f"http://127.0.0.1:{sandbox_port}/v1",

@@ -69,7 +69,7 @@ def test_it_reads_nothing_from_the_database_for_a_cached_key(personas, demo_rout
 
 @pytest.mark.django_db
 def test_it_sees_a_revocation_through_the_cache(personas, demo_route, django_capture_on_commit_callbacks):
-    from budgets.services import key_revoke
+    from budgets.keys import key_revoke
 
     assert chat(personas.alice_key, HELLO).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):

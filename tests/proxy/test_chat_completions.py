@@ -144,7 +144,7 @@ def test_it_answers_404_for_an_unknown_model(alice, demo_route):
 
 @pytest.mark.django_db
 def test_a_key_limited_to_some_routes_cannot_use_others(personas, demo_route, sandbox_provider):
-    from budgets.services import key_issue
+    from budgets.keys import key_issue
 
     other = ModelRoute.objects.create(model="other")
     Deployment.objects.create(route=other, provider=sandbox_provider, upstream_model="m")

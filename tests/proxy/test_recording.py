@@ -163,6 +163,14 @@ def test_the_other_proxy_endpoints_are_recorded(personas, demo_route, path, stat
     assert event.request_id == response.headers["x-request-id"]
 
 
+@override_settings(TOLLGATE_TRUSTED_PROXIES=["127.0.0.1"])
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/demo", "/v1/embeddings", "/v1/chat/completions"])
+def test_every_proxy_endpoint_records_the_client_behind_a_trusted_proxy(personas, demo_route, path):
+    method = "POST" if path == "/v1/chat/completions" else "GET"
+    call(method, path, key=personas.alice_key, body=HELLO, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert only_event().client_ip == "203.0.113.9"
+
+
 def test_an_anonymous_probe_of_any_path_is_recorded(db):
     for path in ("/v1/models", "/v1/models/gpt-4o", "/v1/admin/secrets"):
         assert call("GET", path).status_code == 401

@@ -14,7 +14,7 @@ import pytest
 from django.test import Client, override_settings
 
 from audit.models import AuditEvent
-from budgets.services import key_issue, key_revoke
+from budgets.keys import key_issue, key_revoke
 from proxy.probing import _failed_auth
 from tests.proxy.client import call
 

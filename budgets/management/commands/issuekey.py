@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from budgets.keys import key_issue
 from budgets.models import Consumer
-from budgets.services import key_issue
 
 
 class Command(BaseCommand):

@@ -15,8 +15,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from budgets.keys import key_issue
 from budgets.models import Consumer
-from budgets.services import key_issue
 from proxy.models import Deployment, ModelRoute, Provider, ProviderKind
 
 DEMO_ROUTES = {

@@ -9,9 +9,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from budgets.keys import key_issue
 from budgets.models import Budget, BudgetUsage, Consumer, RateLimit
 from budgets.periods import window_at
-from budgets.services import key_issue
 from proxy.models import Deployment, ModelRoute, Provider
 from tests.audit.conftest import add_events
 

@@ -58,8 +58,12 @@ def test_an_openai_caller_gets_a_chat_completion_from_every_provider_kind(alice,
     assert data["choices"][0]["finish_reason"] == "stop"
     upstream = last_upstream(sandbox_url)
     usage = expected_usage("openai", {"model": "m", "messages": CONVERSATION})
-    assert data["usage"] == {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                             "total_tokens": usage.total_tokens}
+    expected = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}
+    if kind != "openai":  # translated: the token classes too (a pass-through keeps the sandbox's own)
+        expected |= {"prompt_tokens_details": {"cached_tokens": 0},
+                     "completion_tokens_details": {"reasoning_tokens": 0}}
+    assert data["usage"] == expected
     assert response.headers["x-tollgate-provider"] == f"p-{kind}"
     if kind == "anthropic":
         assert upstream["path"] == "/v1/messages"
@@ -145,7 +149,11 @@ def test_an_anthropic_caller_gets_a_message_from_every_provider_kind(alice, kind
     assert data["content"] == [{"type": "text", "text": "Sandbox reply to: Say hello"}]
     assert data["stop_reason"] == "end_turn"
     usage = expected_usage("anthropic", {**ANTHROPIC_BODY, "model": "m"})
-    assert data["usage"] == {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    expected = {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    if kind != "anthropic":  # translated: the cache classes too (a pass-through keeps the sandbox's own)
+        expected |= {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+                     "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}
+    assert data["usage"] == expected
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -10,7 +10,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from proxy import health
+from proxy import breaker
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import DeploymentInfo, ProviderInfo, RouteInfo, deployment_order, route_cache
 from tests.proxy.client import call, chat
@@ -156,16 +156,16 @@ def test_retry_after_puts_the_deployment_in_cooldown(alice, smart):
     _update(smart.primary, extra_headers={"x-sandbox-fail-status": "429"})  # the sandbox sends retry-after: 1
     with time_machine.travel(timezone.now(), tick=False) as traveller:
         assert chat(alice, HELLO).headers["x-tollgate-attempts"] == "2"
-        assert health.state_now(smart.first.pk) == "open"
+        assert breaker.state_now(smart.first.pk) == "open"
         cooled = chat(alice, HELLO)
         assert cooled.headers["x-tollgate-provider"] == "gpt"
         assert cooled.headers["x-tollgate-attempts"] == "1", "the cooling deployment is skipped"
         _update(smart.primary, extra_headers={})
         traveller.shift(timedelta(seconds=2))
-        assert health.state_now(smart.first.pk) == "half_open"
+        assert breaker.state_now(smart.first.pk) == "half_open"
         trial = chat(alice, HELLO)
         assert trial.headers["x-tollgate-provider"] == "claude"
-        assert health.state_now(smart.first.pk) == "closed"
+        assert breaker.state_now(smart.first.pk) == "closed"
 
 
 def test_the_breaker_opens_after_repeated_failures_and_a_trial_closes_it(alice, smart, settings):
@@ -175,19 +175,19 @@ def test_the_breaker_opens_after_repeated_failures_and_a_trial_closes_it(alice, 
     with time_machine.travel(timezone.now(), tick=False) as traveller:
         for _ in range(3):
             assert chat(alice, HELLO).headers["x-tollgate-attempts"] == "2"
-        assert health.state_now(smart.first.pk) == "open"
+        assert breaker.state_now(smart.first.pk) == "open"
         assert chat(alice, HELLO).headers["x-tollgate-attempts"] == "1"
         traveller.shift(timedelta(seconds=31))
         # Half-open: one trial, which fails and opens it again.
         assert chat(alice, HELLO).headers["x-tollgate-attempts"] == "2"
-        assert health.state_now(smart.first.pk) == "open"
+        assert breaker.state_now(smart.first.pk) == "open"
         assert Deployment.objects.get(pk=smart.first.pk).last_error
 
 
 def test_every_deployment_open_is_a_503_with_retry_after(alice, smart):
     with time_machine.travel(timezone.now(), tick=False):
-        health.trip(smart.first.pk, "down")
-        health.trip(smart.second.pk, "down")
+        breaker.trip(smart.first.pk, "down")
+        breaker.trip(smart.second.pk, "down")
         response = chat(alice, HELLO)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "no_healthy_deployment"
@@ -247,15 +247,15 @@ def test_the_health_check_trips_a_down_provider_and_lets_a_recovered_one_try(sma
     assert provider_health_check_all() == 2
     smart.primary.refresh_from_db()
     assert smart.primary.last_check_ok is False and "ConnectError" in smart.primary.last_check_error
-    assert health.state_now(smart.first.pk) == "open"
-    assert health.state_now(smart.second.pk) == "closed"
+    assert breaker.state_now(smart.first.pk) == "open"
+    assert breaker.state_now(smart.second.pk) == "closed"
     assert provider_health_check_all() == 0, "not due again before its interval"
     _update(smart.primary, base_url=good_url)
     Provider.objects.update(last_check_at=timezone.now() - timedelta(minutes=5))
     assert provider_health_check_all() == 2
     smart.primary.refresh_from_db()
     assert smart.primary.last_check_ok is True
-    assert health.state_now(smart.first.pk) == "half_open"
+    assert breaker.state_now(smart.first.pk) == "half_open"
 
 
 def test_the_health_check_is_scheduled_on_celery_beat(settings):
@@ -267,7 +267,7 @@ def test_the_health_check_is_scheduled_on_celery_beat(settings):
 
 
 def test_the_admin_shows_each_deployments_state_last_error_and_last_check(client, personas, smart):
-    health.trip(smart.first.pk, "provider answered 503")
+    breaker.trip(smart.first.pk, "provider answered 503")
     client.force_login(personas.admin)
     page = client.get("/admin/proxy/deployment/").content.decode()
     assert "open (" in page and "provider answered 503" in page and "never" in page

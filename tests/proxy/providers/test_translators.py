@@ -6,6 +6,7 @@ import orjson
 from proxy.providers import anthropic, gemini, openai
 from proxy.providers.ir import (
     Image,
+    Reasoning,
     StreamFinish,
     StreamStart,
     StreamUsage,
@@ -97,7 +98,9 @@ def test_an_anthropic_tool_use_becomes_an_openai_completion():
     assert choice["message"]["tool_calls"] == [{
         "id": "toolu_01A09q90qw90lq917835lq9", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"location":"San Francisco, CA","unit":"celsius"}'}}]
-    assert completion["usage"] == {"prompt_tokens": 480, "completion_tokens": 91, "total_tokens": 571}
+    assert completion["usage"] == {"prompt_tokens": 480, "completion_tokens": 91, "total_tokens": 571,
+                                   "prompt_tokens_details": {"cached_tokens": 8},
+                                   "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 # Anthropic's streaming guide: a tool_use stream, input_json_delta pieces included.
@@ -167,7 +170,9 @@ def test_an_anthropic_tool_stream_becomes_openai_chunks_as_it_arrives():
     assert all(c.startswith(b"data: ") for c in chunks if c)
     tail = encoder.tail()
     usage = orjson.loads(tail.split(b"data: ")[-1])["usage"]
-    assert usage == {"prompt_tokens": 472, "completion_tokens": 89, "total_tokens": 561}
+    assert usage == {"prompt_tokens": 472, "completion_tokens": 89, "total_tokens": 561,
+                     "prompt_tokens_details": {"cached_tokens": 0},
+                     "completion_tokens_details": {"reasoning_tokens": 0}}
     deltas = [orjson.loads(c[6:])["choices"][0]["delta"] for c in chunks if c]
     assert deltas[2]["tool_calls"][0]["function"]["name"] == "get_weather"
 
@@ -201,7 +206,9 @@ def test_an_openai_tool_stream_becomes_anthropic_events():
     assert events[1][1]["content_block"] == {"type": "tool_use", "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA",
                                              "name": "get_weather", "input": {}}
     assert events[5][1] == {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                            "usage": {"output_tokens": 17, "input_tokens": 80}}
+                            "usage": {"output_tokens": 17, "input_tokens": 80, "cache_read_input_tokens": 0,
+                                      "cache_creation_input_tokens": 0, "cache_creation": {
+                                          "ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}}
 
 
 # Gemini's function-calling docs: a functionCall answer, streamed with CRLF-terminated SSE events.
@@ -223,7 +230,7 @@ def test_a_gemini_stream_with_crlf_events_decodes_whatever_the_chunking():
         assert events[1] == TextDelta("Let me check")
         assert isinstance(events[2], ToolCallStart) and events[2].name == "schedule_meeting"
         assert orjson.loads(events[3].arguments) == {"topic": "Q3 planning", "attendees": ["Bob", "Alice"]}
-        assert events[4:] == [StreamFinish("tool_use"), StreamUsage(30, 17)]
+        assert events[4:] == [StreamFinish("tool_use"), StreamUsage(30, 17, reasoning_tokens=5)]
 
 
 def test_a_gemini_answer_becomes_an_anthropic_message():
@@ -235,7 +242,7 @@ def test_a_gemini_answer_becomes_an_anthropic_message():
     message = anthropic.encode_response(answer)
     assert message["content"] == [{"type": "text", "text": "Hello there"}]
     assert message["stop_reason"] == "max_tokens"
-    assert message["usage"] == {"input_tokens": 4, "output_tokens": 2}
+    assert message["usage"]["input_tokens"] == 4 and message["usage"]["output_tokens"] == 2
 
 
 def test_an_anthropic_request_with_tool_results_and_images_decodes():
@@ -253,7 +260,7 @@ def test_an_anthropic_request_with_tool_results_and_images_decodes():
         ]})
     assert request.system == ["Be brief."]
     assert request.messages[0].parts == [Image(media_type="image/jpeg", data="/9j/4AAQ"), Text("What is this?")]
-    assert request.messages[1].parts == [ToolCall("toolu_1", "look", "{}")]
+    assert request.messages[1].parts == [Reasoning("hm", "x", wire="anthropic"), ToolCall("toolu_1", "look", "{}")]
     assert request.messages[2].parts == [ToolResult("toolu_1", "failed", "look", True)]
     assert request.messages[3].parts == [Text("Try again")]
     payload = openai.encode_request(request, model="gpt", stream=True)
