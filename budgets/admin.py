@@ -125,7 +125,8 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest):
         consumers = super().get_queryset(request).annotate(_key_count=Count("keys", distinct=True))
-        if getattr(request, "resolver_match", None) and request.resolver_match.url_name.endswith("changelist"):
+        match = getattr(request, "resolver_match", None)
+        if match is not None and (match.url_name or "").endswith("changelist"):
             # Current windows only (ends_at is indexed): three queries for the whole page, whatever its size.
             now = timezone.now()
             current = BudgetUsage.objects.filter(starts_at__lte=now, ends_at__gt=now)
@@ -136,7 +137,7 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     @admin.display(description="keys", ordering="_key_count")
     def key_count(self, obj: Consumer) -> int:
-        return obj._key_count
+        return obj._key_count  # type: ignore[attr-defined]  # annotated by get_queryset, unknown to the model
 
     @admin.display(description="budgets (current period, database copy)")
     def budget_usage(self, obj: Consumer) -> str:

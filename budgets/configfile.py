@@ -89,9 +89,15 @@ class ConsumerRows:
         self.fields = fields_bind(model, fields)
 
     # Subclasses: identity, file-to-model conversion and back.
-    def identity(self, values: dict[str, Any]) -> tuple: ...
-    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]: ...
-    def from_row(self, row) -> dict[str, Any]: ...
+    def identity(self, values: dict[str, Any]) -> tuple:
+        raise NotImplementedError
+
+    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def from_row(self, row) -> dict[str, Any]:
+        raise NotImplementedError
+
     def check(self, values: dict[str, Any], where: str) -> None: ...
 
     def parse(self, value: Any, *, where: str) -> list[Item]:

@@ -148,7 +148,8 @@ class Budget(models.Model):
         constraints = [_one_owner_constraint("budget_has_one_owner")]
 
     def __str__(self) -> str:
-        owner = self.consumer.name if self.consumer_id else f"key {self.key.prefix}" if self.key_id else "?"
+        owner = (self.consumer.name if self.consumer is not None else f"key {self.key.prefix}" if self.key is not None
+                 else "?")
         return f"{owner}: {self.limit_display} {self.metric} per {self.period} ({self.mode})"
 
     @property

@@ -144,7 +144,7 @@ def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> l
                 used = max(used, int(live_used))
                 reserved = int(live_reserved or 0)
         rows.append(BudgetUsageRow(
-            budget_id=budget.pk, owner=f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            budget_id=budget.pk, owner=f"key {budget.key.prefix}" if budget.key is not None else "consumer",
             metric=budget.metric, mode=budget.mode, period=budget.period, timezone=budget.timezone,
             period_start=window.period_start, resets_at=window.ends_at, limit=budget.limit, used=used,
             reserved=reserved,

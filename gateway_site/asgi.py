@@ -51,9 +51,9 @@ class LeanASGIHandler(ASGIHandler):
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
+        self._view_middleware: list[object] = []
+        self._template_response_middleware: list[object] = []
+        self._exception_middleware: list[object] = []
         self._middleware_chain = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -64,6 +64,7 @@ class LeanASGIHandler(ASGIHandler):
         try:
             request, error_response = self.create_request(scope, body_file)
             if request is None:
+                assert error_response is not None  # create_request gives a request or the error's response
                 await self.send_response(error_response, send)
                 return
 

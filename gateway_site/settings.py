@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -88,6 +89,7 @@ if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envstr("REDIS_URL", "")
+CACHES: dict[str, dict[str, Any]]
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -127,7 +129,7 @@ SESSION_COOKIE_SECURE = envbool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -304,7 +306,7 @@ def _validate_networks() -> None:
 _validate_networks()
 # Celery logs through the LOGGING above instead of installing its own handlers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_IMPORTS = ("gateway_site.tasks",)
+CELERY_IMPORTS: tuple[str, ...] = ("gateway_site.tasks",)
 CELERY_BEAT_SCHEDULE["ops-heartbeat"] = {
     "task": "gateway_site.tasks.ops_heartbeat",
     "schedule": 30.0,

@@ -69,6 +69,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     @admin.display(description="last error")
     def latest_error(self, obj: Deployment) -> str:
+        when: datetime.datetime | None
         # The shared cache has the newest; the row keeps one that outlives the cache.
         cached = breaker.last_error(obj.pk)
         if cached is not None:

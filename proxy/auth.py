@@ -32,9 +32,9 @@ def extract_key(request: HttpRequest) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     for header in ("x-api-key", "X-App-Key"):
-        value = headers.get(header)
-        if value and value.strip():
-            return value.strip()
+        given = headers.get(header)
+        if given and given.strip():
+            return given.strip()
     return None
 
 

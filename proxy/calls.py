@@ -380,7 +380,7 @@ async def _relay_same_format(
             if ctx.first_byte_seconds is None:
                 ctx.first_byte_seconds = ctx.elapsed()
             events, pending = _split_events(pending + raw)
-            out = []
+            out: list[bytes] = []
             for event in events:
                 if event.startswith(terminal):
                     if out:

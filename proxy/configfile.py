@@ -154,9 +154,9 @@ class RouteDeployments:
             current = {f"{d.provider.name}/{d.upstream_model}": d for d in obj.deployments.select_related("provider")}
         wanted_names = {dep.name for dep in wanted}
         # Deletions first: the rows that stay never collide with the ones that go.
-        for name, row in current.items():
+        for name, gone in current.items():
             if name not in wanted_names:
-                plan.add("-", f"deployment {item.name} → {name}", partial(self._delete, row.pk), where=item.where)
+                plan.add("-", f"deployment {item.name} → {name}", partial(self._delete, gone.pk), where=item.where)
         for dep in wanted:
             row = current.get(dep.name)
             candidate = Deployment(**self._attrs(dep))

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -235,7 +235,7 @@ async def _answer(ctx: RequestContext, response: HttpResponse) -> HttpResponse:
 # --- Proxy views outside the chat path ----------------------------------------------------
 
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 
 
 def caller_of(request: HttpRequest) -> Caller:

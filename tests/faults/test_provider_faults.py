@@ -69,7 +69,7 @@ def established_to(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox_port = free_port()

@@ -80,7 +80,7 @@ def _unseed() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def server(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     port = free_port()
     with django_db_blocker.unblock():
         seeded = _seed()

@@ -39,11 +39,11 @@ from proxy.providers.ir import (
 )
 from proxy.providers.sse import SSEParser
 from tests.fixtures.capture_agent_requests import agent_installed, run_gemini
-from tests.providers.canned import serve
+from tests.proxy.providers.canned import serve
 
 genai_types = pytest.importorskip("google.genai.types")
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def captured(name: str) -> dict:

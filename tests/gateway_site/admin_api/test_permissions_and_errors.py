@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from budgets.models import ApiKey
-from tests.admin_api.conftest import token_client
+from tests.gateway_site.admin_api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 RESOURCES = ["consumers", "keys", "budgets", "rate-limits", "providers", "routes", "deployments"]

@@ -1,6 +1,7 @@
 """The dashboard's queries over a million audit events (PostgreSQL): run it by hand, it is not collected.
 
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/test .venv/bin/pytest tests/admin_portal/bench_dashboard.py -s
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+.venv/bin/pytest tests/gateway_site/admin_portal/bench_dashboard.py -s
 """
 from __future__ import annotations
 

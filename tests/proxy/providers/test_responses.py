@@ -41,7 +41,7 @@ from proxy.providers.ir import (
 )
 from proxy.providers.sse import SSEParser
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CODEX_REQUEST = json.loads((FIXTURES / "codex_like_responses_request.json").read_text())
 EVENTS = TypeAdapter(ResponseStreamEvent)
 

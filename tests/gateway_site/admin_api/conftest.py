@@ -9,26 +9,18 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    # Four users per test: the default PBKDF2 would spend seconds on each test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
-def staff(personas) -> SimpleNamespace:
-    """gwen in gateway-admin, carl (the personas' compliance officer) in compliance; each with an API token."""
-    gwen = get_user_model().objects.create_user("gwen", "gwen@example.com", "gwen-password-1", is_staff=True)
-    gwen.groups.add(Group.objects.get(name="gateway-admin"))
-    personas.compliance.groups.add(Group.objects.get(name="compliance"))
+def staff(staff) -> SimpleNamespace:
+    """The shared staff (gwen in gateway-admin, carl in compliance), each with an API token, and
+    the token of rita (gateway-admin), since deleted."""
     retired = get_user_model().objects.create_user("rita", "rita@example.com", "rita-password-1", is_staff=True)
     retired.groups.add(Group.objects.get(name="gateway-admin"))
     revoked_token = Token.objects.create(user=retired).key
     Token.objects.filter(user=retired).delete()  # `drf_create_token -r` or the admin deletes tokens this way
     return SimpleNamespace(
-        admin=gwen, compliance=personas.compliance,
-        admin_token=Token.objects.create(user=gwen).key,
-        compliance_token=Token.objects.create(user=personas.compliance).key,
+        admin=staff.admin, compliance=staff.compliance,
+        admin_token=Token.objects.create(user=staff.admin).key,
+        compliance_token=Token.objects.create(user=staff.compliance).key,
         revoked_token=revoked_token,
     )
 
