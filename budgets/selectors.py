@@ -169,10 +169,11 @@ def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dic
     result = []
     for usage in rows:
         budget = usage.budget
-        owner = budget.consumer or (budget.key.consumer if budget.key_id else None)
+        key = budget.key
+        owner = budget.consumer or (key.consumer if key is not None else None)
         result.append({
             "consumer": owner.name if owner else "?", "consumer_id": owner.pk if owner else None,
-            "scope": f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            "scope": f"key {key.prefix}" if key is not None else "consumer",
             "metric": budget.metric, "period": budget.period, "used": usage.used, "limit": budget.limit,
             "percent": round(100 * usage.used / budget.limit, 1),
             "used_display": format_amount(budget.metric, usage.used),

@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
-from audit.selectors import policy_cache
 from budgets.keys import key_issue, key_revoke
 from budgets.models import Consumer
 from budgets.signals import key_cache
@@ -34,7 +33,6 @@ def clear_shared_cache() -> None:
 
 def _clear_caches() -> None:
     database_forget_down()
-    policy_cache.clear_local()
     _last_touch.clear()
     key_cache.clear_local()
     route_cache.clear_local()

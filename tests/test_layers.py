@@ -115,7 +115,14 @@ def edges() -> tuple[Edge, ...]:
     found: list[Edge] = []
     for module, path in source_files().items():
         relative = str(path.relative_to(ROOT))
-        for node in ast.walk(ast.parse(path.read_text(), filename=relative)):
+        tree = ast.parse(path.read_text(), filename=relative)
+        # A Celery task's `name=` is the name queued messages know it by (kept when a task
+        # moves, so work already queued still runs), not a path anything is loaded from.
+        task_names = {id(k.value) for n in ast.walk(tree) if isinstance(n, ast.Call)
+                      for k in n.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)}
+        for node in ast.walk(tree):
+            if id(node) in task_names:
+                continue
             if isinstance(node, ast.Import | ast.ImportFrom):
                 for name in _imported_names(module, node):
                     target = _resolve(name)
