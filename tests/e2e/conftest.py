@@ -25,13 +25,14 @@ def _seed(sandbox_port: int) -> SimpleNamespace:
 
     sandbox = Provider.objects.create(name="e2e-sandbox", kind="sandbox",
                                       base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                      api_key_env="E2E_UPSTREAM_KEY")
+                                      api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY")
     slow = Provider.objects.create(name="e2e-slow", kind="openai_compatible",
                                    base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                   api_key_env="E2E_UPSTREAM_KEY",
+                                   api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY",
                                    extra_headers={"x-sandbox-chunk-delay-ms": "150", "x-sandbox-chunks": "6"})
     down = Provider.objects.create(name="e2e-down", kind="openai",
-                                   base_url=f"http://127.0.0.1:{free_port()}/v1", api_key_env="E2E_UPSTREAM_KEY")
+                                   base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                   api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY")
     for model, provider in (("demo", sandbox), ("slow", slow), ("down", down)):
         route = ModelRoute.objects.create(model=model)
         Deployment.objects.create(route=route, provider=provider, upstream_model=f"upstream-{model}")
@@ -58,7 +59,7 @@ def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
     with django_db_blocker.unblock():
         seeded = _seed(sandbox_port)
         database_url = database_url_for(connection.settings_dict)
-    env = server_env(DATABASE_URL=database_url, E2E_UPSTREAM_KEY=UPSTREAM_KEY)
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY=UPSTREAM_KEY)
     try:
         with subprocess_server(sandbox_command(sandbox_port, "--require-key", UPSTREAM_KEY),
                                health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",

@@ -31,7 +31,7 @@ def _seed(port: int) -> SimpleNamespace:
     def provider(name: str, kind: str, **fields) -> Provider:
         base = {"anthropic": sandbox, "openai": f"{sandbox}/v1", "gemini": f"{sandbox}/v1beta"}[kind]
         return Provider.objects.create(name=f"e2e-{name}", kind=kind, base_url=fields.pop("base_url", base),
-                                       api_key_env="E2E_UPSTREAM_KEY", **fields)
+                                       api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY", **fields)
 
     anthropic = provider("anthropic", "anthropic")
     openai = provider("openai", "openai")
@@ -82,7 +82,7 @@ def provider_gateway(django_db_blocker) -> Iterator[SimpleNamespace]:
     with django_db_blocker.unblock():
         seeded = _seed(sandbox_port)
         database_url = database_url_for(connection.settings_dict)
-    env = server_env(DATABASE_URL=database_url, E2E_UPSTREAM_KEY=UPSTREAM_KEY,
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY=UPSTREAM_KEY,
                      # Failover is what these tests watch: keep the breaker from hiding it.
                      TOLLGATE_BREAKER_FAILURES="1000")
     try:
