@@ -4,6 +4,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import timezone
 
+from budgets.binding import validate_networks, validate_user_agents
+
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
     "Use letters, digits, '.', '_' and '-' (at most 100 characters).",
@@ -16,6 +18,15 @@ class Consumer(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True, help_text="Inactive consumers' keys are refused.")
+    # Who may use the consumer's keys (budgets.binding); each key may narrow it further.
+    allowed_networks = models.JSONField(
+        default=list, blank=True, validators=[validate_networks],
+        help_text="Client networks (CIDRs, IPv4 or IPv6) all its keys may be used from; empty: any.",
+    )
+    allowed_user_agents = models.JSONField(
+        default=list, blank=True, validators=[validate_user_agents],
+        help_text="User-Agent prefixes (e.g. claude-cli/) all its keys may be used by; empty: any.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -41,6 +52,15 @@ class ApiKey(models.Model):
         default=list,
         blank=True,
         help_text="Route names this key may call; empty means every route.",
+    )
+    allowed_networks = models.JSONField(
+        default=list, blank=True, validators=[validate_networks],
+        help_text="Client networks (CIDRs, IPv4 or IPv6, e.g. 10.0.0.0/8) this key may be used from; empty: "
+        "any. The client address is the one TOLLGATE_TRUSTED_PROXIES works out.",
+    )
+    allowed_user_agents = models.JSONField(
+        default=list, blank=True, validators=[validate_user_agents],
+        help_text="User-Agent prefixes this key may be used by, e.g. claude-cli/ (case-insensitive); empty: any.",
     )
 
     class Meta:

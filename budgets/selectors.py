@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from budgets import counters
+from budgets.binding import ClientBinding, binding_build
 from budgets.holds import BudgetRule, RateRule
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, ModelPrice, RateLimit
 from budgets.periods import window_at
@@ -30,6 +31,8 @@ class KeyInfo:
     expires_at: datetime | None
     revoked: bool
     allowed_routes: frozenset[str] | None  # None: every route
+    # The networks and User-Agents the key and its consumer are bound to, parsed; None: any.
+    binding: ClientBinding | None = None
 
 
 def key_info_by_digest(digest: str) -> KeyInfo | None:
@@ -37,15 +40,19 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
     key = ApiKey.objects.select_related("consumer").filter(digest=digest).first()
     if key is None:
         return None
+    consumer = key.consumer
     return KeyInfo(
         key_id=key.pk,
         prefix=key.prefix,
         consumer_id=key.consumer_id,
-        consumer_name=key.consumer.name,
-        consumer_active=key.consumer.active,
+        consumer_name=consumer.name,
+        consumer_active=consumer.active,
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         allowed_routes=frozenset(key.allowed_routes) if key.allowed_routes else None,
+        binding=binding_build(owner=f"key {key.prefix} of {consumer.name}",
+                              networks=[consumer.allowed_networks or [], key.allowed_networks or []],
+                              user_agents=[consumer.allowed_user_agents or [], key.allowed_user_agents or []]),
     )
 
 
