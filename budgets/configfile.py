@@ -13,6 +13,7 @@ from typing import Any
 from django.utils import timezone
 
 from audit.models import BodyMode
+from budgets.binding import networks_problem, user_agents_problem
 from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
 from gateway_site.lib.configfile import (
     MISSING,
@@ -54,6 +55,11 @@ consumers = section_register(
         prune_note=_consumer_prune_note,
     )
 )
+
+
+# Who may use the consumer's keys (docs/admin.md#key-binding); each key may narrow it (admin, API).
+consumers.add_field(Field("allowed_networks", list, check=networks_problem))
+consumers.add_field(Field("allowed_user_agents", list, check=user_agents_problem))
 
 
 # --- budgets:, rate_limits: and prices: (issue 4, docs/budgets.md) ------------------

@@ -281,6 +281,15 @@ CELERY_BEAT_SCHEDULE["proxy-health-check"] = {
     "options": {"expires": TOLLGATE_HEALTH_CHECK_TICK_SECONDS},
 }
 
+# --- Provider credentials and key binding (docs/providers.md#credentials, docs/admin.md) ----------
+# The only directory a provider's api_key_file may name (after following symlinks): keep provider
+# keys there and nothing else, never DJANGO_SECRET_KEY_FILE's or the database password's file.
+TOLLGATE_SECRETS_DIR = Path(envstr("TOLLGATE_SECRETS_DIR", str(BASE_DIR / "var" / "secrets")))
+# A key first seen from a new network or client family raises a security alert: what it was seen
+# from is remembered this long (shared cache), and one key alerts at most once per interval.
+TOLLGATE_KEY_SEEN_DAYS = envint("TOLLGATE_KEY_SEEN_DAYS", 30, minimum=1)
+TOLLGATE_KEY_ALERT_INTERVAL_SECONDS = envint("TOLLGATE_KEY_ALERT_INTERVAL_SECONDS", 3600, minimum=1)
+
 # --- Operations: metrics and logs (docs/operations.md, docs/deployment.md) ---------------
 # Reverse proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored
 # and the connection's own address is the client's (audit, per-address limits, /metrics).

@@ -26,11 +26,10 @@ from django.http import HttpRequest
 
 from budgets.selectors import KeyInfo
 from gateway_site.lib.sharedcache import cache
+from proxy.alerts import security_alert
 from proxy.auth import authenticate
 from proxy.errors import GatewayError
 from proxy.routing import RouteInfo, resolve_route
-from proxy.upstream import Timeouts
-from proxy.upstream import post as upstream_post
 
 logger = logging.getLogger("tollgate.security")
 
@@ -87,7 +86,7 @@ def _requested_model(request: HttpRequest) -> str | None:
 async def authenticate_watched(request: HttpRequest, address: str | None) -> KeyInfo:
     """authenticate(), counting failures per address: slowed, then a 429 while blocked."""
     try:
-        return await authenticate(request)
+        return await authenticate(request, address)
     except GatewayError as error:
         if error.kind != "authentication" or not address:
             raise
@@ -139,16 +138,3 @@ async def model_refused(*, address: str | None, key_prefix: str | None, model: s
             return
         if due:
             await security_alert("model_probing", {kind: value, "distinct_models": distinct, "last_model": model})
-
-
-async def security_alert(kind: str, details: dict[str, Any]) -> None:
-    """Log a security alert and POST it to TOLLGATE_SECURITY_ALERT_WEBHOOK (never raises)."""
-    logger.warning("security alert: %s", kind, extra={"alert": kind, **details})
-    url = settings.TOLLGATE_SECURITY_ALERT_WEBHOOK
-    if not url:
-        return
-    try:
-        await upstream_post(url, content=orjson.dumps({"alert": kind, **details}),
-                            headers={"content-type": "application/json"}, timeouts=Timeouts(read=5.0, connect=5.0))
-    except Exception:
-        logger.warning("could not send the security alert to the webhook", exc_info=True)

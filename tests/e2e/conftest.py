@@ -21,13 +21,14 @@ def seed_demo(sandbox_port: int) -> SimpleNamespace:
 
     sandbox = Provider.objects.create(name="e2e-sandbox", kind="sandbox",
                                       base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                      api_key_env="E2E_UPSTREAM_KEY")
+                                      api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY")
     slow = Provider.objects.create(name="e2e-slow", kind="openai_compatible",
                                    base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                   api_key_env="E2E_UPSTREAM_KEY",
+                                   api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY",
                                    extra_headers={"x-sandbox-chunk-delay-ms": "150", "x-sandbox-chunks": "6"})
     down = Provider.objects.create(name="e2e-down", kind="openai",
-                                   base_url=f"http://127.0.0.1:{free_port()}/v1", api_key_env="E2E_UPSTREAM_KEY")
+                                   base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                   api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY")
     for model, provider in (("demo", sandbox), ("slow", slow), ("down", down)):
         route = ModelRoute.objects.create(model=model)
         Deployment.objects.create(route=route, provider=provider, upstream_model=f"upstream-{model}")
@@ -48,7 +49,7 @@ def seed_providers(port: int) -> SimpleNamespace:
     def provider(name: str, kind: str, **fields) -> Provider:
         base = {"anthropic": sandbox, "openai": f"{sandbox}/v1", "gemini": f"{sandbox}/v1beta"}[kind]
         return Provider.objects.create(name=f"e2e-{name}", kind=kind, base_url=fields.pop("base_url", base),
-                                       api_key_env="E2E_UPSTREAM_KEY", **fields)
+                                       api_key_env="TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY", **fields)
 
     anthropic = provider("anthropic", "anthropic")
     openai = provider("openai", "openai")
@@ -92,7 +93,8 @@ def seeded_gateway(database_url: str, django_db_blocker, seed: Callable[[int], S
     sandbox_port = free_port()
     with django_db_blocker.unblock():
         seeded = seed(sandbox_port)
-    with sandbox_and_gateway(env=server_env(DATABASE_URL=database_url, E2E_UPSTREAM_KEY=UPSTREAM_KEY, **env),
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_E2E_UPSTREAM_KEY=UPSTREAM_KEY, **env)
+    with sandbox_and_gateway(env=env,
                              sandbox_port=sandbox_port, upstream_key=UPSTREAM_KEY) as running:
         yield SimpleNamespace(**vars(running), **vars(seeded))
 

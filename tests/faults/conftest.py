@@ -22,7 +22,7 @@ def running_gateway(*, sandbox_port: int, database_url: str, redis_url: str | No
                     **env_overrides: str) -> Iterator[SimpleNamespace]:
     """The sandbox and the production start (gunicorn, uvicorn workers) on free ports, with a
     Redis of the test's choosing (or none) and a cache prefix of their own."""
-    env = server_env(DATABASE_URL=database_url, FAULTS_UPSTREAM_KEY=UPSTREAM_KEY,
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY=UPSTREAM_KEY,
                      TOLLGATE_CACHE_PREFIX=f"tgfault{os.getpid()}x{next(_gateways)}", **env_overrides)
     env.pop("REDIS_URL", None)
     if redis_url:

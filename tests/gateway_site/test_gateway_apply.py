@@ -24,12 +24,12 @@ providers:
   - name: openai-main
     kind: openai
     base_url: https://api.openai.com/v1
-    api_key_env: OPENAI_API_KEY
+    api_key_env: TOLLGATE_PROVIDER_OPENAI_API_KEY
     timeout_seconds: 60
   - name: anthropic-main
     kind: anthropic
     base_url: https://api.anthropic.com
-    api_key_file: /run/secrets/anthropic
+    api_key_file: anthropic
     extra_headers: {anthropic-version: "2023-06-01"}
 routes:
   - model: smart
@@ -53,15 +53,18 @@ def write(tmp_path: Path):
     return write
 
 
-def apply(path: Path, *args: str) -> str:
+def apply(path: Path, *args: str, credentials: bool = True) -> str:
+    """Run gateway_apply; with --allow-credentials unless `credentials` is False (tests of providers'
+    guarded fields are in tests/security/test_credentials.py)."""
     out = io.StringIO()
-    call_command("gateway_apply", str(path), *args, stdout=out, stderr=io.StringIO())
+    flags = ["--allow-credentials"] if credentials else []
+    call_command("gateway_apply", str(path), *args, *flags, stdout=out, stderr=io.StringIO())
     return out.getvalue()
 
 
-def apply_error(path: Path, *args: str) -> str:
+def apply_error(path: Path, *args: str, credentials: bool = True) -> str:
     with pytest.raises(CommandError) as info:
-        apply(path, *args)
+        apply(path, *args, credentials=credentials)
     return str(info.value)
 
 
@@ -81,11 +84,11 @@ def test_it_creates_everything_from_an_empty_database(write) -> None:
 
     openai = Provider.objects.get(name="openai-main")
     assert (openai.kind, openai.base_url, openai.api_key_env, openai.timeout_seconds) == (
-        "openai", "https://api.openai.com/v1", "OPENAI_API_KEY", 60.0,
+        "openai", "https://api.openai.com/v1", "TOLLGATE_PROVIDER_OPENAI_API_KEY", 60.0,
     )
     anthropic = Provider.objects.get(name="anthropic-main")
     assert anthropic.extra_headers == {"anthropic-version": "2023-06-01"}
-    assert anthropic.api_key_file == "/run/secrets/anthropic"
+    assert anthropic.api_key_file == "anthropic"
     route = ModelRoute.objects.get(model="smart")
     assert route.description == "The best we have"
     assert [(d.provider.name, d.upstream_model, d.weight, d.priority) for d in route.deployments.all()] == [
@@ -258,7 +261,7 @@ def test_prune_refuses_a_deployment_naming_a_provider_it_would_delete(write) -> 
     apply(write(BASE))
     without_anthropic = BASE.replace(
         "  - name: anthropic-main\n    kind: anthropic\n    base_url: https://api.anthropic.com\n"
-        "    api_key_file: /run/secrets/anthropic\n    extra_headers: {anthropic-version: \"2023-06-01\"}\n",
+        "    api_key_file: anthropic\n    extra_headers: {anthropic-version: \"2023-06-01\"}\n",
         "",
     )
 
@@ -316,7 +319,8 @@ def test_an_invalid_kind_is_refused(write) -> None:
 
 
 def test_a_plaintext_api_key_is_refused(write) -> None:
-    message = apply_error(write(BASE.replace("    api_key_env: OPENAI_API_KEY", "    api_key: sk-live-123")))
+    message = apply_error(write(BASE.replace("    api_key_env: TOLLGATE_PROVIDER_OPENAI_API_KEY",
+                                             "    api_key: sk-live-123")))
 
     assert ":5: 'api_key'" in message
     assert "api_key_env" in message and "api_key_file" in message
@@ -352,7 +356,8 @@ def test_a_key_in_a_consumer_is_refused(write) -> None:
          ":18: 'consumers' is empty; write `consumers: []` to mean none"),
         ("https://api.anthropic.com", "not-a-url",
          ":7: invalid provider 'anthropic-main': base_url: Enter a valid URL."),
-        ("    api_key_env: OPENAI_API_KEY", "    api_key_env: OPENAI_API_KEY\n    api_key_file: /x",
+        ("    api_key_env: TOLLGATE_PROVIDER_OPENAI_API_KEY",
+         "    api_key_env: TOLLGATE_PROVIDER_OPENAI_API_KEY\n    api_key_file: x",
          ":2: invalid provider 'openai-main': Name the credential by environment variable or by file, not both."),
         ("weight: 1, priority: 1", "weight: -1, priority: 1", ":17: invalid deployment: weight:"),
         ("  - model: smart", "  - model: smart\n    model: smarter", ":14: duplicate key 'model' (first at line 13)"),

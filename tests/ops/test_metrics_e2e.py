@@ -44,9 +44,9 @@ def _seed(sandbox_port: int) -> SimpleNamespace:
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = Provider.objects.create(name="ops-sandbox", kind="sandbox", base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                      api_key_env="OPS_UPSTREAM_KEY")
+                                      api_key_env="TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY")
     down = Provider.objects.create(name="ops-down", kind="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
-                                   api_key_env="OPS_UPSTREAM_KEY")
+                                   api_key_env="TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY")
     demo = ModelRoute.objects.create(model="ops-demo")
     Deployment.objects.create(route=demo, provider=sandbox, upstream_model="sandbox-model")
     broken = ModelRoute.objects.create(model="ops-down")
@@ -107,7 +107,7 @@ def run(server_database, django_db_blocker, tmp_path_factory) -> Iterator[Simple
     with django_db_blocker.unblock():
         seeded = _seed(sandbox_port)
         database_url = database_url_for(connection.settings_dict)
-    env = server_env(DATABASE_URL=database_url, OPS_UPSTREAM_KEY=UPSTREAM_KEY,
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY=UPSTREAM_KEY,
                      PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), TOLLGATE_METRICS_TOKEN=METRICS_TOKEN,
                      TOLLGATE_HEARTBEAT_SECONDS="1",
                      TOLLGATE_LOG_FORMAT="json", TOLLGATE_LOG_LEVEL="info")

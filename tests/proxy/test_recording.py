@@ -231,8 +231,8 @@ def test_a_body_mode_change_reaches_the_worker_cache(personas, demo_route, djang
 
 def test_no_secret_appears_in_any_stored_field(personas, demo_route, faulty, monkeypatch):
     """Keys in headers, bodies, model names and user agents; search every column of every event."""
-    monkeypatch.setenv("AUDIT_TEST_UPSTREAM", UPSTREAM_SECRET)
-    Provider.objects.filter(name="sandbox").update(api_key_env="AUDIT_TEST_UPSTREAM")
+    monkeypatch.setenv("TOLLGATE_PROVIDER_AUDIT_TEST_UPSTREAM", UPSTREAM_SECRET)
+    Provider.objects.filter(name="sandbox").update(api_key_env="TOLLGATE_PROVIDER_AUDIT_TEST_UPSTREAM")
     body_mode_set(personas.alice, BodyMode.FULL)
     leaky = (f"my key is {personas.alice_key}, bob's is {personas.bob_key}, old one {personas.revoked_key}; "
              f"provider keys {' '.join(PROVIDER_KEYS)}; header Authorization: Bearer {BEARER}")

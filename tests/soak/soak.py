@@ -74,7 +74,7 @@ def main() -> None:
 
     sandbox_port, flaky_port = free_port(), free_port()
     seeded = seed(sandbox_port, consumers=options.consumers, flaky_port=flaky_port)
-    env = server_env(DATABASE_URL=database_url, FAULTS_UPSTREAM_KEY=UPSTREAM_KEY)
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY=UPSTREAM_KEY)
     # The flaky provider fails one generation request in ten, whatever the rate.
     flaky_options = ("--require-key", UPSTREAM_KEY, "--fail-status", "500", "--fail-every", "10")
     with subprocess_server(sandbox_command(flaky_port, *flaky_options),

@@ -40,3 +40,9 @@ def as_admin(staff) -> APIClient:
 @pytest.fixture
 def as_compliance(staff) -> APIClient:
     return token_client(staff.compliance_token)
+
+
+@pytest.fixture
+def with_credentials(staff) -> None:
+    """gwen may also choose providers' credential references and base URLs (the gateway-credentials group)."""
+    staff.admin.groups.add(Group.objects.get(name="gateway-credentials"))

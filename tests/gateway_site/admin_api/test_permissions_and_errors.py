@@ -65,7 +65,7 @@ def test_a_token_of_a_deactivated_user_gets_401(staff):
     ("keys", {"consumer": 999999}, "consumer"),
     ("keys", {"expires_in_days": 0}, "expires_in_days"),
 ])
-def test_bad_input_is_a_400_naming_the_field(as_admin, path, body, field):
+def test_bad_input_is_a_400_naming_the_field(as_admin, with_credentials, path, body, field):
     response = as_admin.post(f"/api/admin/{path}/", body, format="json")
     assert response.status_code == 400, response.content
     data = response.json()

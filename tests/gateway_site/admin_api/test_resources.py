@@ -89,10 +89,10 @@ def test_budgets_and_rate_limits_round_trip(as_admin, personas):
     assert not RateLimit.objects.exists()
 
 
-def test_providers_routes_and_deployments_round_trip(as_admin):
+def test_providers_routes_and_deployments_round_trip(as_admin, with_credentials):
     provider = as_admin.post("/api/admin/providers/", {
         "name": "openai-like", "kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
-        "api_key_env": "OPENAI_LIKE_KEY", "extra_headers": {"x-team": "a"}}, format="json")
+        "api_key_env": "TOLLGATE_PROVIDER_OPENAI_LIKE_KEY", "extra_headers": {"x-team": "a"}}, format="json")
     assert provider.status_code == 201, provider.content
     route = as_admin.post("/api/admin/routes/", {"model": "smart", "failover_statuses": [429, 503]}, format="json")
     assert route.status_code == 201, route.content

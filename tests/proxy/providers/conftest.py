@@ -10,8 +10,8 @@ from proxy.models import Deployment, ModelRoute, Provider
 @pytest.fixture
 def kinds(db, sandbox_url, monkeypatch) -> SimpleNamespace:
     """One provider of each wire format, all served by the sandbox, and a route on each."""
-    monkeypatch.setenv("TG_TEST_UPSTREAM_KEY", "sk-upstream")
-    key = {"api_key_env": "TG_TEST_UPSTREAM_KEY"}
+    monkeypatch.setenv("TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", "sk-upstream")
+    key = {"api_key_env": "TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY"}
     providers = {
         "openai": Provider.objects.create(name="p-openai", kind="openai", base_url=f"{sandbox_url}/v1", **key),
         "anthropic": Provider.objects.create(name="p-anthropic", kind="anthropic", base_url=sandbox_url, **key),

@@ -16,12 +16,12 @@ providers:
   - name: anthropic-main
     kind: anthropic
     base_url: https://api.anthropic.com
-    api_key_env: ANTHROPIC_API_KEY
+    api_key_env: TOLLGATE_PROVIDER_ANTHROPIC_API_KEY
     health_check_interval_seconds: 30
   - name: openai-main
     kind: openai
     base_url: https://api.openai.com/v1
-    api_key_env: OPENAI_API_KEY
+    api_key_env: TOLLGATE_PROVIDER_OPENAI_API_KEY
 routes:
   - model: smart
     max_retries: 1
@@ -38,7 +38,7 @@ def apply(tmp_path, text: str) -> str:
     path = tmp_path / "gateway.yaml"
     path.write_text(textwrap.dedent(text))
     out = io.StringIO()
-    call_command("gateway_apply", str(path), stdout=out, stderr=io.StringIO())
+    call_command("gateway_apply", str(path), "--allow-credentials", stdout=out, stderr=io.StringIO())
     return out.getvalue()
 
 

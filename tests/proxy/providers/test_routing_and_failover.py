@@ -56,11 +56,11 @@ def test_a_zero_weight_deployment_is_never_chosen():
 def smart(db, sandbox_url, settings, monkeypatch) -> SimpleNamespace:
     """Route `smart`: Anthropic first (priority 0), OpenAI second (priority 1), both on the sandbox."""
     settings.TOLLGATE_BREAKER_RECHECK_SECONDS = 0
-    monkeypatch.setenv("TG_TEST_UPSTREAM_KEY", "sk-upstream")
+    monkeypatch.setenv("TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", "sk-upstream")
     primary = Provider.objects.create(name="claude", kind="anthropic", base_url=sandbox_url,
-                                      api_key_env="TG_TEST_UPSTREAM_KEY")
+                                      api_key_env="TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY")
     secondary = Provider.objects.create(name="gpt", kind="openai", base_url=f"{sandbox_url}/v1",
-                                        api_key_env="TG_TEST_UPSTREAM_KEY")
+                                        api_key_env="TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY")
     route = ModelRoute.objects.create(model="smart")
     first = Deployment.objects.create(route=route, provider=primary, upstream_model="claude-x", weight=10, priority=0)
     second = Deployment.objects.create(route=route, provider=secondary, upstream_model="gpt-x", weight=5, priority=1)
