@@ -164,6 +164,9 @@ def _database_lost_event(ctx: RequestContext) -> bytes:
 
 
 async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
+    # A valid key refused for where it is used from (proxy.auth.KeyNotAllowed): the audit row
+    # names its consumer and key, so the owner sees who tried.
+    ctx.key = ctx.key or getattr(error, "key", None)
     ctx.outcome(error.status, error.code or error.kind)
     try:
         await request_finish(ctx)
