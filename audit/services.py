@@ -18,7 +18,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
-from audit.chain import CHAIN_FIELDS, chain_key, event_hash
+from audit.chain import CHAIN_FIELDS, chain_signing_key, event_hash, head_fields
 from audit.exports import FIELD_NAMES, export_chunks
 from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor, BodyMode
 from audit.redaction import redact_cut, redactor
@@ -144,7 +144,7 @@ def _chain_head_locked() -> AuditChainHead:
     return head
 
 
-_COLUMNS = (*CHAIN_FIELDS, "hash")
+_COLUMNS = (*CHAIN_FIELDS, "key_id", "hash")
 _TIME = CHAIN_FIELDS.index("time")
 
 
@@ -168,13 +168,13 @@ def _insert(rows: list[tuple]) -> None:
 
 def _chain(values: list[tuple], seq: int, prev: str) -> list[tuple]:
     """Sealed rows: each row's seq and prev_hash, then its values, then its own hash."""
-    key = chain_key()
+    key_id, key = chain_signing_key()
     rows = []
     for row in values:
         seq += 1
         chained = (seq, prev, *row)
         prev = event_hash(chained, key=key)
-        rows.append((*chained, prev))
+        rows.append((*chained, key_id, prev))
     return rows
 
 
@@ -186,7 +186,7 @@ def _append(values: list[tuple], progress: list[str]) -> None:
         head = _chain_head_locked()
         rows = _chain(values, head.seq, head.hash)
         _insert(rows)
-        AuditChainHead.objects.filter(pk=1).update(seq=rows[-1][0], hash=rows[-1][-1])
+        AuditChainHead.objects.filter(pk=1).update(**head_fields(rows[-1][0], rows[-1][-1]))
         progress.append("committing")
 
 
@@ -201,7 +201,7 @@ def _sql() -> dict[str, str]:
         "head": f"SELECT seq, hash FROM {head} WHERE id = 1 FOR UPDATE",  # noqa: S608
         "insert": f"INSERT INTO {table} ({columns}) VALUES ",  # noqa: S608
         "row": f"({placeholders})",
-        "move": f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
+        "move": f"UPDATE {head} SET seq = %(seq)s, hash = %(hash)s, key_id = %(key_id)s, mac = %(mac)s WHERE id = 1",  # noqa: S608
     }
 
 
@@ -238,7 +238,7 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
                     if len(rows) <= _VALUES_ROWS:
                         cursor.execute(sql["insert"] + ", ".join([sql["row"]] * len(rows)),
                                        [value for row in rows for value in row])
-                    cursor.execute(sql["move"], (rows[-1][0], rows[-1][-1]))
+                    cursor.execute(sql["move"], head_fields(rows[-1][0], rows[-1][-1]))
                     progress.append("committing")
                     cursor.execute("COMMIT")
         except BaseException:

@@ -229,9 +229,16 @@ TOLLGATE_AUDIT_BATCH_MAX = envint("TOLLGATE_AUDIT_BATCH_MAX", 500, minimum=1)
 # still survive a killed gateway worker, but the last ~0.6 s of them can be lost
 # if the database server itself crashes. On (the default): nothing is lost.
 TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT = envbool("TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT", True)
-# Key of the HMAC that chains events; without it, one is derived from SECRET_KEY.
-# Set it explicitly in production and never change it: old events verify with it.
+# Key of the HMAC that chains events and seals the chain head (or ..._FILE). Required
+# unless DEBUG: a key derived from SECRET_KEY would be one more thing that secret unlocks.
+# Rows carry the id of the key that sealed them; after a change, list the earlier keys in
+# TOLLGATE_AUDIT_CHAIN_OLD_KEYS (whitespace-separated, or ..._FILE one per line) so old
+# rows still verify. Rows from before key ids verify with the key derived from SECRET_KEY.
 TOLLGATE_AUDIT_CHAIN_KEY = envsecret("TOLLGATE_AUDIT_CHAIN_KEY") or ""
+if not TOLLGATE_AUDIT_CHAIN_KEY and not DEBUG:
+    raise ImproperlyConfigured("TOLLGATE_AUDIT_CHAIN_KEY (or TOLLGATE_AUDIT_CHAIN_KEY_FILE) is required unless "
+                               "DJANGO_DEBUG=1 (docs/audit.md#keys)")
+TOLLGATE_AUDIT_CHAIN_OLD_KEYS = (envsecret("TOLLGATE_AUDIT_CHAIN_OLD_KEYS") or "").split()
 # Bodies: the default mode for consumers whose audit body mode is empty, the size cut
 # (characters per body) and extra regular expressions redacted besides secrets.
 TOLLGATE_AUDIT_DEFAULT_BODY_MODE = envchoice("TOLLGATE_AUDIT_DEFAULT_BODY_MODE", "metadata",

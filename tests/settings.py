@@ -6,6 +6,7 @@ gets its own database and its own cache key prefix, so none flushes another's.
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-not-for-production")
+os.environ.setdefault("TOLLGATE_AUDIT_CHAIN_KEY", "tests-only-audit-chain-key-not-for-production")
 os.environ.setdefault("TOLLGATE_CACHE_PREFIX", f"tgtest{os.getpid()}")
 os.environ.setdefault("TOLLGATE_CELERY_QUEUE", f"tgtest{os.getpid()}")
 

@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     options = parser.parse_args()
     os.environ.setdefault("DJANGO_SECRET_KEY", "soak-only-secret-key-not-for-production")
+    os.environ.setdefault("TOLLGATE_AUDIT_CHAIN_KEY", "soak-only-audit-chain-key")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_site.settings")
     database_url, redis_url = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
     fresh_database(database_url)
