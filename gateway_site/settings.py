@@ -262,12 +262,18 @@ TOLLGATE_AUDIT_SINK_FLUSH_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_FLUSH_SECONDS"
 TOLLGATE_AUDIT_SINK_RETRIES = envint("TOLLGATE_AUDIT_SINK_RETRIES", 3, minimum=0)
 TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS", 1.0, minimum=0)
 TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Anchors (docs/audit.md#anchors): every so many seconds, the chain heads signed with the
+# Ed25519 key in this file (PEM; `manage.py audit_anchor_key --generate FILE`), never in
+# the database. Without a file, anchors are still numbered and linked, but unsigned.
+TOLLGATE_AUDIT_ANCHOR_SECONDS = envfloat("TOLLGATE_AUDIT_ANCHOR_SECONDS", 300.0, minimum=10)
+TOLLGATE_AUDIT_ANCHOR_KEY_FILE = envstr("TOLLGATE_AUDIT_ANCHOR_KEY_FILE", "")
 
 CELERY_BEAT_SCHEDULE.update({
     # Both are idempotent and catch up, so running them often costs nothing.
     "audit-export-daily": {"task": "audit.tasks.audit_export_daily", "schedule": 15 * 60.0},
     "audit-retention": {"task": "audit.tasks.audit_retention", "schedule": 60 * 60.0},
     "audit-sink-flush": {"task": "audit.tasks.audit_sink_flush", "schedule": TOLLGATE_AUDIT_SINK_FLUSH_SECONDS},
+    "audit-anchor": {"task": "audit.tasks.audit_anchor", "schedule": TOLLGATE_AUDIT_ANCHOR_SECONDS},
 })
 
 # --- Providers and routing (docs/providers.md) --------------------------------
