@@ -102,13 +102,13 @@ class LeanASGIHandler(ASGIHandler):
             request.resolver_match = match
             return await match.func(request, *match.args, **match.kwargs)
         except Resolver404:
-            return JsonResponse({"error": {"message": "Not found.", "type": "invalid_request_error",
-                                           "param": None, "code": "unknown_endpoint"}}, status=404)
+            error = GatewayError("not_found", "Not found.", code="unknown_endpoint")
         except Exception:
             logger.exception("unhandled error on %s", request.path)
-            return JsonResponse({"error": {"message": "The gateway failed to handle this request.",
-                                           "type": "server_error", "param": None, "code": "internal_error"}},
-                                status=500)
+            error = GatewayError("internal", "The gateway failed to handle this request.", code="internal_error")
+        # Gemini's callers (/v1beta) read Google's error shape; everyone else OpenAI's.
+        caller = Caller.GEMINI if request.path.startswith("/v1beta/") else Caller.OPENAI
+        return JsonResponse(error.body(caller), status=error.status)
 
 
 django_application = ASGIHandler()
