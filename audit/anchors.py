@@ -177,11 +177,12 @@ def anchors_check(anchors: list[Anchor], *, public_key: Ed25519PublicKey | None)
     unsigned = 0
     previous = GENESIS_HASH
     for number in range(1, max(by_number) + 1):
-        anchor = by_number.get(number)
-        if anchor is None:
+        found = by_number.get(number)
+        if found is None:
             report.problems.append(f"anchor {number} is missing (anchors must run 1..{max(by_number)})")
             previous = ""
             continue
+        anchor = found
         if previous and anchor.body.get("previous") != previous:
             report.problems.append(
                 f"anchor {number} does not name anchor {number - 1}'s digest (chain of anchors broken)")

@@ -35,7 +35,7 @@ from proxy.upstream import close_clients  # noqa: E402
 logger = logging.getLogger("tollgate.asgi")
 
 # The proxy's routes (proxy/urls.py, included by gateway_site/urls.py) and the probes.
-LEAN_PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
+LEAN_PATH_PREFIXES = ("/v1/", "/v1beta/", "/healthz", "/readyz", "/metrics")
 
 
 class LeanASGIHandler(ASGIHandler):
@@ -103,13 +103,13 @@ class LeanASGIHandler(ASGIHandler):
             request.resolver_match = match
             return await match.func(request, *match.args, **match.kwargs)
         except Resolver404:
-            return JsonResponse({"error": {"message": "Not found.", "type": "invalid_request_error",
-                                           "param": None, "code": "unknown_endpoint"}}, status=404)
+            error = GatewayError("not_found", "Not found.", code="unknown_endpoint")
         except Exception:
             logger.exception("unhandled error on %s", request.path)
-            return JsonResponse({"error": {"message": "The gateway failed to handle this request.",
-                                           "type": "server_error", "param": None, "code": "internal_error"}},
-                                status=500)
+            error = GatewayError("internal", "The gateway failed to handle this request.", code="internal_error")
+        # Gemini's callers (/v1beta) read Google's error shape; everyone else OpenAI's.
+        caller = Caller.GEMINI if request.path.startswith("/v1beta/") else Caller.OPENAI
+        return JsonResponse(error.body(caller), status=error.status)
 
 
 django_application = ASGIHandler()
@@ -153,7 +153,8 @@ async def _refuse_headers(scope, send, size: int, limit: int) -> None:
     error = GatewayError("headers_too_large",
                          f"The request's headers add up to {size} bytes; the gateway accepts at most {limit}.",
                          code="request_headers_too_large")
-    body = orjson.dumps(error.body(Caller.ANTHROPIC if anthropic else Caller.OPENAI))
+    caller = Caller.GEMINI if path.startswith("/v1beta/") else Caller.ANTHROPIC if anthropic else Caller.OPENAI
+    body = orjson.dumps(error.body(caller))
     # The unread body is discarded by the server; the connection stays usable.
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"),

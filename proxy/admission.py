@@ -31,8 +31,9 @@ IMAGE_TOKENS = 1600  # a generous bound for one image part; providers charge ~85
 
 
 def _max_output_tokens(body: dict[str, Any], default: int) -> int:
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(name)
+    config = body.get("generationConfig")  # Gemini
+    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), body.get("max_output_tokens"),
+                  config.get("maxOutputTokens") if isinstance(config, dict) else None):
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return default
@@ -55,7 +56,12 @@ def _content_tokens(content: Any) -> int:
                 kind = part.get("type")
                 if kind in ("image_url", "image", "input_image", "document", "file", "input_audio"):
                     total += IMAGE_TOKENS
-                for name in ("text", "content", "input", "arguments"):
+                if "inlineData" in part or "fileData" in part:  # Gemini's media parts
+                    total += IMAGE_TOKENS
+                for name in ("functionCall", "functionResponse"):  # Gemini's tool calls and results
+                    if name in part:
+                        total += _text_tokens(str(part[name]))
+                for name in ("text", "content", "input", "arguments", "output"):
                     value = part.get(name)
                     if isinstance(value, str):
                         total += _text_tokens(value)
@@ -63,6 +69,25 @@ def _content_tokens(content: Any) -> int:
                         total += _content_tokens(value if isinstance(value, list) else [value])
     elif isinstance(content, dict):
         total += _content_tokens([content])
+    return total
+
+
+def _input_tokens(value: Any) -> int:
+    """A Responses `input` (a string or items) or an embeddings `input` (strings or token ids)."""
+    if isinstance(value, str):
+        return _text_tokens(value)
+    if not isinstance(value, list):
+        return 0
+    total = 0
+    for item in value:
+        if isinstance(item, int):
+            total += 1  # a token id
+        elif isinstance(item, list):
+            total += len(item)
+        elif isinstance(item, str):
+            total += _text_tokens(item)
+        elif isinstance(item, dict):
+            total += 4 + _content_tokens([item])
     return total
 
 
@@ -81,21 +106,41 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     system = body.get("system")
     if system is not None:
         total += _content_tokens(system)
+    # The Responses API's input items and instructions; an embeddings request's input.
+    total += _input_tokens(body.get("input")) + _content_tokens(body.get("instructions"))
+    contents = body.get("contents")  # Gemini
+    if isinstance(contents, list):
+        for content in contents:
+            total += 4
+            if isinstance(content, dict):
+                total += _content_tokens(content.get("parts"))
+    # Gemini's embeddings: one content, or a batch of requests each with its content.
+    batch = body.get("requests")
+    requests: list[Any] = batch if isinstance(batch, list) else [body]
+    for request in requests:
+        content = request.get("content") if isinstance(request, dict) else None
+        if isinstance(content, dict):
+            total += _content_tokens(content.get("parts"))
+    instruction = body.get("systemInstruction")
+    if isinstance(instruction, dict):
+        total += _content_tokens(instruction.get("parts"))
     tools = body.get("tools")
     if tools:
         total += _text_tokens(str(tools))
     return total
 
 
-async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
-    """Check rate limits and reserve budget; raise GatewayError('rate_limit', ...) to refuse."""
+async def admit(ctx: RequestContext, body: dict[str, Any], *, output_tokens: int | None = None) -> None:
+    """Check rate limits and reserve budget; raise GatewayError('rate_limit', ...) to refuse.
+    `output_tokens`: the answer's worst case when the body does not say (embeddings: 0)."""
     if ctx.key is None or ctx.route is None:
         return
     limits = await limits_for_key(ctx.key)
     if limits.empty:
         return
     prompt = estimate_prompt_tokens(body)
-    max_output = _max_output_tokens(body, ctx.route.default_max_tokens)
+    max_output = (_max_output_tokens(body, ctx.route.default_max_tokens) if output_tokens is None
+                  else output_tokens)
     cost = 0
     if limits.needs_cost:
         prices = await price_table()

@@ -81,7 +81,7 @@ class ModelRouteSerializer(ModelValidationMixin, serializers.ModelSerializer):
     class Meta:
         model = ModelRoute
         fields = ["id", "model", "description", "default_max_tokens", "max_retries", "retry_budget_seconds",
-                  "failover_statuses", "allow_pin_fallback", "enabled", "deployments", "updated_at"]
+                  "failover_statuses", "allow_pin_fallback", "allow_store", "enabled", "deployments", "updated_at"]
         read_only_fields = ["updated_at"]
 
 

@@ -22,7 +22,8 @@ security_logger = logging.getLogger("tollgate.security")
 # from a revoked or expired one; nor does it name the product to a scanner.
 INVALID_KEY_MESSAGE = "Invalid API key. Use a key issued by your gateway administrator."
 MISSING_KEY_MESSAGE = (
-    "Missing API key. Send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'X-App-Key: <key>'."
+    "Missing API key. Send it as 'Authorization: Bearer <key>', 'x-api-key: <key>', 'x-goog-api-key: <key>' "
+    "or 'X-App-Key: <key>'."
 )
 MAX_KEY_LENGTH = 200
 
@@ -34,10 +35,14 @@ def extract_key(request: HttpRequest) -> str | None:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    for header in ("x-api-key", "X-App-Key"):
+    for header in ("x-api-key", "x-goog-api-key", "X-App-Key"):
         given = headers.get(header)
         if given and given.strip():
             return given.strip()
+    # Google's REST convention (?key=): accepted, and masked in every log line (gateway_site/lib/logs.py).
+    query_key = request.GET.get("key")
+    if query_key and query_key.strip():
+        return query_key.strip()
     return None
 
 

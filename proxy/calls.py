@@ -1,66 +1,37 @@
-"""Steps 5 to 7 of the request path: choose a deployment, call it, fail over, relay the answer.
+"""Steps 5 and 6 of the request path: choose the deployments, try them in order, fail over.
 
-A caller's request goes to a provider of the same wire format as bytes (only
-`model` is replaced, and the stream is scanned for usage); to a provider of
-another format it goes through the internal representation (proxy.providers.ir),
-non-stream and stream, one event in and one event out.
+How one deployment is tried (same-format bytes or a translation, and the relay of its
+answer) is proxy.relay's; what the client sees when none could answer is here.
 
 Nothing here settles a budget or records an audit event: the call marks how the
-request ends on its context (status, error class, usage), and a stream marks its
-last event before it yields it, so that proxy.pipeline finishes the request before
-that event reaches the client (DESIGN §4).
+request ends on its context (status, error class, usage), and proxy.pipeline
+finishes the request (DESIGN §4).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 
 from proxy import breaker
 from proxy.context import RequestContext
-from proxy.errors import Caller, GatewayError
-from proxy.formats import CALLER_FORMATS, CallerFormat
-from proxy.providers import anthropic as anthropic_format
+from proxy.errors import GatewayError
+from proxy.formats import CallerFormat, Inbound
 from proxy.providers.base import ProviderAdapter, ProviderError
-from proxy.providers.ir import (
-    ChatRequest,
-    StreamError,
-    StreamEvent,
-    StreamStart,
-    StreamUsage,
-    TranslationError,
-)
+from proxy.providers.ir import ChatRequest, TranslationError
 from proxy.providers.registry import adapter_for
-from proxy.providers.sse import SSEParser
+from proxy.relay import passthrough, translated
 from proxy.routing import DeploymentInfo, RouteInfo, deployment_order
-from proxy.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
-from proxy.upstream import post as upstream_post
-from proxy.upstream import send as upstream_send
 
 logger = logging.getLogger(__name__)
 
-_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
-
-
-def _transport_error(adapter: ProviderAdapter, exc: UpstreamError) -> ProviderError:
-    name = adapter.provider.name
-    if isinstance(exc, UpstreamTimeout):
-        return ProviderError(
-            f"Provider '{name}' did not answer in time ({exc.kind}).",
-            error_class="timeout",
-            retryable=True,
-        )
-    return ProviderError(
-        f"Provider '{name}' could not be reached ({exc.kind}).",
-        error_class="connect_error",
-        retryable=True,
-    )
+# How one deployment would be tried: (same wire format as the caller, the attempt), or a
+# TranslationError when the request cannot be expressed for it (the deployment is skipped).
+Prepare = Callable[[ProviderAdapter, DeploymentInfo], tuple[bool, Callable[[], Awaitable[HttpResponse]]]]
 
 
 def _fails_over(error: ProviderError, route: RouteInfo) -> bool:
@@ -91,6 +62,14 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
     states = {i: breaker.state_at(u, now) for i, u in open_until.items()}
     usable = [d for d in route.deployments if states[d.id] != "open"]
     half_open = {i for i, s in states.items() if s == "half_open"}
+    if ctx.pinned_deployment is not None:
+        # A stored conversation lives with the deployment (credential) that made it: that one, or none.
+        order = [d for d in route.deployments if d.id == ctx.pinned_deployment]
+        if not order:
+            raise GatewayError("invalid_request", f"The conversation continued here was answered by a deployment "
+                               f"that no longer serves the model '{route.model}'.",
+                               code="previous_response_not_found", param="previous_response_id")
+        return order, half_open
     pinned = ctx.pinned_provider
     if pinned is None:
         order = deployment_order(route, deployments=usable)
@@ -112,14 +91,35 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
 # --- Failover -----------------------------------------------------------------------------
 
 
-async def call_chat(
-    ctx: RequestContext, route: RouteInfo, body: dict[str, Any], client_headers: dict[str, str],
-) -> HttpResponse:
+async def call_chat(ctx: RequestContext, route: RouteInfo, inbound: Inbound) -> HttpResponse:
     """Serve a chat request, in the caller's format, from the route's deployments in failover order;
     the answer's status and error class are marked on ctx (the pipeline finishes the request)."""
-    caller = CALLER_FORMATS[ctx.caller]
+    caller = inbound.format
+    decoded: list[ChatRequest | TranslationError] = []
+
+    def prepare(adapter: ProviderAdapter,
+                deployment: DeploymentInfo) -> tuple[bool, Callable[[], Awaitable[HttpResponse]]]:
+        if adapter.takes_as_is(caller.wire):
+            return True, lambda: passthrough(ctx, inbound, adapter, deployment, route)
+        if not decoded:  # once, and only when a deployment of another format comes up
+            try:
+                decoded.append(caller.decode_request(inbound.body, ctx.stream))
+            except TranslationError as error:
+                decoded.append(error)
+        ir = decoded[0]
+        if isinstance(ir, TranslationError):
+            raise ir
+        return False, lambda: translated(ctx, inbound, adapter, deployment, route, ir)
+
+    return await failover(ctx, route, caller, prepare)
+
+
+async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, prepare: Prepare) -> HttpResponse:
+    """Try the route's deployments in order until one answers (or fails in a way that does not fail
+    over); a deployment the request cannot be translated for is skipped, so that a request only some
+    formats can express (OpenAI's built-in tools) goes to a deployment that can take it, and is a 400
+    when none can."""
     order, half_open = await plan_attempts(ctx, route)
-    ir: ChatRequest | None = None
     last_error: ProviderError | None = None
     last_same_format = False
     untranslatable: TranslationError | None = None
@@ -130,31 +130,27 @@ async def call_chat(
         if first_started is not None and time.monotonic() - first_started > route.retry_budget_seconds:
             logger.info("request %s: retry budget of %.1fs used up", ctx.request_id, route.retry_budget_seconds)
             break
+        adapter = adapter_for(deployment.provider)
+        try:
+            same_format, attempt = prepare(adapter, deployment)
+        except TranslationError as error:
+            untranslatable = error
+            continue
         trial = deployment.id in half_open
         if trial and not await breaker.acquire_trial(deployment.id):
             continue
-        adapter = adapter_for(deployment.provider)
-        same_format = adapter.wire_format == caller.wire
-        if not same_format and ir is None:
-            try:
-                ir = caller.decode_request(body)
-            except TranslationError as error:
-                untranslatable = error
-                continue
         if first_started is None:
             first_started = time.monotonic()
+        failovers = ctx.failovers
         if ctx.attempts:
             ctx.failovers += 1
         ctx.attempts += 1
         ctx.deployment = deployment
         try:
-            if same_format:
-                response = await _passthrough(ctx, caller, adapter, deployment, route, body, client_headers)
-            else:
-                assert ir is not None
-                response = await _translated(ctx, caller, adapter, deployment, route, ir)
+            response = await attempt()
         except TranslationError as error:
             ctx.attempts -= 1
+            ctx.failovers = failovers
             untranslatable = error
             continue
         except ProviderError as error:
@@ -199,328 +195,3 @@ def _final_error_response(error: ProviderError, caller: CallerFormat, *, same_fo
     if error.retry_after is not None:
         response["retry-after"] = str(math.ceil(error.retry_after))
     return response
-
-
-# --- One attempt: sending -----------------------------------------------------------------
-
-
-async def _post(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
-                headers: dict[str, str]) -> tuple[UpstreamResponse, bytes]:
-    started = time.perf_counter()
-    try:
-        response, content = await upstream_post(url, content=orjson.dumps(payload), headers=headers,
-                                                timeouts=adapter.timeout())
-    except UpstreamError as exc:
-        raise _transport_error(adapter, exc) from None
-    finally:
-        ctx.upstream_seconds += time.perf_counter() - started
-    if response.status_code >= 400:
-        raise adapter.error_from_response(response, content)
-    return response, content
-
-
-async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload: dict[str, Any],
-                       headers: dict[str, str]) -> tuple[UpstreamResponse, AsyncIterator[bytes], bytes]:
-    """Send the request and wait for the first bytes of the answer: until then, failover is still possible."""
-    started = time.perf_counter()
-    try:
-        response = await upstream_send(url, content=orjson.dumps(payload),
-                                       headers={**headers, "accept": "text/event-stream"},
-                                       timeouts=adapter.timeout())
-    except UpstreamError as exc:
-        ctx.upstream_seconds += time.perf_counter() - started
-        raise _transport_error(adapter, exc) from None
-    if response.status_code >= 400:
-        try:
-            content = await response.read()
-        except UpstreamError:
-            content = b""
-        finally:
-            await response.aclose()
-            ctx.upstream_seconds += time.perf_counter() - started
-        raise adapter.error_from_response(response, content)
-    chunks = response.chunks()
-    try:
-        first = await chunks.__anext__()
-    except (UpstreamError, StopAsyncIteration) as exc:
-        await response.aclose()
-        name = adapter.provider.name
-        kind = exc.kind if isinstance(exc, UpstreamError) else exc.__class__.__name__
-        raise ProviderError(f"Provider '{name}' ended its stream before sending anything ({kind}).",
-                            error_class="timeout" if isinstance(exc, UpstreamTimeout) else "stream_interrupted",
-                            retryable=True) from None
-    finally:
-        ctx.upstream_seconds += time.perf_counter() - started
-    return response, chunks, first
-
-
-# --- Same format: bytes through -----------------------------------------------------------
-
-
-async def _passthrough(
-    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    route: RouteInfo, body: dict[str, Any], client_headers: dict[str, str],
-) -> HttpResponse:
-    payload = {**body, "model": deployment.upstream_model}
-    if caller.caller is Caller.ANTHROPIC and not payload.get("max_tokens"):
-        payload["max_tokens"] = route.default_max_tokens
-    url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
-    headers = adapter.request_headers(client_headers)
-    if not ctx.stream:
-        payload.pop("stream", None)
-        payload.pop("stream_options", None)
-        response, content = await _post(ctx, adapter, url, payload, headers)
-        _usage_of_answer(ctx, caller, content)
-        ctx.capture_response(content)
-        return HttpResponse(content, status=response.status_code,
-                            content_type=response.headers.get("content-type", "application/json"))
-    client_wants_usage = True
-    if caller.caller is Caller.OPENAI:
-        client_options = body.get("stream_options") or {}
-        client_wants_usage = bool(client_options.get("include_usage"))
-        # Always ask for usage, so streamed requests are metered exactly; the extra
-        # chunk is removed again below when the client did not ask for it.
-        payload["stream"] = True
-        payload["stream_options"] = {**client_options, "include_usage": True}
-    response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
-    keep = (_openai_event_filter(ctx, client_wants_usage) if caller.caller is Caller.OPENAI
-            else _anthropic_event_filter(ctx))
-    relay = _relay_same_format(ctx, caller, adapter, deployment, response, chunks, first, keep)
-    return StreamingHttpResponse(
-        relay,
-        status=response.status_code, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
-    )
-
-
-def _usage_of_answer(ctx: RequestContext, caller: CallerFormat, content: bytes) -> None:
-    try:
-        usage = orjson.loads(content).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return
-    if caller.caller is Caller.OPENAI:
-        ctx.record_usage(usage)
-    elif isinstance(usage, dict):
-        ctx.record_tokens(anthropic_format._input_tokens(usage), usage.get("output_tokens"))
-
-
-def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Complete SSE events (each ending with a blank line) and the unfinished rest."""
-    if b"\r" in buffer:
-        buffer = buffer.replace(b"\r\n", b"\n")
-    parts = buffer.split(b"\n\n")
-    rest = parts.pop()
-    return [part + b"\n\n" for part in parts if part], rest
-
-
-def _usage_chunk(event: bytes) -> tuple[dict | None, bool]:
-    """(usage, is_usage_only_chunk) of one SSE event; cheap unless the event mentions usage."""
-    if b'"usage"' not in event:
-        return None, False
-    data = event.strip()
-    if not data.startswith(b"data:"):
-        return None, False
-    try:
-        chunk = orjson.loads(data[5:])
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
-        return None, False
-    return chunk["usage"], chunk.get("choices") == []
-
-
-async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter: ProviderAdapter,
-                        exc: UpstreamError) -> str:
-    # Bytes already reached the client: no failover now. The stream ends with an
-    # error event in the caller's format, and the deployment's breaker hears of it.
-    error = _transport_error(adapter, exc)
-    await breaker.record_failure(deployment.id, f"stream interrupted: {error.message}")
-    ctx.stream_ends("stream_interrupted")
-    return f"The provider's stream ended early: {error.message}"
-
-
-def _openai_event_filter(ctx: RequestContext, client_wants_usage: bool) -> Callable[[bytes], bool]:
-    """Meter OpenAI chunks; drop the usage-only chunk the client did not ask for."""
-    def keep(event: bytes) -> bool:
-        usage, usage_only = _usage_chunk(event)
-        if usage is not None:
-            ctx.record_usage(usage)
-            if usage_only and not client_wants_usage:
-                return False
-        return True
-    return keep
-
-
-def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
-    """Meter Anthropic events (message_start and message_delta carry usage); keep them all."""
-    def keep(event: bytes) -> bool:
-        usage = anthropic_format.stream_usage(event)
-        if usage is not None:
-            ctx.record_tokens(*usage)
-        elif event.startswith(b"event: error"):
-            # The provider's own error event ends its stream: it is the last event the client gets.
-            ctx.stream_ends("upstream_stream_error")
-        return True
-    return keep
-
-
-async def _relay_same_format(
-    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    response: UpstreamResponse, chunks: AsyncIterator[bytes], first: bytes, keep: Callable[[bytes], bool],
-) -> AsyncIterator[bytes]:
-    """Relay the provider's SSE bytes as they come, event by event, metering on the way.
-
-    The stream's last event ([DONE] or message_stop) goes out on its own, marked
-    on ctx, so the pipeline can finish the request before releasing it (DESIGN §4).
-    """
-    terminal = caller.stream_terminal
-    pending = b""
-    raw = first
-    try:
-        while True:
-            if ctx.first_byte_seconds is None:
-                ctx.first_byte_seconds = ctx.elapsed()
-            events, pending = _split_events(pending + raw)
-            out: list[bytes] = []
-            for event in events:
-                if event.startswith(terminal):
-                    if out:
-                        data = b"".join(out)
-                        ctx.capture_response(data)
-                        yield data
-                        out = []
-                    ctx.capture_response(event)
-                    ctx.stream_ends()
-                    yield event
-                elif keep(event):
-                    out.append(event)
-            if out:
-                data = b"".join(out)
-                ctx.capture_response(data)
-                yield data
-            try:
-                raw = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-        if pending.strip():
-            yield pending
-    except UpstreamError as exc:
-        yield caller.stream_error(await _stream_broke(ctx, deployment, adapter, exc), "stream_interrupted", 502)
-    finally:
-        # Also when the client went away: closing the upstream response cancels the provider's work too.
-        await response.aclose()
-
-
-# --- Another format: through the internal representation ----------------------------------
-
-
-def _account(ctx: RequestContext, event: StreamEvent) -> None:
-    if isinstance(event, StreamStart) and event.input_tokens is not None:
-        ctx.prompt_tokens = event.input_tokens
-    elif isinstance(event, StreamUsage):
-        ctx.record_tokens(event.input_tokens, event.output_tokens)
-
-
-class _UpstreamStreamError(Exception):
-    def __init__(self, event: StreamError) -> None:
-        super().__init__(event.message)
-        self.event = event
-
-
-def _decode(decoder: Any, parsed: list[tuple[str | None, bytes]]) -> list[StreamEvent]:
-    events: list[StreamEvent] = []
-    for name, data in parsed:
-        try:
-            events.extend(decoder.feed(name, data))
-        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
-            logger.warning("skipped an unreadable stream event: %r", data[:200])
-    return events
-
-
-async def _translated(
-    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    route: RouteInfo, ir: ChatRequest,
-) -> HttpResponse:
-    payload = adapter.encode_request(ir, upstream_model=deployment.upstream_model,
-                                     default_max_tokens=route.default_max_tokens, stream=ctx.stream)
-    url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
-    headers = adapter.request_headers({})
-    if not ctx.stream:
-        response, content = await _post(ctx, adapter, url, payload, headers)
-        try:
-            data = orjson.loads(content)
-            answer = adapter.decode_response(data)
-        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
-            raise ProviderError(f"Provider '{deployment.provider.name}' sent an answer that is not valid JSON "
-                                f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer",
-                                retryable=False, status=502) from None
-        answer.model = answer.model or deployment.upstream_model
-        ctx.record_tokens(answer.usage.input_tokens, answer.usage.output_tokens)
-        out = orjson.dumps(caller.encode_response(answer))
-        ctx.capture_response(out)
-        return HttpResponse(out, status=200, content_type="application/json")
-
-    response, chunks, first = await _open_stream(ctx, adapter, url, payload, headers)
-    parser, decoder = SSEParser(), adapter.stream_decoder()
-    try:
-        head = _decode(decoder, parser.feed(first))
-    except Exception:
-        await response.aclose()
-        raise
-    error = next((e for e in head if isinstance(e, StreamError)), None)
-    if error is not None:
-        # The provider refused inside its stream before anything reached the client: still time to fail over.
-        await response.aclose()
-        status = error.status or 502
-        raise ProviderError(f"Provider '{deployment.provider.name}' answered {status}: {error.message}",
-                            error_class=f"upstream_{status}", retryable=True, status=status,
-                            body=orjson.dumps(caller.error_body(status, error.message)))
-    encoder = caller.stream_encoder(ir.include_usage)
-    return StreamingHttpResponse(
-        _relay_translated(ctx, caller, adapter, deployment, response, chunks, parser, decoder, encoder, head),
-        status=200, content_type=_SSE_CONTENT_TYPE, headers=_STREAM_HEADERS,
-    )
-
-
-async def _relay_translated(
-    ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
-    response: UpstreamResponse, chunks: AsyncIterator[bytes], parser: SSEParser, decoder: Any, encoder: Any,
-    head: list[StreamEvent],
-) -> AsyncIterator[bytes]:
-    """Relay another format's stream as the caller's, event by event; the last event is marked on ctx
-    before it is yielded, so the pipeline can finish the request first (DESIGN §4)."""
-    def encode(events: list[StreamEvent]) -> bytes:
-        out = []
-        for event in events:
-            if isinstance(event, StreamError):
-                raise _UpstreamStreamError(event)
-            _account(ctx, event)
-            out.append(encoder.encode(event))
-        return b"".join(out)
-
-    try:
-        data = encode(head)
-        if ctx.first_byte_seconds is None:
-            ctx.first_byte_seconds = ctx.elapsed()
-        if data:
-            ctx.capture_response(data)
-            yield data
-        async for raw in chunks:
-            data = encode(_decode(decoder, parser.feed(raw)))
-            if data:
-                ctx.capture_response(data)
-                yield data
-        data = encode(_decode(decoder, parser.close()) + decoder.close()) + encoder.tail()
-        ctx.capture_response(data)
-        yield data
-        ctx.capture_response(encoder.terminal)
-        ctx.stream_ends()
-        yield encoder.terminal
-    except UpstreamError as exc:
-        yield caller.stream_error(await _stream_broke(ctx, deployment, adapter, exc), "stream_interrupted", 502)
-    except _UpstreamStreamError as exc:
-        await breaker.record_failure(deployment.id, f"error inside the stream: {exc.event.message}")
-        ctx.stream_ends("upstream_stream_error")
-        yield caller.stream_error(f"The provider reported an error: {exc.event.message}",
-                                  "upstream_stream_error", 502)
-    finally:
-        await response.aclose()

@@ -320,5 +320,6 @@ routes.add_field(Field("max_retries", int, check=lambda v: "max_retries must be 
 routes.add_field(Field("retry_budget_seconds", float, check=_check_not_negative))
 routes.add_field(Field("failover_statuses", list, check=_check_failover_statuses))
 routes.add_field(Field("allow_pin_fallback", bool))
+routes.add_field(Field("allow_store", bool))
 providers.add_field(Field("health_check_interval_seconds", int,
                           check=lambda v: "health_check_interval_seconds must be 0 (off) or more" if v < 0 else None))

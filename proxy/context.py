@@ -32,6 +32,8 @@ class RequestContext:
     failovers: int = 0
     # The provider named in X-Provider, if any.
     pinned_provider: str | None = None
+    # The one deployment that may answer (a Responses previous_response_id lives with it), if any.
+    pinned_deployment: int | None = None
     upstream_seconds: float = 0.0
     first_byte_seconds: float | None = None
     prompt_tokens: int | None = None

@@ -12,23 +12,28 @@ class Caller(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # OpenAI's Responses API: OpenAI's error shape, its own stream events.
+    RESPONSES = "responses"
+    # Gemini generateContent (google-genai SDK, Gemini CLI): Google's error shape.
+    GEMINI = "gemini"
 
 
-# kind -> (status, OpenAI error type, Anthropic error type)
-_KINDS: dict[str, tuple[int, str, str]] = {
-    "invalid_request": (400, "invalid_request_error", "invalid_request_error"),
-    "authentication": (401, "invalid_request_error", "authentication_error"),
-    "permission": (403, "permission_error", "permission_error"),
-    "not_found": (404, "invalid_request_error", "not_found_error"),
-    "method_not_allowed": (405, "invalid_request_error", "invalid_request_error"),
-    "request_too_large": (413, "invalid_request_error", "request_too_large"),
+# kind -> (status, OpenAI error type, Anthropic error type, Google status name)
+_KINDS: dict[str, tuple[int, str, str, str]] = {
+    "invalid_request": (400, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    "authentication": (401, "invalid_request_error", "authentication_error", "UNAUTHENTICATED"),
+    "permission": (403, "permission_error", "permission_error", "PERMISSION_DENIED"),
+    "not_found": (404, "invalid_request_error", "not_found_error", "NOT_FOUND"),
+    "method_not_allowed": (405, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    # Google has no status of its own for a body or headers over the limit: the request is invalid as sent.
+    "request_too_large": (413, "invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
     # Anthropic has no type of its own for 431; its 413 type is the nearest.
-    "headers_too_large": (431, "invalid_request_error", "request_too_large"),
-    "rate_limit": (429, "rate_limit_error", "rate_limit_error"),
-    "internal": (500, "server_error", "api_error"),
-    "upstream": (502, "upstream_error", "api_error"),
-    "unavailable": (503, "service_unavailable", "overloaded_error"),
-    "timeout": (504, "timeout_error", "api_error"),
+    "headers_too_large": (431, "invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
+    "rate_limit": (429, "rate_limit_error", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+    "internal": (500, "server_error", "api_error", "INTERNAL"),
+    "upstream": (502, "upstream_error", "api_error", "UNAVAILABLE"),
+    "unavailable": (503, "service_unavailable", "overloaded_error", "UNAVAILABLE"),
+    "timeout": (504, "timeout_error", "api_error", "DEADLINE_EXCEEDED"),
 }
 
 
@@ -56,9 +61,11 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self, caller: Caller) -> dict:
-        _, openai_type, anthropic_type = _KINDS[self.kind]
+        _, openai_type, anthropic_type, google_status = _KINDS[self.kind]
         if caller is Caller.ANTHROPIC:
             return {"type": "error", "error": {"type": anthropic_type, "message": self.message}}
+        if caller is Caller.GEMINI:
+            return {"error": {"code": self.status, "message": self.message, "status": google_status}}
         return {
             "error": {"message": self.message, "type": openai_type, "param": self.param, "code": self.code}
         }

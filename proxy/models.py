@@ -119,6 +119,11 @@ class ModelRoute(models.Model):
         help_text="When a request pins a provider (X-Provider) that cannot serve it, use the route's other "
         "deployments instead of refusing.",
     )
+    allow_store = models.BooleanField(
+        default=False,
+        help_text="Responses API: let OpenAI keep responses (store, previous_response_id), each follow-up going "
+        "to the deployment that answered. Off: the gateway sends store: false and refuses store: true.",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 

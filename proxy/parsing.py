@@ -108,6 +108,68 @@ def validate_openai_chat(data: dict[str, Any]) -> None:
                 raise _bad(f"tools[{index}].function.name", f"'tools[{index}].function.name' must be a string.")
 
 
+def validate_openai_responses(data: dict[str, Any]) -> None:
+    """Check what the gateway must understand of a Responses API body; pass everything else through.
+
+    The Responses API moves fast (new item and tool types): a same-format call passes them
+    through and OpenAI judges them; a cross-format call translates or refuses them in
+    proxy.providers.responses.decode_request.
+    """
+    model = data.get("model")
+    if model is None:
+        raise GatewayError("invalid_request", "Missing required parameter: 'model'.", param="model",
+                           code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "'model' must be a non-empty string.")
+    items = data.get("input")
+    if items is None and data.get("previous_response_id") is None and data.get("conversation") is None \
+            and data.get("prompt") is None:
+        raise GatewayError("invalid_request", "Missing required parameter: 'input'.", param="input",
+                           code="missing_required_parameter")
+    if items is not None and not isinstance(items, str | list):
+        raise _bad("input", "'input' must be a string or an array of input items.")
+    if isinstance(items, list) and not all(isinstance(item, dict) for item in items):
+        raise _bad("input", "'input' items must be objects.")
+    if "stream" in data and data["stream"] is not None and not isinstance(data["stream"], bool):
+        raise _bad("stream", "'stream' must be a boolean.")
+    limit = data.get("max_output_tokens")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise _bad("max_output_tokens", "'max_output_tokens' must be an integer of at least 1.")
+    tools = data.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise _bad("tools", "'tools' must be an array of tool objects.")
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit on one request's inputs
+
+
+def validate_openai_embeddings(data: dict[str, Any]) -> None:
+    """An embeddings body: `model`, and `input` as OpenAI takes it (a string, strings, token ids, lists of ids)."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError("invalid_request", "Missing required parameter: 'model' (a non-empty string).",
+                           param="model", code="missing_required_parameter")
+    items = data.get("input")
+    if isinstance(items, str):
+        if not items:
+            raise _bad("input", "'input' must not be empty.")
+    elif not isinstance(items, list) or not items:
+        raise _bad("input", "'input' must be a string, an array of strings, an array of token ids or an array of "
+                   "arrays of token ids, and not empty.")
+    elif len(items) > MAX_EMBEDDING_INPUTS:
+        raise _bad("input", f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.")
+    elif not (all(isinstance(i, str) and i for i in items) or all(_is_int(i) for i in items)
+            or all(isinstance(i, list) and i and all(_is_int(t) for t in i) for i in items)):
+        raise _bad("input", "'input' must be non-empty strings, token ids, or non-empty arrays of token ids, "
+                   "all of one kind.")
+    dimensions = data.get("dimensions")
+    if dimensions is not None and (not _is_int(dimensions) or dimensions < 1):
+        raise _bad("dimensions", "'dimensions' must be an integer of at least 1.")
+    encoding = data.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise _bad("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
+
+
 def validate_anthropic_messages(data: dict[str, Any]) -> None:
     """Check what the gateway must understand of an Anthropic Messages body; pass everything else through.
 

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -26,11 +26,21 @@ from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_chat
 from proxy.context import RequestContext
+from proxy.embeddings import call_embeddings, gemini_embeddings_call, gemini_requests
 from proxy.errors import Caller, GatewayError, error_response
-from proxy.formats import stream_error_event
-from proxy.parsing import read_json_object, validate_anthropic_messages, validate_openai_chat
+from proxy.formats import CALLER_FORMATS, Inbound, stream_error_event
+from proxy.parsing import (
+    read_json_object,
+    validate_anthropic_messages,
+    validate_gemini_generate,
+    validate_openai_chat,
+    validate_openai_embeddings,
+    validate_openai_responses,
+)
 from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.recording import capture_bodies, record
+from proxy.routing import RouteInfo
+from proxy.stored_responses import responses_state
 
 logger = logging.getLogger("tollgate.requests")
 
@@ -184,29 +194,68 @@ async def proxy_anthropic_messages(request: HttpRequest) -> HttpResponse:
     return await _proxy_chat(request, Caller.ANTHROPIC, "messages", "/v1/messages", validate_anthropic_messages)
 
 
+async def proxy_openai_responses(request: HttpRequest) -> HttpResponse:
+    return await _proxy_chat(request, Caller.RESPONSES, "responses", "/v1/responses", validate_openai_responses)
+
+
+async def proxy_gemini_generate(request: HttpRequest, model: str, *, stream: bool) -> HttpResponse:
+    """Gemini's generateContent / streamGenerateContent: the route is named in the URL, not the body."""
+    method = "streamGenerateContent" if stream else "generateContent"
+    return await _proxy_chat(request, Caller.GEMINI, f"gemini.{method}", f"/v1beta/models/{{model}}:{method}",
+                             validate_gemini_generate, url_model=model, stream=stream,
+                             sse=request.GET.get("alt") == "sse")
+
+
+async def proxy_openai_embeddings(request: HttpRequest) -> HttpResponse:
+    # Nothing is generated: budgets reserve the input's estimate alone.
+    return await _proxy_chat(request, Caller.OPENAI, "embeddings", "/v1/embeddings", validate_openai_embeddings,
+                             stream=False, call=call_embeddings, output_tokens=0)
+
+
+async def proxy_gemini_embed(request: HttpRequest, model: str, method: str) -> HttpResponse:
+    """Gemini's embedContent / batchEmbedContents (the route named in the URL)."""
+    return await _proxy_chat(request, Caller.GEMINI, f"gemini.{method}", f"/v1beta/models/{{model}}:{method}",
+                             lambda body: gemini_requests(body, method), url_model=model, stream=False,
+                             call=gemini_embeddings_call(method), output_tokens=0)
+
+
+Call = Callable[[RequestContext, RouteInfo, Inbound], Awaitable[HttpResponse]]
+
+
 async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path: str,
-                      validate: Callable[[dict[str, Any]], None]) -> HttpResponse:
+                      validate: Callable[[dict[str, Any]], object], *, url_model: str | None = None,
+                      stream: bool | None = None, sse: bool = True, call: Call = call_chat,
+                      output_tokens: int | None = None) -> HttpResponse:
+    """`url_model` and `stream`: what the URL says, for formats whose body does not (Gemini);
+    `call` serves the request (chat: call_chat); `output_tokens`: what budgets reserve for the
+    answer (None: the request's own limit, or the route's default)."""
     ctx = _start(request, caller, endpoint)
+    ctx.requested_model = url_model
     try:
-        if request.method != "POST":
-            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         if not await database_usable():
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
         ctx.key = await authenticate_watched(request, ctx.client_ip)
         ctx.lap("auth")
+        # After the key: without one, every path and method gets the same 401 (nothing to learn by probing).
+        if request.method != "POST":
+            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         body = read_json_object(request)
         await capture_bodies(ctx, body)
         validate(body)
         ctx.lap("parse")
-        ctx.route = await resolve_route_watched(ctx.key, body["model"], ctx.client_ip)
-        ctx.stream = bool(body.get("stream"))
+        ctx.route = await resolve_route_watched(ctx.key, body["model"] if url_model is None else url_model,
+                                                ctx.client_ip)
+        ctx.stream = bool(body.get("stream")) if stream is None else stream
         ctx.pinned_provider = request.headers.get("X-Provider") or None
+        inbound = Inbound(CALLER_FORMATS[caller], body, {k.lower(): v for k, v in request.headers.items()},
+                          sse=sse)
+        if caller is Caller.RESPONSES:
+            inbound.stored, ctx.pinned_deployment = await responses_state(ctx.route, body)
         ctx.lap("route")
-        await admit(ctx, body)
+        await admit(ctx, body, output_tokens=output_tokens)
         ctx.lap("admit")
-        client_headers = {k.lower(): v for k, v in request.headers.items()}
-        response = await call_chat(ctx, ctx.route, body, client_headers)
+        response = await call(ctx, ctx.route, inbound)
         # Provider time and the gateway's own time (translation, failover) of the call.
         ctx.stages["upstream"] = ctx.upstream_seconds
         ctx.lap("call")
@@ -242,7 +291,10 @@ View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 
 
 def caller_of(request: HttpRequest) -> Caller:
-    """The caller's format on a path both formats share (/v1/models, unknown paths)."""
+    """The caller's format on a path several formats share (/v1/models, unknown paths)."""
+    # Google's SDKs send their key as x-goog-api-key (or ?key=), and use /v1beta by default.
+    if request.path.startswith("/v1beta/") or "x-goog-api-key" in request.headers or "key" in request.GET:
+        return Caller.GEMINI
     # Anthropic's SDK always sends anthropic-version; OpenAI's never does.
     return Caller.ANTHROPIC if "anthropic-version" in request.headers else Caller.OPENAI
 

@@ -53,6 +53,7 @@ class RouteInfo:
     retry_budget_seconds: float = 30.0
     failover_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
     allow_pin_fallback: bool = False
+    allow_store: bool = False
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -94,6 +95,7 @@ def _load_route_table() -> dict[str, RouteInfo]:
             retry_budget_seconds=route.retry_budget_seconds,
             failover_statuses=frozenset(s for s in route.failover_statuses or () if isinstance(s, int)),
             allow_pin_fallback=route.allow_pin_fallback,
+            allow_store=route.allow_store,
         )
     return table
 

@@ -26,9 +26,14 @@ FIELDS = (
 
 # Gateway keys (tg-...), OpenAI/Anthropic-style secrets (sk-...) and bearer tokens.
 _SECRET = re.compile(r"\b(tg|sk)-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}")
+# A key in a URL's query (?key=..., Google's convention, which the gateway accepts): access logs
+# write the path with its query.
+_QUERY_KEY = re.compile(r"([?&](?:key|api_key|api-key)=)[^&\s\"']*", re.IGNORECASE)
 
 
 def mask_secrets(text: str) -> str:
+    if "key=" in text or "KEY=" in text or "Key=" in text:
+        text = _QUERY_KEY.sub(r"\1***", text)
     if "-" not in text and "earer" not in text:
         return text  # the common case costs one scan, not a regex
     return _SECRET.sub(lambda m: (m.group(1) + "-***") if m.group(1) else "Bearer ***", text)

@@ -82,6 +82,14 @@ class ProviderAdapter:
     def chat_url(self, *, upstream_model: str, stream: bool) -> str:
         raise NotImplementedError
 
+    def takes_as_is(self, wire: str) -> bool:
+        """Whether a caller's body in `wire` format goes to this provider as bytes (no translation)."""
+        return wire == self.wire_format
+
+    def passthrough_url(self, wire: str, *, upstream_model: str, stream: bool) -> str:
+        """Where a body that `takes_as_is` goes."""
+        return self.chat_url(upstream_model=upstream_model, stream=stream)
+
     def health_url(self) -> str:
         """A cheap GET that costs no tokens (the provider's model list)."""
         raise NotImplementedError

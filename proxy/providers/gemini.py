@@ -46,6 +46,8 @@ _STATUS_OF = {"RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "INTERNAL": 500, "D
 # Gemini 3 refuses a replayed function call without the thought signature it came with; calls
 # from another format's history have none, and Google documents this value for them.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
+# A base URL that ends in an API version (/v1beta, /v1, /v1alpha): as Google's REST docs write it.
+_VERSIONED = re.compile(r"/v\d+(?:alpha|beta)?\d*$")
 _OLD_GEMINI = re.compile(r"^(?:models/)?gemini-(?:1|2)[.-]")
 _GEMINI = re.compile(r"^(?:models/)?gemini-")
 
@@ -343,14 +345,22 @@ class GeminiAdapter(ProviderAdapter):
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.provider.credential} if self.provider.credential else {}
 
+    def api_base(self) -> str:
+        """base_url as Google's REST docs give it (https://generativelanguage.googleapis.com/v1beta), or as
+        the google-genai SDK takes it (the host alone), which gets /v1beta."""
+        base = self.provider.base_url
+        return base if _VERSIONED.search(base) else f"{base}/v1beta"
+
+    def model_url(self, upstream_model: str, method: str) -> str:
+        return f"{self.api_base()}/models/{upstream_model}:{method}"
+
     def chat_url(self, *, upstream_model: str, stream: bool) -> str:
-        # base_url as Google's REST docs give it: https://generativelanguage.googleapis.com/v1beta
         if stream:
-            return f"{self.provider.base_url}/models/{upstream_model}:streamGenerateContent?alt=sse"
-        return f"{self.provider.base_url}/models/{upstream_model}:generateContent"
+            return self.model_url(upstream_model, "streamGenerateContent") + "?alt=sse"
+        return self.model_url(upstream_model, "generateContent")
 
     def health_url(self) -> str:
-        return f"{self.provider.base_url}/models"
+        return f"{self.api_base()}/models"
 
     def encode_request(self, request: ChatRequest, *, upstream_model: str, default_max_tokens: int,
                        stream: bool) -> dict[str, Any]:

@@ -452,8 +452,22 @@ class OpenAIAdapter(ProviderAdapter):
         credential = self.provider.credential
         return {"authorization": f"Bearer {credential}"} if credential else {}
 
+    # OpenAI itself (and the sandbox) also serve the Responses API; OpenAI-compatible servers may not.
+    responses_api: ClassVar[bool] = True
+
     def chat_url(self, *, upstream_model: str, stream: bool) -> str:
         return f"{self.provider.base_url}/chat/completions"
+
+    def takes_as_is(self, wire: str) -> bool:
+        return wire == "openai" or (wire == "responses" and self.responses_api)
+
+    def passthrough_url(self, wire: str, *, upstream_model: str, stream: bool) -> str:
+        if wire == "responses":
+            return f"{self.provider.base_url}/responses"
+        return self.chat_url(upstream_model=upstream_model, stream=stream)
+
+    def embeddings_url(self) -> str:
+        return f"{self.provider.base_url}/embeddings"
 
     def health_url(self) -> str:
         return f"{self.provider.base_url}/models"

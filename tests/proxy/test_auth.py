@@ -79,7 +79,7 @@ def test_it_sees_a_revocation_through_the_cache(personas, demo_route, django_cap
 
 @pytest.mark.django_db
 def test_unknown_v1_paths_ask_for_a_key_first(personas):
-    assert_openai_401(call("POST", "/v1/embeddings", body={"model": "x"}))
-    response = call("POST", "/v1/embeddings", key=personas.alice_key, body={"model": "x"})
+    assert_openai_401(call("POST", "/v1/completions", body={"model": "x"}))
+    response = call("POST", "/v1/completions", key=personas.alice_key, body={"model": "x"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_endpoint"

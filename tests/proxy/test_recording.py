@@ -116,7 +116,7 @@ def test_a_wrong_method_is_recorded(personas):
 
 
 def test_a_rate_limit_refusal_is_recorded(personas, demo_route, monkeypatch):
-    async def refuse(ctx, body):
+    async def refuse(ctx, body, **kwargs):
         raise GatewayError("rate_limit", "Too many requests.", code="rate_limit_exceeded",
                            headers={"retry-after": "3"})
 
@@ -153,7 +153,8 @@ def test_an_internal_error_is_recorded(personas, demo_route, monkeypatch):
     ("/v1/models", 200, "models.list"),
     ("/v1/models/demo", 200, "models.retrieve"),
     ("/v1/models/nope", 404, "models.retrieve"),
-    ("/v1/embeddings", 404, "unknown"),
+    ("/v1/completions", 404, "unknown"),
+    ("/v1/embeddings", 405, "embeddings"),
 ])
 def test_the_other_proxy_endpoints_are_recorded(personas, demo_route, path, status, endpoint):
     response = call("GET", path, key=personas.alice_key)

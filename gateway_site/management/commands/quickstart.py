@@ -24,6 +24,18 @@ DEMO_ROUTES = {
     "demo": "sandbox-model",
     "gpt-4o-mini": "gpt-4o-mini",
 }
+# The model names coding agents send when nobody told them another, so each works out of the box
+# against the quickstart (docs/providers.md shows the same routes for real providers).
+AGENT_ROUTES = (
+    # Claude Code 2.1: its default, and its small/fast helper model (as given, and as sent first-party).
+    "claude-opus-4-8", "claude-haiku-4-5", "claude-haiku-4-5-20251001",
+    # Codex CLI 0.169's default.
+    "gpt-5-codex",
+    # Gemini CLI 0.61: its default, its router's classifier (flash-lite) and its flash model; and the
+    # Gemini 2.5 family it falls back to (its "auto-gemini-2.5" setting).
+    "gemini-3.8-flash", "gemini-3.5-flash-lite", "gemini-3.5-flash",
+    "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
+)
 
 
 class Command(BaseCommand):
@@ -72,9 +84,12 @@ class Command(BaseCommand):
             defaults={"kind": ProviderKind.SANDBOX, "base_url": f"http://127.0.0.1:{sandbox_port}/v1",
                       "enabled": True},
         )
-        for route_name, upstream_model in DEMO_ROUTES.items():
+        routes = {**DEMO_ROUTES, **{name: name for name in AGENT_ROUTES}}
+        for route_name, upstream_model in routes.items():
+            description = "Quickstart demo (sandbox)" if route_name in DEMO_ROUTES else \
+                "A coding agent's default model name, served by the sandbox (quickstart)"
             route, _ = ModelRoute.objects.update_or_create(
-                model=route_name, defaults={"description": "Quickstart demo (sandbox)", "enabled": True}
+                model=route_name, defaults={"description": description, "enabled": True}
             )
             Deployment.objects.update_or_create(
                 route=route, provider=provider, upstream_model=upstream_model,
