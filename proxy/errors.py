@@ -21,6 +21,8 @@ _KINDS: dict[str, tuple[int, str, str]] = {
     "permission": (403, "permission_error", "permission_error"),
     "not_found": (404, "invalid_request_error", "not_found_error"),
     "method_not_allowed": (405, "invalid_request_error", "invalid_request_error"),
+    # A body that did not arrive within TOLLGATE_BODY_READ_TIMEOUT_SECONDS (gateway_site/asgi.py).
+    "request_timeout": (408, "invalid_request_error", "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error", "request_too_large"),
     # Anthropic has no type of its own for 431; its 413 type is the nearest.
     "headers_too_large": (431, "invalid_request_error", "request_too_large"),
