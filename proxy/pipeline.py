@@ -185,12 +185,13 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
                       validate: Callable[[dict[str, Any]], None]) -> HttpResponse:
     ctx = _start(request, caller, endpoint)
     try:
-        if request.method != "POST":
-            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         if not await database_usable():
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
+        # Before the method check: without a key, a wrong method is the same 401 as any path.
         ctx.key = await authenticate_watched(request, ctx.client_ip)
+        if request.method != "POST":
+            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.lap("auth")
         body = read_json_object(request)
         await capture_bodies(ctx, body)

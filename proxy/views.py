@@ -12,12 +12,12 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from proxy.auth import authenticate
 from proxy.errors import Caller, GatewayError, error_response, json_response
-from proxy.parsing import read_json_object, validate_anthropic_messages
-from proxy.pipeline import caller_of, finished_as, proxy_anthropic_messages, proxy_openai_chat
+from proxy.parsing import check_model_name, read_json_object, validate_anthropic_messages
+from proxy.pipeline import caller_of, client_ip, finished_as, proxy_anthropic_messages, proxy_openai_chat
+from proxy.probing import authenticate_watched, resolve_route_watched
 from proxy.providers.anthropic import AnthropicAdapter
-from proxy.routing import RouteInfo, resolve_route, routes_for_key
+from proxy.routing import RouteInfo, routes_for_key
 from proxy.upstream import UpstreamError
 from proxy.upstream import post as upstream_post
 
@@ -46,9 +46,10 @@ async def models_list(request: HttpRequest) -> HttpResponse:
     """The routes this key may use, as OpenAI's (or, for Anthropic's SDK, Anthropic's) model list."""
     caller = caller_of(request)
     try:
+        # Watched like every proxy path (bad keys counted and throttled), and before the method check.
+        key = await authenticate_watched(request, client_ip(request))
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models.")
-        key = await authenticate(request)
         routes = await routes_for_key(key)
     except GatewayError as error:
         return error_response(error, caller)
@@ -63,11 +64,14 @@ async def models_list(request: HttpRequest) -> HttpResponse:
 @finished_as("models.retrieve")
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
     caller = caller_of(request)
+    address = client_ip(request)
     try:
+        key = await authenticate_watched(request, address)
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models/{model}.")
-        key = await authenticate(request)
-        route = await resolve_route(key, model)
+        check_model_name(model)
+        # Unknown names count as model probing, as on the chat paths.
+        route = await resolve_route_watched(key, model, address)
     except GatewayError as error:
         return error_response(error, caller)
     return json_response(_model_object(route, caller))
@@ -83,13 +87,14 @@ def _estimate_tokens(body: dict) -> int:
 @finished_as("messages.count_tokens", Caller.ANTHROPIC)
 async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
     """Anthropic's token counting: asked of the route's Anthropic deployment if it has one, else estimated."""
+    address = client_ip(request)
     try:
+        key = await authenticate_watched(request, address)
         if request.method != "POST":
             raise GatewayError("method_not_allowed", "Use POST for /v1/messages/count_tokens.")
-        key = await authenticate(request)
         body = read_json_object(request)
         validate_anthropic_messages(body)
-        route = await resolve_route(key, body["model"])
+        route = await resolve_route_watched(key, body["model"], address)
     except GatewayError as error:
         return error_response(error, Caller.ANTHROPIC)
     for deployment in route.deployments:
@@ -115,7 +120,7 @@ async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Unknown /v1/ paths: authenticate first, so an anonymous scanner learns nothing."""
     caller = caller_of(request)
     try:
-        await authenticate(request)
+        await authenticate_watched(request, client_ip(request))
         raise GatewayError("not_found", f"Unknown endpoint: {request.method} {request.path}.",
                            code="unknown_endpoint")
     except GatewayError as error:
