@@ -12,6 +12,7 @@ that event reaches the client (DESIGN §4).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -96,6 +97,12 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
     open_until = await breaker.open_until_many(d.id for d in route.deployments)
     now = time.time()
     states = {i: breaker.state_at(u, now) for i, u in open_until.items()}
+    if all(state == "open" for state in states.values()):
+        # Every deployment is out: the one that went out first may be tried now, one request at a
+        # time, rather than the route refused until its cooldown ends (proxy.breaker, first_out).
+        first, open_until = await breaker.first_out(open_until)
+        if first is not None:
+            states[first] = "half_open"
     usable = [d for d in route.deployments if states[d.id] != "open"]
     half_open = {i for i, s in states.items() if s == "half_open"}
     pinned = ctx.pinned_provider
@@ -164,6 +171,10 @@ async def call_chat(
             ctx.attempts -= 1
             untranslatable = error
             continue
+        except asyncio.CancelledError:
+            if trial:  # the client left: its trial proved nothing, the next request may try
+                await breaker.release_trial(deployment.id)
+            raise
         except ProviderError as error:
             last_error, last_same_format = error, same_format
             fails_over = _fails_over(error, route)
