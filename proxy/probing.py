@@ -108,11 +108,13 @@ async def authenticate_watched(request: HttpRequest, address: str | None) -> Key
         except Exception:
             logger.warning("probe counters unavailable", exc_info=True)
             raise error from None
+        if blocked:
+            # Refused whatever it asks for, so its model names are no longer counted: a blocked
+            # address's flood costs one shared-cache read a request (tests/benchmarks/bench_hostile.py).
+            raise _blocked() from None
         model = _requested_model(request)
         if model is not None:
             await model_refused(address=address, key_prefix=None, model=model)
-        if blocked:
-            raise _blocked() from None
         if failures > settings.TOLLGATE_PROBE_SLOW_AFTER:
             # Each further failure costs the prober more time (capped).
             extra = failures - settings.TOLLGATE_PROBE_SLOW_AFTER
