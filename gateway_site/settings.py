@@ -151,9 +151,13 @@ CELERY_TASK_DEFAULT_QUEUE = envstr("TOLLGATE_CELERY_QUEUE", "tollgate")
 CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Tollgate -------------------------------------------------------------
-# Largest request body the proxy accepts; bigger ones get a 413 before parsing.
+# Largest request body the proxy accepts; the rest of a bigger one is never read: a 413 as soon as
+# the count passes it (gateway_site/asgi.py). Bodies up to it are kept in memory, never spooled.
 TOLLGATE_MAX_BODY_BYTES = envint("TOLLGATE_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+# Seconds a proxy request's whole body may take to arrive; a slower one gets a 408 and its
+# connection closed, so a trickled or endless body holds nothing for long.
+TOLLGATE_BODY_READ_TIMEOUT_SECONDS = envfloat("TOLLGATE_BODY_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # Largest total of request header names and values, on every path; bigger get a 431 before
 # any work (gateway_site/asgi.py). The server itself sets no limit.
 TOLLGATE_MAX_HEADER_BYTES = envint("TOLLGATE_MAX_HEADER_BYTES", 32 * 1024, minimum=4096)

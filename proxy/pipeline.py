@@ -235,7 +235,10 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if not await database_usable():
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
+        # Before the method check: without a key, a wrong method is the same 401 as any path.
         ctx.key = await authenticate_watched(request, ctx.client_ip)
+        if request.method != "POST":
+            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.lap("auth")
         # After the key: without one, every path and method gets the same 401 (nothing to learn by probing).
         if request.method != "POST":

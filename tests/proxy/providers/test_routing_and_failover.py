@@ -1,6 +1,8 @@
 """Weighted choice, priorities, pinning, failover causes, retry limits, cooldowns and the breaker."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from datetime import timedelta
 from types import SimpleNamespace
@@ -8,11 +10,14 @@ from types import SimpleNamespace
 import orjson
 import pytest
 import time_machine
+from asgiref.sync import async_to_sync
 from django.utils import timezone
 
+from gateway_site.lib.sharedcache import cache
 from proxy import breaker
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.routing import DeploymentInfo, ProviderInfo, RouteInfo, deployment_order, route_cache
+from tests.proxy.client import _call as call_async
 from tests.proxy.client import call, chat
 from tests.servers import free_port
 
@@ -184,14 +189,68 @@ def test_the_breaker_opens_after_repeated_failures_and_a_trial_closes_it(alice, 
         assert Deployment.objects.get(pk=smart.first.pk).last_error
 
 
-def test_every_deployment_open_is_a_503_with_retry_after(alice, smart):
-    with time_machine.travel(timezone.now(), tick=False):
-        breaker.trip(smart.first.pk, "down")
-        breaker.trip(smart.second.pk, "down")
-        response = chat(alice, HELLO)
+def test_every_deployment_held_by_retry_after_is_a_503_with_retry_after(alice, smart):
+    async def hold_both() -> None:
+        for deployment in (smart.first, smart.second):
+            await breaker.record_failure(deployment.pk, "429", retry_after=30)
+
+    async_to_sync(hold_both)()
+    response = chat(alice, HELLO)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "no_healthy_deployment"
-    assert int(response.headers["retry-after"]) >= 1
+    assert 25 <= int(response.headers["retry-after"]) <= 30
+
+
+def test_when_every_deployment_is_out_the_first_one_out_is_tried_at_once(alice, smart):
+    """A blip that opened every breaker does not refuse the route for a whole cooldown."""
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        breaker.trip(smart.second.pk, "down")
+        traveller.shift(timedelta(seconds=1))
+        breaker.trip(smart.first.pk, "down")
+        response = chat(alice, HELLO)
+        assert response.status_code == 200
+        assert response.headers["x-tollgate-provider"] == "gpt", "the one that went out first"
+        assert breaker.state_now(smart.second.pk) == "closed"
+        assert breaker.state_now(smart.first.pk) == "open"
+
+
+def test_early_trials_go_one_at_a_time_and_each_failed_one_waits(alice, smart, monkeypatch):
+    monkeypatch.setattr(breaker, "EARLY_TRIAL_SPACING_SECONDS", 20)  # no second may pass by chance
+    for provider in (smart.primary, smart.secondary):
+        _update(provider, extra_headers={"x-sandbox-fail-status": "500"})
+    breaker.trip(smart.first.pk, "down")
+    breaker.trip(smart.second.pk, "down")
+    answers = [chat(alice, HELLO) for _ in range(3)]
+    # The first one out is tried and fails; then the other one; then neither, until a spacing has passed.
+    assert [a.status_code for a in answers] == [500, 500, 503]
+    assert [a.headers.get("x-tollgate-provider") for a in answers[:2]] == ["claude", "gpt"]
+    assert answers[2].json()["error"]["code"] == "no_healthy_deployment"
+    assert 1 <= int(answers[2].headers["retry-after"]) <= 20
+
+
+def test_a_client_that_leaves_counts_against_no_breaker_and_gives_its_trial_back(alice, smart, settings):
+    settings.TOLLGATE_BREAKER_FAILURES = 2
+    _update(smart.primary, extra_headers={"x-sandbox-hang-ms": "5000"})
+    _update(smart.secondary, extra_headers={"x-sandbox-hang-ms": "5000"})
+
+    async def leave_after(seconds: float) -> None:
+        task = asyncio.ensure_future(call_async("POST", "/v1/chat/completions", key=alice, body=HELLO, raw=None,
+                                                headers={}))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    for _ in range(3):
+        async_to_sync(leave_after)(0.5)
+    assert breaker.state_now(smart.first.pk) == "closed"
+    assert cache.get(f"breaker:{smart.first.pk}:fails") is None
+    # A trial whose client left is given back: the next request may try at once.
+    breaker.trip(smart.first.pk, "down")
+    breaker.trip(smart.second.pk, "down")
+    async_to_sync(leave_after)(0.5)
+    assert cache.get(f"breaker:{smart.first.pk}:trial") is None
+    assert cache.get(f"breaker:{smart.second.pk}:trial") is None
 
 
 def test_x_provider_pins_a_provider(alice, smart):

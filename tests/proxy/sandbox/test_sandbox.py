@@ -441,6 +441,26 @@ def test_it_fails_with_the_configured_status_in_the_format_shape(sandbox, wire, 
     assert response.headers.get("retry-after") == (None if status == 500 else "1")
 
 
+def test_its_failures_can_carry_a_retry_after_and_a_real_providers_text(sandbox):
+    configure(sandbox, fail_status=429, fail_count=1, fail_retry_after=5, fail_realistic=1)
+    response = post(sandbox, "openai", HELLO_OPENAI)
+    assert (response.status_code, response.headers["retry-after"]) == (429, "5")
+    assert "in organization org-" in response.json()["error"]["message"]
+    openai_401 = post(sandbox, "openai", HELLO_OPENAI, headers={"x-sandbox-fail-status": "401",
+                                                                "x-sandbox-fail-realistic": "1"})
+    assert openai_401.json()["error"] == {
+        "message": "Incorrect API key provided: sk-proj-***abcd. You can find your API key at "
+                   "https://platform.openai.com/account/api-keys.",
+        "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    gemini = post(sandbox, "gemini", HELLO_GEMINI, headers={"x-sandbox-fail-status": "400",
+                                                           "x-sandbox-fail-realistic": "1"})
+    assert gemini.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+    # Without the knob, the sandbox's own text, as before.
+    configure(sandbox, fail_realistic=0)
+    assert "Sandbox: simulated" in post(sandbox, "openai", HELLO_OPENAI,
+                                        headers={"x-sandbox-fail-status": "401"}).json()["error"]["message"]
+
+
 def test_it_fails_only_the_next_n_requests_then_recovers(sandbox, oai):
     assert configure(sandbox, fail_status=503, fail_count=2)["fail_count"] == 2
     for _ in range(2):
@@ -623,7 +643,8 @@ def test_it_merges_runtime_config_and_resets_to_the_startup_config(sandbox):
     assert reset == {"latency_ms": 0, "chunk_delay_ms": 0, "chunks": 8, "fail_status": None, "fail_count": 0,
                      "fail_every": 0, "disconnect_after": None, "hang_ms": 0, "require_key": None,
                      "cache_read_tokens": 0, "cache_read_percent": 0, "cache_write_tokens": 0,
-                     "cache_write_percent": 0, "reasoning_tokens": 0}
+                     "cache_write_percent": 0, "reasoning_tokens": 0, "fail_retry_after": None,
+                     "fail_realistic": 0}
     assert sandbox.http.get(f"{sandbox.url}/_sandbox/stats").json() == {"requests": 0, "by_path": {}, "by_status": {},
                                                                         "client_disconnects": 0}
 
