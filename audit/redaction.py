@@ -3,8 +3,9 @@
 Secrets are always redacted: gateway keys, provider keys, bearer tokens, and any
 literal secret the caller passes (the provider credential used for the request).
 E-mail addresses, card numbers and the configured patterns are redacted by
-setting. Redaction runs before the size cut, so a cut can never leave half a
-secret behind.
+setting. A text is cut to its stored size plus a margin, made storable, redacted,
+then cut to size: a cut never leaves half a secret behind, and redaction never
+sees megabytes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from django.conf import settings
+
+from audit.storable import clean_text
 
 REDACTED = "[REDACTED]"
 
@@ -96,14 +99,21 @@ def redact(text: str, *, secrets: Iterable[str] = ()) -> str:
     return redactor()(text, secrets)
 
 
+# Room beyond the stored size for a secret that straddles the cut, so that it is redacted
+# whole before the cut (a literal secret longer than this widens it).
+CUT_MARGIN = 1024
+
+
 def redact_cut(text: str, *, limit: int, secrets: Iterable[str] = (), using: Redactor | None = None) -> str:
-    """Redact, then cut to `limit` characters (marking the cut)."""
+    """`text` as stored: cut to `limit` plus a margin, made storable (no NUL, no lone surrogate),
+    redacted, then cut to `limit` characters (marking the cut)."""
     if limit <= 0 or not text:
         return ""
-    # Redacting megabytes that will be cut anyway is waste; the margin keeps a
+    margin = max([CUT_MARGIN, *(len(s) for s in secrets)])
+    # Redacting megabytes that will be cut anyway is waste, and the margin keeps a
     # secret that straddles the limit whole, so it is redacted before the cut.
-    was_cut = len(text) > limit + 1024
-    text = (using or redactor())(text[: limit + 1024], secrets)
+    was_cut = len(text) > limit + margin
+    text = (using or redactor())(clean_text(text[: limit + margin]), secrets)
     if was_cut or len(text) > limit:
         return text[:limit] + "…[cut]"
     return text
