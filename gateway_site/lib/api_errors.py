@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from rest_framework import exceptions, parsers, serializers, status
@@ -72,6 +72,12 @@ def api_exception_handler(exc, context):
                        if isinstance(exc, ProtectedError) else set())[:5]
         message = "It is still in use" + (f" by: {', '.join(names)}" if names else "") + "; remove those first."
         return Response({"error": {"message": message, "code": "protected"}}, status=status.HTTP_409_CONFLICT)
+    elif isinstance(exc, DataError):
+        # A value the request carried that the database cannot use: a NUL in a search or filter
+        # (PostgreSQL refuses it in text), a number out of a column's range. The client's, not ours.
+        message = (str(exc).splitlines() or [""])[0][:200]
+        return Response({"error": {"message": f"A value in the request cannot be used: {message}".strip(),
+                                   "code": "invalid"}}, status=status.HTTP_400_BAD_REQUEST)
     elif isinstance(exc, IntegrityError):
         return Response({"error": {"message": f"Conflicts with existing data: {exc}".strip(), "code": "conflict"}},
                         status=status.HTTP_409_CONFLICT)
