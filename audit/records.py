@@ -84,7 +84,7 @@ def _metadata(body: Any) -> str:
 
 
 # Each text column's size, from the model: a value is cut to it (after redaction) before it is stored.
-_MAX_LENGTH = {f.name: f.max_length for f in AuditEvent._meta.get_fields() if getattr(f, "max_length", None)}
+_MAX_LENGTH: dict[str, int] = {f.name: f.max_length for f in AuditEvent._meta.fields if f.max_length}
 # Room beyond a short column's size, so a secret that straddles its end is redacted whole.
 _SHORT_MARGIN = 256
 

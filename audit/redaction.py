@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from re import _parser as _sre_parse  # type: ignore[attr-defined]  # re's own parser: what each pattern is made of
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -56,16 +57,14 @@ MAX_REPEAT_BOUND = 1024
 _REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
 
 
-def _walk_problem(items, inside_repeat: bool) -> str:
-    from re import _constants as sre  # the parsed form's opcodes
-
+def _walk_problem(items: list, inside_repeat: bool) -> str:
     for op, arg in items:
         name = str(op)
         if name in ("GROUPREF", "GROUPREF_EXISTS"):
             return "a backreference can take exponential time"
         if name in _REPEATS:
             _low, high, body = arg
-            if high == sre.MAXREPEAT or high > MAX_REPEAT_BOUND:
+            if high == _sre_parse.MAXREPEAT or high > MAX_REPEAT_BOUND:
                 return (f"an unbounded quantifier (+, *, {{n,}}) can take quadratic time; give it an upper "
                         f"bound of at most {MAX_REPEAT_BOUND}, as in \\d{{1,20}}")
             # A possessive repeat never gives back what it took, so only its count can backtrack.
@@ -93,11 +92,9 @@ def _walk_problem(items, inside_repeat: bool) -> str:
 def pattern_problem(pattern: str) -> str:
     """Why `pattern` may not run on request data (it fails to compile, or its time is not
     linear in the text's length); empty if it may."""
-    from re import _parser as sre_parse
-
     try:
         re.compile(pattern)
-        parsed = sre_parse.parse(pattern)
+        parsed = _sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError) as exc:
         return f"not a valid regular expression: {exc}"
     return _walk_problem(list(parsed), False)

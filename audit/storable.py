@@ -12,6 +12,7 @@ writer then isolates a row the database refuses all the same (audit/services.py)
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -69,7 +70,10 @@ def storable_text(value: Any, *, max_length: int, redact: Callable[[str], str] |
 
 
 def storable_int(value: Any, *, low: int, high: int, default: int | None) -> int | None:
-    """`value` if it is an integer in [low, high], clamped if it is an integer outside; else `default`."""
+    """`value` as an integer clamped to [low, high] (a finite float truncated); `default` if it is
+    not a number (None, a string, a bool, NaN)."""
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         return default
     return min(max(value, low), high)
@@ -111,6 +115,7 @@ def body_text(value: Any) -> str:
     if value is None or isinstance(value, str | bytes | bytearray | memoryview):
         return as_text(value)
     options = orjson.OPT_NON_STR_KEYS
+    first: Exception
     try:
         return orjson.dumps(value, default=str, option=options).decode()
     except orjson.JSONEncodeError as exc:

@@ -50,7 +50,8 @@ def test_text_is_cut_to_its_column_after_redaction():
 
 
 @pytest.mark.parametrize(("value", "expected"), [(200, 200), (70000, 32767), (-5, 0), ("not a number", None),
-                                                 (True, None), (None, None), (2.5, None)])
+                                                 (True, None), (None, None), (2.5, 2), (float("nan"), None),
+                                                 (float("inf"), None), (2**70, 32767)])
 def test_numbers_are_kept_in_their_columns_range(value, expected):
     assert storable_int(value, low=0, high=32767, default=None) == expected
 
