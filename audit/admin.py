@@ -5,7 +5,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
@@ -77,7 +77,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
             actions.pop("export_jsonl", None)
         return actions
 
-    def _export(self, request, queryset, fmt: str) -> HttpResponse:
+    def _export(self, request, queryset, fmt: str) -> HttpResponseBase:
         if not request.user.has_perm("audit.export_auditevent"):
             raise PermissionDenied
         return export_response(request, queryset.order_by("time", "seq"), fmt, f"audit-selection.{fmt}")
@@ -95,7 +95,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
         export = path("export/", self.admin_site.admin_view(self.export_view), name="audit_auditevent_export")
         return [export, *urls]
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         """A date range (optionally one consumer) as a CSV or JSONL download."""
         if not (request.user.has_perm("audit.export_auditevent") and is_audit_reader(request.user)):
             raise PermissionDenied

@@ -107,7 +107,8 @@ class DaySerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     tokens = serializers.IntegerField()
     cost_micros = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    # DRF's metaclass moves declared fields off the class, so `errors` does not shadow Serializer.errors.
+    errors = serializers.IntegerField()  # type: ignore[assignment]
     failovers = serializers.IntegerField()
 
 
@@ -116,7 +117,8 @@ class TopSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     tokens = serializers.IntegerField()
     cost_micros = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    # DRF's metaclass moves declared fields off the class, so `errors` does not shadow Serializer.errors.
+    errors = serializers.IntegerField()  # type: ignore[assignment]
 
 
 class UsageSummarySerializer(serializers.Serializer):

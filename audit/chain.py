@@ -28,15 +28,78 @@ CHAIN_FIELDS: tuple[str, ...] = (
 )
 
 
-@lru_cache(maxsize=4)
-def _derived_key(secret_key: str, chain_key: str) -> bytes:
-    if chain_key:
-        return chain_key.encode()
+def _legacy_key(secret_key: str) -> bytes:
+    """The key derived from SECRET_KEY that chained events before a chain key was required."""
     return hmac.new(secret_key.encode(), b"tollgate-audit-chain", hashlib.sha256).digest()
 
 
+def key_id_of(key: bytes) -> str:
+    """A key's short public name, stored with every row and head it sealed (not the key:
+    an HMAC of a fixed label, so it tells keys apart without helping to guess one)."""
+    return hmac.new(key, b"tollgate-audit-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+@lru_cache(maxsize=4)
+def _keyring(secret_key: str, current: str, old: tuple[str, ...]) -> tuple[str | None, bytes, dict[str | None, bytes]]:
+    if current:
+        key = current.encode()
+        key_id: str | None = key_id_of(key)
+    else:  # only under DEBUG (settings refuse to start otherwise): the legacy derived key
+        key, key_id = _legacy_key(secret_key), None
+    ring: dict[str | None, bytes] = {key_id_of(k.encode()): k.encode() for k in old}
+    ring[key_id] = key
+    ring.setdefault(None, _legacy_key(secret_key))
+    return key_id, key, ring
+
+
+def chain_signing_key() -> tuple[str | None, bytes]:
+    """The key id (None: the legacy derived key) and key that seal new rows and heads."""
+    key_id, key, _ = _keyring(settings.SECRET_KEY, settings.TOLLGATE_AUDIT_CHAIN_KEY,
+                              tuple(settings.TOLLGATE_AUDIT_CHAIN_OLD_KEYS))
+    return key_id, key
+
+
 def chain_key() -> bytes:
-    return _derived_key(settings.SECRET_KEY, settings.TOLLGATE_AUDIT_CHAIN_KEY)
+    return chain_signing_key()[1]
+
+
+def chain_keyring() -> dict[str | None, bytes]:
+    """Every key that may have sealed a stored row, by key id; None is the legacy derived key."""
+    return _keyring(settings.SECRET_KEY, settings.TOLLGATE_AUDIT_CHAIN_KEY,
+                    tuple(settings.TOLLGATE_AUDIT_CHAIN_OLD_KEYS))[2]
+
+
+def _legacy_candidates(ring: dict[str | None, bytes]) -> list[bytes]:
+    # Rows from before key ids (key_id null) were sealed with the derived key, or with a
+    # TOLLGATE_AUDIT_CHAIN_KEY that was set explicitly back then: try each.
+    return list(dict.fromkeys([ring[None], *(k for i, k in ring.items() if i is not None)]))
+
+
+def head_mac(seq: int, last_hash: str, key_id: str | None, *, key: bytes) -> str:
+    """The chain head's MAC over its seq, last hash and key id: a head moved back by
+    someone without the key no longer matches."""
+    payload = orjson.dumps(["tollgate-audit-head", seq, last_hash, key_id])
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def head_fields(seq: int, last_hash: str) -> dict:
+    """The columns of a chain head moved to (seq, last_hash), MAC included: write them all
+    in the transaction that appends the rows."""
+    key_id, key = chain_signing_key()
+    return {"seq": seq, "hash": last_hash, "key_id": key_id,
+            "mac": head_mac(seq, last_hash, key_id, key=key)}
+
+
+def head_problem(head: AuditChainHead) -> str:
+    """Why the stored head is not authentic, or "" if its MAC matches."""
+    if head.seq == 0 and not head.mac:
+        return ""  # a fresh head, before the first append
+    key = chain_keyring().get(head.key_id)
+    if key is None:
+        return f"the chain head was sealed with key {head.key_id}, which is not configured"
+    if not hmac.compare_digest(head.mac, head_mac(head.seq, head.hash, head.key_id, key=key)):
+        return f"the chain head (event {head.seq}) does not match its MAC (head moved without the key)"
+    return ""
 
 
 def _canonical(value: object) -> object:
@@ -66,7 +129,11 @@ class ChainReport:
 def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> ChainReport:
     """Walk the chain (from `since`, or from its start) and report the first break."""
     head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(pk=1)
-    key = chain_key()
+    problem = head_problem(head)
+    if problem:
+        return ChainReport(0, head.seq, problem)
+    ring = chain_keyring()
+    legacy = _legacy_candidates(ring)
     end_seq = head.seq
     if since is None:
         start_seq, expected_prev = head.pruned_seq + 1, head.pruned_hash
@@ -85,9 +152,10 @@ def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> Ch
             return ChainReport(checked=0, broken_seq=first, problem=(
                 f"event {first - 1}, just before the first checked event, is missing (row deleted)"))
     rows = (AuditEvent.objects.filter(seq__gte=start_seq, seq__lte=end_seq).order_by("seq")
-            .values_list(*CHAIN_FIELDS, "hash").iterator(chunk_size=chunk_size))
+            .values_list(*CHAIN_FIELDS, "key_id", "hash").iterator(chunk_size=chunk_size))
     expected_seq = start_seq
     checked = 0
+    keyed = False
     for row in rows:
         seq, prev_hash, request_id = row[0], row[1], row[3]
         if seq != expected_seq:
@@ -97,7 +165,13 @@ def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> Ch
             return ChainReport(checked, seq, (
                 f"event {seq} does not link to event {seq - 1} (a row was replaced, inserted or deleted)"),
                 request_id)
-        if not hmac.compare_digest(event_hash(row[:-1], key=key), row[-1]):
+        key_id = row[-2]
+        if key_id is None and keyed:
+            # Legacy rows only precede keyed ones; a later one was forged with the old key.
+            return ChainReport(checked, seq, f"event {seq} claims the legacy key after keyed events (row forged)",
+                               request_id)
+        keyed = keyed or key_id is not None
+        if not _row_matches(row, key_id, ring, legacy):
             return ChainReport(checked, seq, f"event {seq}'s values do not match its hash (row edited or forged)",
                                request_id)
         expected_prev = row[-1]
@@ -113,6 +187,16 @@ def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> Ch
         return ChainReport(checked, extra[0], f"event {extra[0]} lies beyond the chain head (row inserted)",
                            extra[1])
     return ChainReport(checked)
+
+
+def _row_matches(row: tuple, key_id: str | None, ring: dict[str | None, bytes], legacy: list[bytes]) -> bool:
+    keys = legacy if key_id is None else [ring[key_id]] if key_id in ring else []
+    for i, key in enumerate(keys):
+        if hmac.compare_digest(event_hash(row[:-2], key=key), row[-1]):
+            if i:  # the next legacy row most likely used the same key: try it first
+                legacy.insert(0, legacy.pop(i))
+            return True
+    return False
 
 
 def _appended_since(head: AuditChainHead, seq: int) -> bool:

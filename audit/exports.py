@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
@@ -113,7 +113,8 @@ def _batches(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield batch
 
 
-def export_chunks(events: QuerySet, fmt: str, *, batch: int = 500, stats: dict | None = None) -> Iterator[bytes]:
+def export_chunks(events: QuerySet, fmt: str, *, batch: int = 500,
+                  stats: dict | None = None) -> Generator[bytes, None, None]:
     """The export of `events` as byte chunks (a few hundred rows each); counts rows into stats["rows"]."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")

@@ -48,6 +48,8 @@ class AuditEvent(models.Model):
     response_body = models.TextField(blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    # Which chain key sealed the row (audit.chain.key_id_of); null: before key ids (legacy).
+    key_id = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001 (null = legacy key, not "")
 
     class Meta:
         ordering = ["-seq"]
@@ -78,9 +80,33 @@ class AuditChainHead(models.Model):
     hash = models.CharField(max_length=64, default=GENESIS_HASH)
     pruned_seq = models.BigIntegerField(default=0)
     pruned_hash = models.CharField(max_length=64, default=GENESIS_HASH)
+    # HMAC(chain key, seq, hash, key_id), rewritten with every move (audit.chain.head_fields),
+    # so a head moved back by someone without the key shows.
+    key_id = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001 (null = legacy key, not "")
+    mac = models.CharField(max_length=64, blank=True, default="")
 
     def __str__(self) -> str:
         return f"audit chain head at {self.seq}"
+
+
+class AuditAnchor(models.Model):
+    """Anchor N: the chain heads at one moment, linked to anchor N-1 and signed (audit.anchors).
+
+    `body` is the canonical JSON that was signed; copies go to the export directory and
+    the sink, so a rewind of the rows, the heads and this table together still shows.
+    """
+
+    number = models.BigIntegerField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    body = models.TextField()
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the body; the next anchor names it.")
+    signature = models.CharField(max_length=128, blank=True, help_text="Ed25519, hex; empty if unsigned.")
+
+    class Meta:
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return f"audit anchor {self.number}"
 
 
 class AuditExport(models.Model):

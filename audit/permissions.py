@@ -7,6 +7,10 @@ from rest_framework.permissions import BasePermission
 
 GATEWAY_ADMIN = "gateway-admin"
 COMPLIANCE = "compliance"
+# Holds only the permission to choose providers' credential references and base URLs, which
+# gateway-admin lacks: whoever chooses them decides which secret goes where (proxy.credentials).
+CREDENTIALS = "gateway-credentials"
+CREDENTIALS_PERMISSION = ("proxy", "change_provider_credentials")
 AUDIT_READER_GROUPS = (GATEWAY_ADMIN, COMPLIANCE)
 
 # Nobody may add, change or delete these through permissions (the admin refuses anyway).
@@ -21,7 +25,7 @@ COMPLIANCE_PERMISSIONS = (
 
 
 def groups_ensure(apps=global_apps, using: str = "default") -> None:
-    """Create both groups and grant their permissions; safe to run any number of times."""
+    """Create the groups and grant their permissions; safe to run any number of times."""
     from django.contrib.auth.management import create_permissions
 
     # gateway-admin: everything in the apps the roof names (it wires the apps together; the
@@ -50,8 +54,14 @@ def groups_ensure(apps=global_apps, using: str = "default") -> None:
         p for p in Permission.objects.using(using).filter(content_type__app_label__in=admin_apps)
         .select_related("content_type")
         if not (p.content_type.model in READ_ONLY_MODELS and not p.codename.startswith(("view_", "export_")))
+        and (p.content_type.app_label, p.codename) != CREDENTIALS_PERMISSION
     ]
     admins.permissions.add(*admin_perms)
+    credentials, _ = Group.objects.using(using).get_or_create(name=CREDENTIALS)
+    app_label, codename = CREDENTIALS_PERMISSION
+    perm = Permission.objects.using(using).filter(content_type__app_label=app_label, codename=codename).first()
+    if perm is not None:
+        credentials.permissions.add(perm)
     for app_label, codename in COMPLIANCE_PERMISSIONS:
         perm = Permission.objects.using(using).filter(content_type__app_label=app_label, codename=codename).first()
         if perm is not None:

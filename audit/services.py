@@ -1,133 +1,39 @@
-"""Writes to the audit log: appending events to the chain, policies, retention."""
+"""Writes to the audit log: appending events to the chain, policies, retention.
+
+AuditRecord (from audit.records) is re-exported: the proxy hands its records over from here."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
-from audit.chain import CHAIN_FIELDS, chain_key, event_hash
+from audit.chain import CHAIN_FIELDS, chain_signing_key, event_hash, head_fields
 from audit.exports import FIELD_NAMES, export_chunks
-from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor, BodyMode
-from audit.redaction import redact_cut, redactor
+from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor
+from audit.records import AuditRecord, event_values, reduced_values
 from audit.selectors import events_in_range
+from audit.storable import clean_text
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class AuditRecord:
-    """A finished request as the proxy hands it over: plain values, nothing redacted yet."""
-
-    time: datetime
-    request_id: str
-    endpoint: str
-    status: int | None = None
-    error_class: str = ""
-    consumer_id: int | None = None
-    consumer_name: str = ""
-    key_prefix: str = ""
-    route: str = ""
-    provider: str = ""
-    upstream_model: str = ""
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost_micros: int = 0
-    latency_us: int = 0
-    ttft_us: int | None = None
-    attempts: int = 0
-    client_ip: str = ""
-    user_agent: str = ""
-    body_mode: str = BodyMode.NONE
-    request_body: Any = None  # the parsed JSON request, bytes or text
-    response_body: Any = None  # bytes sent to the client (already cut by capture_limit)
-    # Literal secrets to redact wherever they appear (e.g. the provider credential).
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-
-# Request parameters kept in `metadata` mode: scalars only, never message content.
-_METADATA_SKIP = frozenset({"messages", "system", "tools", "tool_choice", "functions", "contents", "prompt",
-                            "input", "metadata", "user", "response_format", "prediction"})
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value, default=str).decode()
-
-
-def _metadata(body: Any) -> str:
-    if not isinstance(body, dict):
-        return ""
-    summary: dict[str, Any] = {}
-    for name, value in body.items():
-        if name in _METADATA_SKIP or not isinstance(name, str):
-            continue
-        if isinstance(value, bool | int | float) or value is None:
-            summary[name] = value
-        elif isinstance(value, str):
-            summary[name] = value[:200]
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        summary["message_count"] = len(messages)
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        summary["tool_count"] = len(tools)
-    return orjson.dumps(summary).decode()
-
-
-def event_values(record: AuditRecord) -> tuple:
-    """A record's column values in CHAIN_FIELDS order after seq and prev_hash:
-    every text redacted, every value cut to its column."""
-    s = record.secrets
-    r = redactor()
-    request_body = response_body = ""
-    limit = settings.TOLLGATE_AUDIT_BODY_MAX_CHARS
-    if record.body_mode == BodyMode.FULL:
-        request_body = redact_cut(_as_text(record.request_body), limit=limit, secrets=s, using=r)
-        response_body = redact_cut(_as_text(record.response_body), limit=limit, secrets=s, using=r)
-    elif record.body_mode == BodyMode.METADATA:
-        request_body = redact_cut(_metadata(record.request_body), limit=limit, secrets=s, using=r)
-    return (
-        record.time,
-        record.request_id[:64],
-        record.consumer_id,
-        (record.consumer_name or "")[:100],
-        r(record.key_prefix or "", s)[:16],
-        r(record.route or "", s)[:200],
-        (record.provider or "")[:100],
-        r(record.upstream_model or "", s)[:200],
-        (record.endpoint or "")[:50],
-        record.status,
-        (record.error_class or "")[:64],
-        record.prompt_tokens,
-        record.completion_tokens,
-        int(record.cost_micros or 0),
-        max(0, int(record.latency_us)),
-        None if record.ttft_us is None else max(0, int(record.ttft_us)),
-        min(max(0, record.attempts), 32767),
-        (record.client_ip or "")[:45],
-        r(record.user_agent or "", s)[:300],
-        record.body_mode,
-        request_body,
-        response_body,
-    )
 
 
 def _chain_head_locked() -> AuditChainHead:
@@ -144,7 +50,7 @@ def _chain_head_locked() -> AuditChainHead:
     return head
 
 
-_COLUMNS = (*CHAIN_FIELDS, "hash")
+_COLUMNS = (*CHAIN_FIELDS, "key_id", "hash")
 _TIME = CHAIN_FIELDS.index("time")
 
 
@@ -155,7 +61,9 @@ def _insert(rows: list[tuple]) -> None:
     columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            # The COPY bypasses Django's cursor wrapper: its errors are mapped here, so a refused
+            # value is a DataError and a lost connection an OperationalError, as for any query.
+            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
@@ -168,13 +76,13 @@ def _insert(rows: list[tuple]) -> None:
 
 def _chain(values: list[tuple], seq: int, prev: str) -> list[tuple]:
     """Sealed rows: each row's seq and prev_hash, then its values, then its own hash."""
-    key = chain_key()
+    key_id, key = chain_signing_key()
     rows = []
     for row in values:
         seq += 1
         chained = (seq, prev, *row)
         prev = event_hash(chained, key=key)
-        rows.append((*chained, prev))
+        rows.append((*chained, key_id, prev))
     return rows
 
 
@@ -186,7 +94,7 @@ def _append(values: list[tuple], progress: list[str]) -> None:
         head = _chain_head_locked()
         rows = _chain(values, head.seq, head.hash)
         _insert(rows)
-        AuditChainHead.objects.filter(pk=1).update(seq=rows[-1][0], hash=rows[-1][-1])
+        AuditChainHead.objects.filter(pk=1).update(**head_fields(rows[-1][0], rows[-1][-1]))
         progress.append("committing")
 
 
@@ -201,7 +109,7 @@ def _sql() -> dict[str, str]:
         "head": f"SELECT seq, hash FROM {head} WHERE id = 1 FOR UPDATE",  # noqa: S608
         "insert": f"INSERT INTO {table} ({columns}) VALUES ",  # noqa: S608
         "row": f"({placeholders})",
-        "move": f"UPDATE {head} SET seq = %s, hash = %s WHERE id = 1",  # noqa: S608
+        "move": f"UPDATE {head} SET seq = %(seq)s, hash = %(hash)s, key_id = %(key_id)s, mac = %(mac)s WHERE id = 1",  # noqa: S608
     }
 
 
@@ -238,7 +146,7 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
                     if len(rows) <= _VALUES_ROWS:
                         cursor.execute(sql["insert"] + ", ".join([sql["row"]] * len(rows)),
                                        [value for row in rows for value in row])
-                    cursor.execute(sql["move"], (rows[-1][0], rows[-1][-1]))
+                    cursor.execute(sql["move"], head_fields(rows[-1][0], rows[-1][-1]))
                     progress.append("committing")
                     cursor.execute("COMMIT")
         except BaseException:
@@ -251,22 +159,21 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
     return True
 
 
-def events_append(records: list[AuditRecord]) -> int:
-    """Append records to the chain in one transaction; returns once they are committed.
+def _append_committed(values: list[tuple]) -> None:
+    """Append values to the chain in one transaction; returns once they are committed.
 
     Concurrent writers (other processes) wait on the chain head's row lock, so
     `seq` order is commit order. A stale pooled connection (the database
     restarted) is replaced once, but only for a failure before the commit began:
     a failed commit may have succeeded, and retrying it could duplicate events.
     """
-    values = [event_values(record) for record in records]
     for attempt in (1, 2):
         progress: list[str] = []
         try:
             pipelined = connection.vendor == "postgresql" and not connection.in_atomic_block
             if not (pipelined and _append_pipelined(values, progress)):
                 _append(values, progress)
-            return len(values)
+            return
         except (OperationalError, InterfaceError) as exc:
             if attempt == 2 or connection.in_atomic_block or progress:
                 raise
@@ -276,8 +183,85 @@ def events_append(records: list[AuditRecord]) -> int:
             if not connection.in_atomic_block:
                 connection.close_if_unusable_or_obsolete()
             raise
-    return len(values)
 
+
+class AuditRowRefused(Exception):
+    """The database refused even the reduced form of one request's row. Deliberately not a
+    DatabaseError: the database is up, and the proxy takes a DatabaseError for an outage."""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether the rows' values caused `exc` (so a smaller batch can succeed), rather than the
+    database or the connection (an outage, every row's alike: OperationalError, InterfaceError...)."""
+    import psycopg
+
+    if isinstance(exc, DataError | IntegrityError | psycopg.DataError | psycopg.IntegrityError):
+        return True
+    if isinstance(exc, DatabaseError | psycopg.Error):
+        return False
+    # A value the driver or the chain's HMAC cannot encode (a lone surrogate: UnicodeEncodeError,
+    # orjson's TypeError), or an out-of-range number the driver refuses before sending it.
+    return isinstance(exc, UnicodeError | TypeError | ValueError | OverflowError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def events_append_each(records: list[AuditRecord]) -> list[Exception | None]:
+    """Append records to the chain; for each, None once its row is committed, or the exception
+    that kept it out. Never raises for a database error: the caller answers each request.
+
+    Normally one transaction holds them all. If the database refuses the batch because of a
+    value (DataError, IntegrityError, or a value the driver cannot encode), the batch is split
+    in halves and each half retried, down to the row at fault, which is then written in its
+    reduced form (`reduced_values`): no request loses its row, or gets an error, because of
+    another's. Each retry chains its rows anew under the head's lock, so `seq` and `prev_hash`
+    stay contiguous. An outage (OperationalError, InterfaceError: the database is down or the
+    connection lost) is every row's: each row not yet committed gets that error, as before.
+    """
+    values = [event_values(record) for record in records]
+    results: list[Exception | None] = [None] * len(records)
+    pending = [(0, len(records))]  # a stack of [lo, hi) ranges, the earliest on top: seq keeps arrival order
+    while pending:
+        lo, hi = pending.pop()
+        try:
+            _append_committed(values[lo:hi])
+            continue
+        except Exception as exc:
+            if not _is_data_error(exc):
+                for start, end in [(lo, hi), *pending]:
+                    results[start:end] = [exc] * (end - start)
+                break
+            refused = exc
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            pending += [(mid, hi), (lo, mid)]
+            continue
+        record = records[lo]
+        logger.warning("audit: the database refused the row of request %r (%s); storing its reduced form",
+                       clean_text(str(record.request_id))[:64], refused.__class__.__name__)
+        try:
+            _append_committed([reduced_values(record, reason=_first_line(refused))])
+        except Exception as exc:
+            if not _is_data_error(exc):
+                for start, end in [(lo, hi), *pending]:
+                    results[start:end] = [exc] * (end - start)
+                break
+            logger.error("audit: the database refused even the reduced row of request %r: %s",
+                         clean_text(str(record.request_id))[:64], _first_line(exc))
+            results[lo] = AuditRowRefused(_first_line(exc))
+    return results
+
+
+def events_append(records: list[AuditRecord]) -> int:
+    """Append records to the chain (as `events_append_each`); raises the first error that kept
+    a row out, after writing every row that could be. Returns the number of rows written."""
+    results = events_append_each(records)
+    for error in results:
+        if error is not None:
+            raise error
+    return len(records)
 
 
 # --- Daily export -----------------------------------------------------------------

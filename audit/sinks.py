@@ -50,6 +50,12 @@ def _post(client: httpx.Client, url: str, payload: bytes, batch_id: str) -> None
         raise SinkError(f"collector answered {response.status_code}", permanent=permanent)
 
 
+def sink_post(payload: bytes, batch_id: str) -> None:
+    """POST one document (an anchor) to the collector once; SinkError if it fails."""
+    with httpx.Client(timeout=settings.TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS) as client:
+        _post(client, settings.TOLLGATE_AUDIT_SINK_URL, payload, batch_id)
+
+
 def sink_flush(*, max_seconds: float = 50.0, sleep: Callable[[float], None] = time.sleep) -> int:
     """Deliver pending events in batches until caught up, the collector fails, or time is up."""
     url = settings.TOLLGATE_AUDIT_SINK_URL

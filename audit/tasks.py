@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from audit.anchors import anchor_write
 from audit.services import events_prune, export_daily_run
 from audit.sinks import sink_flush
 from audit.usage import DAYS, usage_rollup_recent
@@ -34,3 +35,9 @@ def audit_sink_flush() -> int:
 def usage_rollup(days: int = DAYS) -> int:
     """Roll up the closed days of the dashboard's window that are missing (usually none)."""
     return usage_rollup_recent(days=days)
+
+
+@shared_task(soft_time_limit=110, time_limit=120, acks_late=True)
+def audit_anchor() -> int:
+    """Write the next signed anchor of the chain heads (export directory and sink too)."""
+    return anchor_write().number

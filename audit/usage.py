@@ -3,7 +3,7 @@
 Closed days never change, so one GROUP BY per dimension over a day's events, run
 once, lets the usage summary (audit.selectors.usage_summary) read a few hundred
 rollup rows plus today's events through the log's time index instead of 30 days
-of events (measured in tests/admin_portal/bench_dashboard.py).
+of events (measured in tests/gateway_site/admin_portal/bench_dashboard.py).
 """
 from __future__ import annotations
 

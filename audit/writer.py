@@ -8,6 +8,11 @@ takes longer than the gap between requests under load anyway) share one
 transaction, so under load the cost of a commit, its fsync and the chain head's
 lock is shared by the whole batch instead of paid per request. The insert itself runs in a thread: the
 event loop never blocks on the database.
+
+Each request gets its own outcome (issue #15): a row the database refuses because of its values
+is isolated and stored in a reduced form (audit.services.events_append_each), so its batch's other
+requests are answered as usual, and no data error reaches them as a DatabaseError, which the proxy
+would take for an outage. An outage (connection refused or lost) still fails every row it kept out.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.conf import settings
 
-from audit.services import AuditRecord, events_append
+from audit.services import AuditRecord, events_append_each
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +64,23 @@ class GroupCommitWriter:
             while self._pending:
                 batch, self._pending = self._pending[:batch_max], self._pending[batch_max:]
                 try:
-                    await _in_db_thread([record for record, _ in batch])
+                    results = await _in_db_thread([record for record, _ in batch])
                 except Exception as exc:
                     logger.exception("audit batch of %d events could not be written", len(batch))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    self.batches += 1
-                    self.rows += len(batch)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                    results = [exc] * len(batch)
+                failed = sum(error is not None for error in results)
+                if failed:
+                    logger.error("audit: %d of a batch of %d events could not be written: %s", failed, len(batch),
+                                 next(error for error in results if error is not None))
+                self.batches += 1
+                self.rows += len(batch) - failed
+                for (_, future), error in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
         except asyncio.CancelledError:
             # The loop is shutting down: nobody will answer these requests.
             for _, future in batch + self._pending:
@@ -84,14 +94,14 @@ class GroupCommitWriter:
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
 
 
-async def _in_db_thread(records: list[AuditRecord]) -> None:
+async def _in_db_thread(records: list[AuditRecord]) -> list[Exception | None]:
+    """Each record's outcome: None once committed, or the error that kept it out."""
     if asyncio.get_running_loop() in AsyncToSync.loop_thread_executors:
         # Called through async_to_sync (tests, management commands): use the
         # caller's thread, and with it its connection and open transaction.
-        await sync_to_async(events_append, thread_sensitive=True)(records)
-    else:
-        # Under the ASGI server: one dedicated thread keeps one connection.
-        await asyncio.get_running_loop().run_in_executor(_executor, events_append, records)
+        return await sync_to_async(events_append_each, thread_sensitive=True)(records)
+    # Under the ASGI server: one dedicated thread keeps one connection.
+    return await asyncio.get_running_loop().run_in_executor(_executor, events_append_each, records)
 
 
 writer = GroupCommitWriter()

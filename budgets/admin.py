@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from audit.permissions import is_audit_reader
+from budgets.binding import MAX_ENTRIES
 from budgets.keys import IssuedKey, key_issue, key_revoke, key_rotate
 from budgets.models import (
     ApiKey,
@@ -43,6 +44,36 @@ def usage_bar(*, label: str, used: int, limit: int, metric: str) -> str:
         label=label, used=format_amount(metric, used), limit=format_amount(metric, limit),
         percent=percent, colour=colour,
     )
+
+
+class LinesField(forms.Field):
+    """A list of strings, edited one per line (commas separate too); the model validates the entries."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 48})
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value) -> list[str]:
+        if isinstance(value, list):
+            return value
+        entries = [part.strip() for line in (value or "").splitlines() for part in line.split(",")]
+        entries = [entry for entry in entries if entry]
+        if len(entries) > MAX_ENTRIES:
+            raise forms.ValidationError(f"At most {MAX_ENTRIES} entries.")
+        return entries
+
+
+# Who may use a key (budgets.binding), on the consumer and on each key.
+BINDING_FIELDS = ("allowed_networks", "allowed_user_agents")
+
+
+class BindingFieldsMixin:
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in BINDING_FIELDS:
+            return LinesField(required=False, label=db_field.verbose_name.capitalize(),
+                              help_text=f"{db_field.help_text} One per line.")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -79,7 +110,7 @@ def _audit_reader_only(request: HttpRequest) -> bool:
 
 
 @admin.register(Consumer)
-class ConsumerAdmin(admin.ModelAdmin):
+class ConsumerAdmin(BindingFieldsMixin, admin.ModelAdmin):
     list_display = ("name", "active", "audit_body_mode", "key_count", "budget_usage", "created_at")
     list_filter = ("active", "audit_body_mode")
     search_fields = ("name", "description")
@@ -125,7 +156,8 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest):
         consumers = super().get_queryset(request).annotate(_key_count=Count("keys", distinct=True))
-        if getattr(request, "resolver_match", None) and request.resolver_match.url_name.endswith("changelist"):
+        match = getattr(request, "resolver_match", None)
+        if match is not None and (match.url_name or "").endswith("changelist"):
             # Current windows only (ends_at is indexed): three queries for the whole page, whatever its size.
             now = timezone.now()
             current = BudgetUsage.objects.filter(starts_at__lte=now, ends_at__gt=now)
@@ -136,7 +168,7 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     @admin.display(description="keys", ordering="_key_count")
     def key_count(self, obj: Consumer) -> int:
-        return obj._key_count
+        return obj._key_count  # type: ignore[attr-defined]  # annotated by get_queryset, unknown to the model
 
     @admin.display(description="budgets (current period, database copy)")
     def budget_usage(self, obj: Consumer) -> str:
@@ -195,7 +227,7 @@ def _issued_response(model_admin: admin.ModelAdmin, request: HttpRequest, issued
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(BindingFieldsMixin, admin.ModelAdmin):
     list_display = ("prefix", "consumer", "name", "status_badge", "created_at", "expires_at", "last_used_at")
     list_filter = (StatusFilter, "created_at", "last_used_at")
     list_select_related = ("consumer",)
@@ -212,9 +244,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None):
         if obj is None:
-            return ("consumer", "name", "expires_at", "allowed_routes")
+            return ("consumer", "name", "expires_at", "allowed_routes", *BINDING_FIELDS)
         return ("consumer", "prefix", "name", "status", "created_at", "expires_at", "revoked_at",
-                "last_used_at", "allowed_routes")
+                "last_used_at", "allowed_routes", *BINDING_FIELDS)
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None):
         if obj is None:
@@ -230,6 +262,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
             name=obj.name,
             expires_at=obj.expires_at,
             allowed_routes=obj.allowed_routes,
+            allowed_networks=obj.allowed_networks,
+            allowed_user_agents=obj.allowed_user_agents,
         )
         obj.pk = issued.key.pk
         obj.prefix = issued.key.prefix

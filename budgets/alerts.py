@@ -56,7 +56,7 @@ def budget_alerts_due(*, now: datetime | None = None) -> list[tuple[int, date]]:
         ends_at__gt=now, alert_sent_at__isnull=True, budget__enabled=True, budget__alert_at_percent__isnull=False,
     ).values_list("budget_id", "period_start", "used", "budget__limit", "budget__alert_at_percent")
     for budget_id, period_start, used, limit, percent in rows:
-        if used * 100 >= limit * percent:
+        if percent is not None and used * 100 >= limit * percent:  # (never None: filtered above)
             due.append((budget_id, period_start))
     return due
 
@@ -73,7 +73,8 @@ def budget_alert_send(*, budget_id: int, period_start: date, now: datetime | Non
     # The conditional UPDATE is the "once": of any number of concurrent senders, one wins.
     if BudgetUsage.objects.filter(pk=usage.pk, alert_sent_at__isnull=True).update(alert_sent_at=now) != 1:
         return False
-    owner = budget.consumer.name if budget.consumer_id else f"key {budget.key.prefix} of {budget.key.consumer.name}"
+    owner = (budget.consumer.name if budget.consumer is not None
+             else f"key {budget.key.prefix} of {budget.key.consumer.name}" if budget.key is not None else "?")
     percent_used = usage.used * 100 // max(1, budget.limit)
     subject = f"Tollgate budget alert: {owner} used {percent_used}% of its {budget.metric} budget"
     text = (

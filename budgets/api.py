@@ -12,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from budgets.binding import MAX_ENTRIES, validate_networks, validate_user_agents
 from budgets.keys import key_issue, key_revoke, key_rotate
 from budgets.models import ApiKey, Budget, Consumer, RateLimit
 from budgets.selectors import budget_usage_report
@@ -20,15 +21,35 @@ from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, 
 MAX_GRACE_SECONDS = 365 * 86400
 
 
+# --- Who may use a key (budgets.binding; docs/admin.md#key-binding) -----------------------------
+
+
+def networks_field() -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=MAX_ENTRIES,
+        validators=[validate_networks],
+        help_text='Client networks (CIDRs, IPv4 or IPv6, e.g. ["10.0.0.0/8"]) it may be used from; empty: any.')
+
+
+def user_agents_field() -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=MAX_ENTRIES,
+        validators=[validate_user_agents],
+        help_text='User-Agent prefixes (e.g. ["claude-cli/"], case-insensitive) it may be used by; empty: any.')
+
+
 # --- Consumers ----------------------------------------------------------------------------
 
 
 class ConsumerSerializer(ModelValidationMixin, serializers.ModelSerializer):
     key_count = serializers.SerializerMethodField()
+    allowed_networks = networks_field()
+    allowed_user_agents = user_agents_field()
 
     class Meta:
         model = Consumer
-        fields = ["id", "name", "description", "active", "key_count", "created_at", "updated_at"]
+        fields = ["id", "name", "description", "active", "allowed_networks", "allowed_user_agents", "key_count",
+                  "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
 
     def get_key_count(self, consumer: Consumer) -> int:
@@ -84,11 +105,13 @@ class ApiKeySerializer(ModelValidationMixin, serializers.ModelSerializer):
     status = serializers.CharField(read_only=True)
     allowed_routes = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
                                            max_length=1000, help_text="Route names; empty: every route.")
+    allowed_networks = networks_field()
+    allowed_user_agents = user_agents_field()
 
     class Meta:
         model = ApiKey
         fields = ["id", "consumer", "name", "prefix", "status", "created_at", "expires_at", "revoked_at",
-                  "last_used_at", "allowed_routes"]
+                  "last_used_at", "allowed_routes", "allowed_networks", "allowed_user_agents"]
         read_only_fields = ["consumer", "prefix", "created_at", "revoked_at", "last_used_at"]
 
 
@@ -100,6 +123,8 @@ class ApiKeyIssueSerializer(serializers.Serializer):
                                                max_value=36500)
     allowed_routes = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
                                            default=list, max_length=1000)
+    allowed_networks = networks_field()
+    allowed_user_agents = user_agents_field()
 
     def validate(self, attrs):
         if attrs.get("expires_at") and attrs.get("expires_in_days"):

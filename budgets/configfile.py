@@ -13,6 +13,7 @@ from typing import Any
 from django.utils import timezone
 
 from audit.models import BodyMode
+from budgets.binding import networks_problem, user_agents_problem
 from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
 from gateway_site.lib.configfile import (
     MISSING,
@@ -56,6 +57,11 @@ consumers = section_register(
 )
 
 
+# Who may use the consumer's keys (docs/admin.md#key-binding); each key may narrow it (admin, API).
+consumers.add_field(Field("allowed_networks", list, check=networks_problem))
+consumers.add_field(Field("allowed_user_agents", list, check=user_agents_problem))
+
+
 # --- budgets:, rate_limits: and prices: (issue 4, docs/budgets.md) ------------------
 
 MICRO = 1_000_000
@@ -89,9 +95,15 @@ class ConsumerRows:
         self.fields = fields_bind(model, fields)
 
     # Subclasses: identity, file-to-model conversion and back.
-    def identity(self, values: dict[str, Any]) -> tuple: ...
-    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]: ...
-    def from_row(self, row) -> dict[str, Any]: ...
+    def identity(self, values: dict[str, Any]) -> tuple:
+        raise NotImplementedError
+
+    def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def from_row(self, row) -> dict[str, Any]:
+        raise NotImplementedError
+
     def check(self, values: dict[str, Any], where: str) -> None: ...
 
     def parse(self, value: Any, *, where: str) -> list[Item]:

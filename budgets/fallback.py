@@ -39,6 +39,7 @@ _RATELIMIT_REQUEST = SimpleNamespace(method="POST")  # all django-ratelimit read
 def request_rates_check(rules: list[RateRule], admission: Admission) -> None:
     """Count this request in each requests-per-window limit (django-ratelimit); sync, no I/O."""
     for rule in rules:
+        assert rule.requests is not None  # the caller passes requests-per-window rules only
         value = admission.owner_value(rule.owner)
         usage = get_usage(_RATELIMIT_REQUEST, group=rule.ratelimit_group,
                           key=lambda _group, _request, v=value: v,

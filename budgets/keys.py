@@ -50,6 +50,8 @@ def key_issue(
     expires_at: datetime | None = None,
     expires_in_days: int | None = None,
     allowed_routes: list[str] | None = None,
+    allowed_networks: list[str] | None = None,
+    allowed_user_agents: list[str] | None = None,
 ) -> IssuedKey:
     if expires_in_days is not None:
         expires_at = timezone.now() + timedelta(days=expires_in_days)
@@ -61,6 +63,8 @@ def key_issue(
         digest=key_digest(plaintext),
         expires_at=expires_at,
         allowed_routes=list(allowed_routes or []),
+        allowed_networks=list(allowed_networks or []),
+        allowed_user_agents=list(allowed_user_agents or []),
     )
     return IssuedKey(key=key, plaintext=plaintext)
 
@@ -78,7 +82,8 @@ def key_revoke(*, key: ApiKey) -> ApiKey:
 def key_rotate(*, key: ApiKey, grace_seconds: int = 86400) -> IssuedKey:
     """Issue a successor of `key` and let `key` expire after `grace_seconds` (at once when 0).
 
-    The successor keeps the key's consumer, name, expiry and allowed routes, and gets
+    The successor keeps the key's consumer, name, expiry, allowed routes and client binding
+    (networks, User-Agents: a rotation must not unbind a key), and gets
     copies of the key's own budgets and rate limits (the old key keeps its own, which
     limit it for the rest of the grace period). A revoked key cannot be rotated.
     """
@@ -88,7 +93,8 @@ def key_rotate(*, key: ApiKey, grace_seconds: int = 86400) -> IssuedKey:
     if key.revoked_at is not None:
         raise ValueError(f"Key {key.prefix}… is revoked; issue a new key instead.")
     issued = key_issue(consumer=key.consumer, name=key.name, expires_at=key.expires_at,
-                       allowed_routes=key.allowed_routes)
+                       allowed_routes=key.allowed_routes, allowed_networks=key.allowed_networks,
+                       allowed_user_agents=key.allowed_user_agents)
     for budget in Budget.objects.filter(key=key):
         budget.pk, budget.key = None, issued.key
         budget.save()

@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.models import BodyMode
+from budgets.binding import validate_networks, validate_user_agents
 
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
@@ -26,6 +27,15 @@ class Consumer(models.Model):
         "audit body mode", max_length=8, choices=BodyMode.choices, null=True, blank=True,
         help_text="What the audit log keeps of this consumer's request and response bodies; "
                   "empty: the gateway's default (TOLLGATE_AUDIT_DEFAULT_BODY_MODE).",
+    )
+    # Who may use the consumer's keys (budgets.binding); each key may narrow it further.
+    allowed_networks = models.JSONField(
+        default=list, blank=True, validators=[validate_networks],
+        help_text="Client networks (CIDRs, IPv4 or IPv6) all its keys may be used from; empty: any.",
+    )
+    allowed_user_agents = models.JSONField(
+        default=list, blank=True, validators=[validate_user_agents],
+        help_text="User-Agent prefixes (e.g. claude-cli/) all its keys may be used by; empty: any.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -52,6 +62,15 @@ class ApiKey(models.Model):
         default=list,
         blank=True,
         help_text="Route names this key may call; empty means every route.",
+    )
+    allowed_networks = models.JSONField(
+        default=list, blank=True, validators=[validate_networks],
+        help_text="Client networks (CIDRs, IPv4 or IPv6, e.g. 10.0.0.0/8) this key may be used from; empty: "
+        "any. The client address is the one TOLLGATE_TRUSTED_PROXIES works out.",
+    )
+    allowed_user_agents = models.JSONField(
+        default=list, blank=True, validators=[validate_user_agents],
+        help_text="User-Agent prefixes this key may be used by, e.g. claude-cli/ (case-insensitive); empty: any.",
     )
 
     class Meta:
@@ -148,7 +167,8 @@ class Budget(models.Model):
         constraints = [_one_owner_constraint("budget_has_one_owner")]
 
     def __str__(self) -> str:
-        owner = self.consumer.name if self.consumer_id else f"key {self.key.prefix}" if self.key_id else "?"
+        owner = (self.consumer.name if self.consumer is not None else f"key {self.key.prefix}" if self.key is not None
+                 else "?")
         return f"{owner}: {self.limit_display} {self.metric} per {self.period} ({self.mode})"
 
     @property

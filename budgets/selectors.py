@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from budgets import counters
+from budgets.binding import ClientBinding, binding_build
 from budgets.holds import BudgetRule, RateRule
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
 from budgets.periods import window_at
@@ -33,6 +34,8 @@ class KeyInfo:
     # The consumer's audit body mode, so the audit record gets it with the request;
     # None: TOLLGATE_AUDIT_DEFAULT_BODY_MODE. A consumer change drops the entry.
     audit_body_mode: str | None = None
+    # The networks and User-Agents the key and its consumer are bound to, parsed; None: any.
+    binding: ClientBinding | None = None
 
 
 def key_info_by_digest(digest: str) -> KeyInfo | None:
@@ -40,16 +43,20 @@ def key_info_by_digest(digest: str) -> KeyInfo | None:
     key = ApiKey.objects.select_related("consumer").filter(digest=digest).first()
     if key is None:
         return None
+    consumer = key.consumer
     return KeyInfo(
         key_id=key.pk,
         prefix=key.prefix,
         consumer_id=key.consumer_id,
-        consumer_name=key.consumer.name,
-        consumer_active=key.consumer.active,
+        consumer_name=consumer.name,
+        consumer_active=consumer.active,
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         allowed_routes=frozenset(key.allowed_routes) if key.allowed_routes else None,
         audit_body_mode=key.consumer.audit_body_mode,
+        binding=binding_build(owner=f"key {key.prefix} of {consumer.name}",
+                              networks=[consumer.allowed_networks or [], key.allowed_networks or []],
+                              user_agents=[consumer.allowed_user_agents or [], key.allowed_user_agents or []]),
     )
 
 
@@ -144,7 +151,7 @@ def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> l
                 used = max(used, int(live_used))
                 reserved = int(live_reserved or 0)
         rows.append(BudgetUsageRow(
-            budget_id=budget.pk, owner=f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            budget_id=budget.pk, owner=f"key {budget.key.prefix}" if budget.key is not None else "consumer",
             metric=budget.metric, mode=budget.mode, period=budget.period, timezone=budget.timezone,
             period_start=window.period_start, resets_at=window.ends_at, limit=budget.limit, used=used,
             reserved=reserved,
@@ -169,10 +176,11 @@ def nearest_budgets(*, now: datetime | None = None, limit: int = 10) -> list[dic
     result = []
     for usage in rows:
         budget = usage.budget
-        owner = budget.consumer or (budget.key.consumer if budget.key_id else None)
+        key = budget.key
+        owner = budget.consumer or (key.consumer if key is not None else None)
         result.append({
             "consumer": owner.name if owner else "?", "consumer_id": owner.pk if owner else None,
-            "scope": f"key {budget.key.prefix}" if budget.key_id else "consumer",
+            "scope": f"key {key.prefix}" if key is not None else "consumer",
             "metric": budget.metric, "period": budget.period, "used": usage.used, "limit": budget.limit,
             "percent": round(100 * usage.used / budget.limit, 1),
             "used_display": format_amount(budget.metric, usage.used),

@@ -7,6 +7,15 @@ admin, the admin API) goes through the full stack.
 
 Before either, a request whose headers add up to more than TOLLGATE_MAX_HEADER_BYTES
 is refused with a 431: uvicorn (httptools) sets no limit of its own.
+
+On the proxy paths the body is read only after the key in the headers is accepted, by
+proxy.auth.authenticate, the function the views authenticate with (a per-worker cache hit
+for a known key). A request without a valid key never has its body read: it reaches its view
+without one, and the view's own watched authentication answers, counts and records the 401.
+A body is read into memory, counted as it arrives: past TOLLGATE_MAX_BODY_BYTES, or after
+TOLLGATE_BODY_READ_TIMEOUT_SECONDS, reading stops, the view is told (proxy.parsing.BODY_REFUSED:
+a 413 or 408 in the caller's shape, recorded like any refusal) and the connection is closed
+after the answer, so the unread rest is never read.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import django
 django.setup(set_prefix=False)
 
 import asyncio  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 
 import orjson  # noqa: E402
@@ -28,14 +38,19 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpResponseBase, JsonResponse  # noqa: E402
 from django.urls import Resolver404, resolve  # noqa: E402
 
+from gateway_site.lib.asgibody import TOO_LARGE, body_expected, read_body_within  # noqa: E402
 from gateway_site.status import heartbeat_loop, heartbeat_remove  # noqa: E402
+from proxy.auth import authenticate  # noqa: E402
 from proxy.errors import Caller, GatewayError  # noqa: E402
+from proxy.parsing import BODY_REFUSED  # noqa: E402
 from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
 
 # The proxy's routes (proxy/urls.py, included by gateway_site/urls.py) and the probes.
 LEAN_PATH_PREFIXES = ("/v1/", "/v1beta/", "/healthz", "/readyz", "/metrics")
+# The paths whose callers need a key: a body is read only once the key is accepted.
+KEYED_PATH_PREFIXES = ("/v1/", "/v1beta/")
 
 
 class LeanASGIHandler(ASGIHandler):
@@ -51,50 +66,75 @@ class LeanASGIHandler(ASGIHandler):
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
+        self._view_middleware: list[object] = []
+        self._template_response_middleware: list[object] = []
+        self._exception_middleware: list[object] = []
         self._middleware_chain = None
 
     async def __call__(self, scope, receive, send) -> None:
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
+        body_file = io.BytesIO()
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None  # create_request gives a request or the error's response
+            await self.send_response(error_response, send)
             return
         try:
-            request, error_response = self.create_request(scope, body_file)
-            if request is None:
-                await self.send_response(error_response, send)
-                return
+            consumed, left_over = await self._take_body(request, scope, receive, body_file)
+        except RequestAborted:
+            return
+        if not consumed:
+            # No disconnect listener: it would read the body. What is left of it stays unread:
+            # `connection: close` has uvicorn close the connection rather than drain it.
+            try:
+                await self.send_response(await self._respond(request), _closing(send) if left_over else send)
+            except asyncio.CancelledError:
+                pass
+            return
 
-            async def process_request() -> HttpResponseBase:
-                response = await self._respond(request)
+        async def process_request() -> HttpResponseBase:
+            response = await self._respond(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client went away while we were sending
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
                 try:
-                    await self.send_response(response, send)
+                    task.result()
+                except (RequestAborted, asyncio.CancelledError):
+                    pass
+            else:
+                # Cancels the view (and with it the upstream call) on disconnect.
+                task.cancel()
+                try:
+                    await task
                 except asyncio.CancelledError:
-                    pass  # the client went away while we were sending
-                return response
+                    pass
 
-            tasks = [
-                asyncio.create_task(self.listen_for_disconnect(receive)),
-                asyncio.create_task(process_request()),
-            ]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task.done():
-                    try:
-                        task.result()
-                    except (RequestAborted, asyncio.CancelledError):
-                        pass
-                else:
-                    # Cancels the view (and with it the upstream call) on disconnect.
-                    task.cancel()
-                    try:
-                        await task
-                    except asyncio.CancelledError:
-                        pass
-        finally:
-            body_file.close()
+    async def _take_body(self, request, scope, receive, body_file: io.BytesIO) -> tuple[bool, bool]:
+        """Read the body into body_file, if the request may have it read: (read to its end, any of it left)."""
+        pending, declared = body_expected(scope["headers"])
+        if request.path.startswith(KEYED_PATH_PREFIXES) and not await _key_accepted(request):
+            return False, pending
+        limit = settings.TOLLGATE_MAX_BODY_BYTES
+        refusal: str | None
+        if declared is not None and declared > limit:
+            refusal = TOO_LARGE  # declared too large: not a byte of it is read
+        else:
+            refusal = await read_body_within(receive, body_file, limit=limit,
+                                             seconds=settings.TOLLGATE_BODY_READ_TIMEOUT_SECONDS)
+        if refusal is None:
+            return True, False
+        # The view refuses it in the caller's shape (proxy.parsing.read_json_object) and records it.
+        request.META[BODY_REFUSED] = refusal
+        return False, True
 
     async def _respond(self, request) -> HttpResponseBase:
         try:
@@ -102,13 +142,36 @@ class LeanASGIHandler(ASGIHandler):
             request.resolver_match = match
             return await match.func(request, *match.args, **match.kwargs)
         except Resolver404:
-            return JsonResponse({"error": {"message": "Not found.", "type": "invalid_request_error",
-                                           "param": None, "code": "unknown_endpoint"}}, status=404)
+            error = GatewayError("not_found", "Not found.", code="unknown_endpoint")
         except Exception:
             logger.exception("unhandled error on %s", request.path)
-            return JsonResponse({"error": {"message": "The gateway failed to handle this request.",
-                                           "type": "server_error", "param": None, "code": "internal_error"}},
-                                status=500)
+            error = GatewayError("internal", "The gateway failed to handle this request.", code="internal_error")
+        # Gemini's callers (/v1beta) read Google's error shape; everyone else OpenAI's.
+        caller = Caller.GEMINI if request.path.startswith("/v1beta/") else Caller.OPENAI
+        return JsonResponse(error.body(caller), status=error.status)
+
+
+async def _key_accepted(request) -> bool:
+    """Whether the request's key is valid: the views' own authentication, without its counting."""
+    try:
+        await authenticate(request)
+    except GatewayError:
+        return False
+    except Exception:
+        # The key store is unreachable: read the body as before; the view's authentication decides.
+        logger.warning("could not check the key before reading the body", exc_info=True)
+    return True
+
+
+def _closing(send):
+    """`send`, with `connection: close` on the response: uvicorn then closes the connection after
+    the answer instead of reading (and discarding) the rest of the request's body."""
+    async def closing_send(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 django_application = ASGIHandler()

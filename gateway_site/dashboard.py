@@ -8,6 +8,7 @@ Drawing the charts and serving the admin page happen here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.contrib import admin
@@ -80,7 +81,7 @@ def _nice_max(value: float) -> float:
     return value
 
 
-def svg_columns(title: str, labels: list[str], series: dict[str, list[float]], *, stacked: bool = True,
+def svg_columns(title: str, labels: list[str], series: Mapping[str, Sequence[float]], *, stacked: bool = True,
                 width: int = 560, height: int = 220, unit: str = "",
                 colours: tuple[str, ...] = PALETTE) -> SafeString:
     """A column chart (stacked series per label), with an axis, a legend and a tooltip per column."""

@@ -111,7 +111,7 @@ class _ThisProcess:
     """The default registry's metrics, when there is no multiprocess directory (tests, runserver)."""
 
     def collect(self) -> Iterator[Any]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()
 
 
 def render() -> bytes:

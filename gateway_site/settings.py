@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -88,6 +89,7 @@ if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envstr("REDIS_URL", "")
+CACHES: dict[str, dict[str, Any]]
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -127,7 +129,7 @@ SESSION_COOKIE_SECURE = envbool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -149,9 +151,13 @@ CELERY_TASK_DEFAULT_QUEUE = envstr("TOLLGATE_CELERY_QUEUE", "tollgate")
 CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Tollgate -------------------------------------------------------------
-# Largest request body the proxy accepts; bigger ones get a 413 before parsing.
+# Largest request body the proxy accepts; the rest of a bigger one is never read: a 413 as soon as
+# the count passes it (gateway_site/asgi.py). Bodies up to it are kept in memory, never spooled.
 TOLLGATE_MAX_BODY_BYTES = envint("TOLLGATE_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+# Seconds a proxy request's whole body may take to arrive; a slower one gets a 408 and its
+# connection closed, so a trickled or endless body holds nothing for long.
+TOLLGATE_BODY_READ_TIMEOUT_SECONDS = envfloat("TOLLGATE_BODY_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # Largest total of request header names and values, on every path; bigger get a 431 before
 # any work (gateway_site/asgi.py). The server itself sets no limit.
 TOLLGATE_MAX_HEADER_BYTES = envint("TOLLGATE_MAX_HEADER_BYTES", 32 * 1024, minimum=4096)
@@ -227,9 +233,16 @@ TOLLGATE_AUDIT_BATCH_MAX = envint("TOLLGATE_AUDIT_BATCH_MAX", 500, minimum=1)
 # still survive a killed gateway worker, but the last ~0.6 s of them can be lost
 # if the database server itself crashes. On (the default): nothing is lost.
 TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT = envbool("TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT", True)
-# Key of the HMAC that chains events; without it, one is derived from SECRET_KEY.
-# Set it explicitly in production and never change it: old events verify with it.
+# Key of the HMAC that chains events and seals the chain head (or ..._FILE). Required
+# unless DEBUG: a key derived from SECRET_KEY would be one more thing that secret unlocks.
+# Rows carry the id of the key that sealed them; after a change, list the earlier keys in
+# TOLLGATE_AUDIT_CHAIN_OLD_KEYS (whitespace-separated, or ..._FILE one per line) so old
+# rows still verify. Rows from before key ids verify with the key derived from SECRET_KEY.
 TOLLGATE_AUDIT_CHAIN_KEY = envsecret("TOLLGATE_AUDIT_CHAIN_KEY") or ""
+if not TOLLGATE_AUDIT_CHAIN_KEY and not DEBUG:
+    raise ImproperlyConfigured("TOLLGATE_AUDIT_CHAIN_KEY (or TOLLGATE_AUDIT_CHAIN_KEY_FILE) is required unless "
+                               "DJANGO_DEBUG=1 (docs/audit.md#keys)")
+TOLLGATE_AUDIT_CHAIN_OLD_KEYS = (envsecret("TOLLGATE_AUDIT_CHAIN_OLD_KEYS") or "").split()
 # Bodies: the default mode for consumers whose audit body mode is empty, the size cut
 # (characters per body) and extra regular expressions redacted besides secrets.
 TOLLGATE_AUDIT_DEFAULT_BODY_MODE = envchoice("TOLLGATE_AUDIT_DEFAULT_BODY_MODE", "metadata",
@@ -253,12 +266,18 @@ TOLLGATE_AUDIT_SINK_FLUSH_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_FLUSH_SECONDS"
 TOLLGATE_AUDIT_SINK_RETRIES = envint("TOLLGATE_AUDIT_SINK_RETRIES", 3, minimum=0)
 TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS", 1.0, minimum=0)
 TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS = envfloat("TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Anchors (docs/audit.md#anchors): every so many seconds, the chain heads signed with the
+# Ed25519 key in this file (PEM; `manage.py audit_anchor_key --generate FILE`), never in
+# the database. Without a file, anchors are still numbered and linked, but unsigned.
+TOLLGATE_AUDIT_ANCHOR_SECONDS = envfloat("TOLLGATE_AUDIT_ANCHOR_SECONDS", 300.0, minimum=10)
+TOLLGATE_AUDIT_ANCHOR_KEY_FILE = envstr("TOLLGATE_AUDIT_ANCHOR_KEY_FILE", "")
 
 CELERY_BEAT_SCHEDULE.update({
     # Both are idempotent and catch up, so running them often costs nothing.
     "audit-export-daily": {"task": "audit.tasks.audit_export_daily", "schedule": 15 * 60.0},
     "audit-retention": {"task": "audit.tasks.audit_retention", "schedule": 60 * 60.0},
     "audit-sink-flush": {"task": "audit.tasks.audit_sink_flush", "schedule": TOLLGATE_AUDIT_SINK_FLUSH_SECONDS},
+    "audit-anchor": {"task": "audit.tasks.audit_anchor", "schedule": TOLLGATE_AUDIT_ANCHOR_SECONDS},
 })
 
 # --- Providers and routing (docs/providers.md) --------------------------------
@@ -278,6 +297,15 @@ CELERY_BEAT_SCHEDULE["proxy-health-check"] = {
     "schedule": TOLLGATE_HEALTH_CHECK_TICK_SECONDS,
     "options": {"expires": TOLLGATE_HEALTH_CHECK_TICK_SECONDS},
 }
+
+# --- Provider credentials and key binding (docs/providers.md#credentials, docs/admin.md) ----------
+# The only directory a provider's api_key_file may name (after following symlinks): keep provider
+# keys there and nothing else, never DJANGO_SECRET_KEY_FILE's or the database password's file.
+TOLLGATE_SECRETS_DIR = Path(envstr("TOLLGATE_SECRETS_DIR", str(BASE_DIR / "var" / "secrets")))
+# A key first seen from a new network or client family raises a security alert: what it was seen
+# from is remembered this long (shared cache), and one key alerts at most once per interval.
+TOLLGATE_KEY_SEEN_DAYS = envint("TOLLGATE_KEY_SEEN_DAYS", 30, minimum=1)
+TOLLGATE_KEY_ALERT_INTERVAL_SECONDS = envint("TOLLGATE_KEY_ALERT_INTERVAL_SECONDS", 3600, minimum=1)
 
 # --- Operations: metrics and logs (docs/operations.md, docs/deployment.md) ---------------
 # Reverse proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored
@@ -304,7 +332,7 @@ def _validate_networks() -> None:
 _validate_networks()
 # Celery logs through the LOGGING above instead of installing its own handlers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_IMPORTS = ("gateway_site.tasks",)
+CELERY_IMPORTS: tuple[str, ...] = ("gateway_site.tasks",)
 CELERY_BEAT_SCHEDULE["ops-heartbeat"] = {
     "task": "gateway_site.tasks.ops_heartbeat",
     "schedule": 30.0,

@@ -3,9 +3,17 @@ from __future__ import annotations
 import datetime
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from proxy import breaker
+from proxy.credentials import (
+    CREDENTIAL_FIELDS,
+    PERMISSION_REFUSED,
+    credential_change_record,
+    credential_changes,
+    credentials_may_change,
+)
 from proxy.models import Deployment, ModelRoute, Provider
 
 
@@ -15,6 +23,23 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ("kind", "enabled")
     search_fields = ("name", "base_url")
     readonly_fields = ("last_check_at", "last_check_ok", "last_check_error")
+
+    # Where the credential comes from and where it goes: for superusers and the gateway-credentials
+    # group only (proxy.credentials); others see these fields read-only and cannot add providers.
+    def has_add_permission(self, request) -> bool:
+        return super().has_add_permission(request) and credentials_may_change(request.user)
+
+    def get_readonly_fields(self, request, obj: Provider | None = None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if credentials_may_change(request.user) else (*CREDENTIAL_FIELDS, *fields)
+
+    def save_model(self, request, obj: Provider, form, change: bool) -> None:
+        before = Provider.objects.filter(pk=obj.pk).values(*CREDENTIAL_FIELDS).first() if change else None
+        changes = credential_changes(before, {f: getattr(obj, f) for f in CREDENTIAL_FIELDS})
+        if (changes or not change) and not credentials_may_change(request.user):
+            raise PermissionDenied(PERMISSION_REFUSED)  # the form hides them; a forged POST ends here
+        super().save_model(request, obj, form, change)
+        credential_change_record(provider=obj, changes=changes, created=not change, via="admin", user=request.user)
 
     @admin.display(description="credential")
     def credential_source(self, obj: Provider) -> str:
@@ -69,6 +94,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     @admin.display(description="last error")
     def latest_error(self, obj: Deployment) -> str:
+        when: datetime.datetime | None
         # The shared cache has the newest; the row keeps one that outlives the cache.
         cached = breaker.last_error(obj.pk)
         if cached is not None:

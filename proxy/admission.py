@@ -115,7 +115,8 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
             if isinstance(content, dict):
                 total += _content_tokens(content.get("parts"))
     # Gemini's embeddings: one content, or a batch of requests each with its content.
-    requests = body.get("requests") if isinstance(body.get("requests"), list) else [body]
+    batch = body.get("requests")
+    requests: list[Any] = batch if isinstance(batch, list) else [body]
     for request in requests:
         content = request.get("content") if isinstance(request, dict) else None
         if isinstance(content, dict):

@@ -5,14 +5,25 @@ reads or returns the credential itself.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
 from proxy import breaker
+from proxy.credentials import (
+    CREDENTIAL_FIELDS,
+    PERMISSION_REFUSED,
+    credential_change_record,
+    credential_changes,
+    credentials_may_change,
+)
 from proxy.models import Deployment, ModelRoute, Provider
 
 
@@ -75,11 +86,45 @@ class ModelRouteSerializer(ModelValidationMixin, serializers.ModelSerializer):
 
 
 class ProviderViewSet(viewsets.ModelViewSet):
-    """Upstream providers. Deleting one that deployments still use is refused (409)."""
+    """Upstream providers. Deleting one that deployments still use is refused (409). Creating one, or
+    changing base_url, api_key_env or api_key_file, needs a superuser or the change_provider_credentials
+    permission (403 otherwise; docs/providers.md#credentials)."""
 
     serializer_class = ProviderSerializer
     permission_classes = [ModelPermissions]
     queryset = Provider.objects.order_by("name")
+
+    # The permission is checked before the input is validated, so whoever lacks it learns nothing
+    # about the rules from a 400; perform_* check it again on the validated values.
+    def create(self, request, *args, **kwargs):
+        if not credentials_may_change(request.user):
+            raise PermissionDenied(PERMISSION_REFUSED)
+        return super().create(request, *args, **kwargs)
+
+    def update(self, request, *args, **kwargs):
+        provider = self.get_object()
+        data = request.data if isinstance(request.data, Mapping) else {}  # a JSON list or string: a 400 below
+        asked = {f: data[f] for f in CREDENTIAL_FIELDS if f in data}
+        current = {f: getattr(provider, f) for f in asked}
+        if credential_changes(current, asked) and not credentials_may_change(request.user):
+            raise PermissionDenied(PERMISSION_REFUSED)
+        return super().update(request, *args, **kwargs)
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        self._save(serializer, before=None)
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        self._save(serializer, before={f: getattr(serializer.instance, f) for f in CREDENTIAL_FIELDS})
+
+    @transaction.atomic
+    def _save(self, serializer: serializers.BaseSerializer, *, before: dict | None) -> None:
+        after = {**(before or {}), **{f: v for f, v in serializer.validated_data.items() if f in CREDENTIAL_FIELDS}}
+        changes = credential_changes(before, after)
+        if (changes or before is None) and not credentials_may_change(self.request.user):
+            raise PermissionDenied(PERMISSION_REFUSED)
+        provider = serializer.save()
+        credential_change_record(provider=provider, changes=changes, created=before is None, via="admin API",
+                                 user=self.request.user)
 
     @extend_schema(request=None, responses=ProviderSerializer)
     @action(detail=True, methods=["post"])

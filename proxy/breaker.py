@@ -7,6 +7,13 @@
 - *half-open*: `open_until` has passed. One request at a time (a token taken with
   an atomic `add`) may try it: success closes the breaker, failure opens it again.
 
+When every deployment of a route is open, the one that went out first is tried at once, one
+request at a time (`first_out`), instead of refusing the route for a whole cooldown: the first
+request after a blip is served. A breaker opened by the provider's own Retry-After is held until
+then (no early trial), and a failed early trial holds the token for a second, so a provider that
+is really down sees at most one request a second from the whole gateway. A request whose client
+left gives its trial token back (`release_trial`): a client leaving proves nothing either way.
+
 The hot path reads the `open_until` values through a per-process snapshot that is
 refreshed from the shared cache at most every TOLLGATE_BREAKER_RECHECK_SECONDS,
 so a request usually costs no cache round trip; failures are rare and write through.
@@ -14,6 +21,7 @@ so a request usually costs no cache round trip; failures are rare and write thro
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from typing import Literal
@@ -48,6 +56,15 @@ def _error_key(deployment_id: int) -> str:
 
 def _persist_key(deployment_id: int) -> str:
     return f"breaker:{deployment_id}:persisted"
+
+
+def _held_key(deployment_id: int) -> str:
+    # Present while a breaker opened by the provider's Retry-After must stay open (no early trial).
+    return f"breaker:{deployment_id}:held"
+
+
+# Seconds a failed early trial keeps the trial token: at most one early trial a second.
+EARLY_TRIAL_SPACING_SECONDS = 1
 
 
 def state_at(open_until: float | None, now: float) -> State:
@@ -107,10 +124,39 @@ async def acquire_trial(deployment_id: int) -> bool:
         return True
 
 
-async def _open(deployment_id: int, seconds: float) -> None:
+async def release_trial(deployment_id: int) -> None:
+    """Give the trial token back unused (the request's client left before the trial proved anything)."""
+    try:
+        await cache.adelete(_trial_key(deployment_id))
+    except Exception:
+        logger.warning("could not release the trial of deployment %s", deployment_id, exc_info=True)
+
+
+async def first_out(open_until: dict[int, float | None]) -> tuple[int | None, dict[int, float | None]]:
+    """When all of `open_until` are open: the deployment to try now, the one that went out first
+    (the earliest open_until) of those neither held by a Retry-After nor with a trial under way,
+    or None; and when each may next be tried (for the 503's retry-after)."""
+    ids = [i for i, until in open_until.items() if until is not None]
+    try:
+        found = await cache.aget_many([key for i in ids for key in (_held_key(i), _trial_key(i))])
+    except Exception:
+        logger.warning("breaker state unavailable", exc_info=True)
+        return None, open_until
+    free = [i for i in ids if _held_key(i) not in found]
+    untried = [i for i in free if _trial_key(i) not in found]
+    soon = time.time() + EARLY_TRIAL_SPACING_SECONDS
+    next_try = {i: min(until, soon) if i in free and until is not None else until for i, until in open_until.items()}
+    return min(untried, key=lambda i: open_until[i] or 0.0, default=None), next_try
+
+
+async def _open(deployment_id: int, seconds: float, *, held: bool = False, trial: bool = False) -> None:
     until = time.time() + seconds
     await cache.aset(_open_key(deployment_id), until, timeout=seconds + _HALF_OPEN_MEMORY)
-    await cache.adelete_many([_fails_key(deployment_id), _trial_key(deployment_id)])
+    await cache.adelete_many([_fails_key(deployment_id), _trial_key(deployment_id), _held_key(deployment_id)])
+    if held:
+        await cache.aset(_held_key(deployment_id), 1, timeout=max(1, math.ceil(seconds)))
+    if trial:
+        await cache.aset(_trial_key(deployment_id), 1, timeout=EARLY_TRIAL_SPACING_SECONDS)
     snapshot.note(deployment_id, until)
 
 
@@ -120,9 +166,9 @@ async def record_failure(deployment_id: int, message: str, *, retry_after: float
     try:
         await cache.aset(_error_key(deployment_id), (message[:500], time.time()), timeout=7 * 86400)
         if retry_after is not None and retry_after > 0:
-            await _open(deployment_id, min(retry_after, settings.TOLLGATE_BREAKER_MAX_COOLDOWN_SECONDS))
+            await _open(deployment_id, min(retry_after, settings.TOLLGATE_BREAKER_MAX_COOLDOWN_SECONDS), held=True)
         elif trial:
-            await _open(deployment_id, settings.TOLLGATE_BREAKER_COOLDOWN_SECONDS)
+            await _open(deployment_id, settings.TOLLGATE_BREAKER_COOLDOWN_SECONDS, trial=True)
         else:
             key = _fails_key(deployment_id)
             await cache.aadd(key, 0, timeout=settings.TOLLGATE_BREAKER_WINDOW_SECONDS)
@@ -152,7 +198,8 @@ async def _persist_error(deployment_id: int, message: str) -> None:
 async def record_success(deployment_id: int) -> None:
     """A half-open deployment's trial succeeded: close its breaker."""
     try:
-        await cache.adelete_many([_open_key(deployment_id), _fails_key(deployment_id), _trial_key(deployment_id)])
+        await cache.adelete_many([_open_key(deployment_id), _fails_key(deployment_id), _trial_key(deployment_id),
+                                  _held_key(deployment_id)])
     except Exception:
         logger.warning("could not close the breaker of deployment %s", deployment_id, exc_info=True)
     snapshot.note(deployment_id, None)
@@ -189,4 +236,5 @@ def allow_trial(deployment_id: int) -> None:
 
 
 def reset(deployment_id: int) -> None:
-    cache.delete_many([_open_key(deployment_id), _fails_key(deployment_id), _trial_key(deployment_id)])
+    cache.delete_many([_open_key(deployment_id), _fails_key(deployment_id), _trial_key(deployment_id),
+                       _held_key(deployment_id)])

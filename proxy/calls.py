@@ -9,6 +9,7 @@ finishes the request (DESIGN §4).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,8 +22,19 @@ from proxy import breaker
 from proxy.context import RequestContext
 from proxy.errors import GatewayError
 from proxy.formats import CallerFormat, Inbound
-from proxy.providers.base import ProviderAdapter, ProviderError
-from proxy.providers.ir import ChatRequest, TranslationError
+from proxy.providers import anthropic as anthropic_format
+from proxy.providers.base import (
+    CREDENTIAL_REFUSED,
+    ProviderAdapter,
+    ProviderError,
+    credential_refused,
+    scrubbed_error_body,
+    upstream_error_detail,
+)
+from proxy.providers.ir import (
+    ChatRequest,
+    TranslationError,
+)
 from proxy.providers.registry import adapter_for
 from proxy.relay import passthrough, translated
 from proxy.routing import DeploymentInfo, RouteInfo, deployment_order
@@ -60,6 +72,12 @@ async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[Dep
     open_until = await breaker.open_until_many(d.id for d in route.deployments)
     now = time.time()
     states = {i: breaker.state_at(u, now) for i, u in open_until.items()}
+    if all(state == "open" for state in states.values()):
+        # Every deployment is out: the one that went out first may be tried now, one request at a
+        # time, rather than the route refused until its cooldown ends (proxy.breaker, first_out).
+        first, open_until = await breaker.first_out(open_until)
+        if first is not None:
+            states[first] = "half_open"
     usable = [d for d in route.deployments if states[d.id] != "open"]
     half_open = {i for i, s in states.items() if s == "half_open"}
     if ctx.pinned_deployment is not None:
@@ -153,6 +171,10 @@ async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, 
             ctx.failovers = failovers
             untranslatable = error
             continue
+        except asyncio.CancelledError:
+            if trial:  # the client left: its trial proved nothing, the next request may try
+                await breaker.release_trial(deployment.id)
+            raise
         except ProviderError as error:
             last_error, last_same_format = error, same_format
             fails_over = _fails_over(error, route)
@@ -179,19 +201,35 @@ async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, 
 
 
 def _final_error_response(error: ProviderError, caller: CallerFormat, *, same_format: bool) -> HttpResponse:
-    """What the client sees when no deployment could answer."""
+    """What the client sees when no deployment could answer: never the provider's secrets.
+
+    A refused credential is a 502 `upstream_authentication_failed` (proxy.providers.base logged
+    the provider's text); any other upstream error keeps its status, type, code and param, with
+    its message scrubbed (gateway_site.lib.secretfilter): the provider's own body for a caller
+    of its format, the caller's shape otherwise.
+    """
     if error.status is None or error.body is None:
         kind = "timeout" if error.error_class == "timeout" else "upstream"
         raise GatewayError(kind, error.message, code=error.error_class)
-    if same_format:
-        # Same wire format on both sides: the upstream's own status and error body.
-        response = HttpResponse(error.body, status=error.status,
-                                content_type=error.content_type or "application/json")
+    status = error.status
+    if error.error_class == CREDENTIAL_REFUSED or credential_refused(status, error.body):
+        message = ("The provider refused the gateway's own credentials; this is the gateway operator's "
+                   "problem, not your key's, and they can see the provider's answer in the gateway's log.")
+        return HttpResponse(orjson.dumps(caller.error_body(502, message, CREDENTIAL_REFUSED)),
+                            status=502, content_type="application/json")
+    content = scrubbed_error_body(error.body) if same_format else None
+    if content is not None:
+        response = HttpResponse(content, status=status, content_type=error.content_type or "application/json")
     else:
-        # The provider's credential being refused is the gateway's problem, not the caller's key.
-        status = 502 if error.status in (401, 403) else error.status
-        response = HttpResponse(orjson.dumps(caller.error_body(status, error.message, error.error_class)),
-                                status=status, content_type="application/json")
+        detail = upstream_error_detail(error.body)
+        payload = caller.error_body(status, detail.message, detail.code or error.error_class)
+        fields = payload.get("error")
+        if isinstance(fields, dict):
+            if "param" in fields:  # OpenAI's shape: the provider's type, code and param as they were
+                fields.update(type=detail.type or fields["type"], param=detail.param)
+            elif "type" in fields and detail.type in anthropic_format.ERROR_TYPES.values():
+                fields["type"] = detail.type  # Anthropic's shape: its type, when the provider used one of them
+        response = HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
     if error.retry_after is not None:
         response["retry-after"] = str(math.ceil(error.retry_after))
     return response

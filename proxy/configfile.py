@@ -6,6 +6,7 @@ Imported by gateway_site.lib.configfile's discovery; `routes` (and its
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,14 @@ from gateway_site.lib.configfile import (
     section_register,
     value_describe,
     value_format,
+)
+from proxy.credentials import (
+    CREDENTIAL_FIELDS,
+    DOCS,
+    credential_change_record,
+    credential_changes,
+    env_problem,
+    file_problem,
 )
 from proxy.models import Deployment, ModelRoute, Provider, ProviderKind
 
@@ -64,8 +73,56 @@ def _provider_prune_note(provider: Provider, plan: Plan) -> str:
     return ""
 
 
+class ProviderSection(ModelSection):
+    """Providers. Creating one, or changing base_url, api_key_env or api_key_file, decides which secret
+    the gateway reads and where it sends it: refused unless gateway_apply runs with --allow-credentials
+    (plan.options["allow_credentials"]), and logged on "tollgate.security" when applied."""
+
+    def diff(self, parsed: list[Item], plan: Plan) -> None:
+        plan.cache["credential_changes"] = []
+        super().diff(parsed, plan)
+        guarded = plan.cache.pop("credential_changes")
+        if guarded and not plan.options.get("allow_credentials"):
+            raise ConfigError(
+                f"{'; '.join(guarded)}: creating a provider, or changing its base_url, api_key_env or "
+                "api_key_file, decides which secret the gateway reads and where it sends it. Check these "
+                f"changes, then run gateway_apply again with --allow-credentials; see {DOCS}"
+            )
+
+    def _diff_create(self, item: Item, plan: Plan) -> None:
+        super()._diff_create(item, plan)
+        plan.cache["credential_changes"].append(f"{item.where}: new provider {item.name!r}")
+
+    def _diff_update(self, item: Item, obj: Any, plan: Plan) -> None:
+        super()._diff_update(item, obj, plan)
+        changes = credential_changes(_credential_values(obj), item.values)
+        if changes:
+            plan.cache["credential_changes"].append(
+                f"{item.where}: provider {item.name!r} changes {', '.join(changes)}")
+
+    def _create(self, item: Item) -> None:
+        super()._create(item)
+        credential_change_record(provider=Provider.objects.get(name=item.name), created=True, via="gateway_apply",
+                                 changes=credential_changes(None, item.values))
+
+    def _update(self, item: Item, obj: Any, changed: list[tuple[Field, Any]]) -> None:
+        before = _credential_values(obj)
+        super()._update(item, obj, changed)
+        credential_change_record(provider=obj, created=False, via="gateway_apply",
+                                 changes=credential_changes(before, _credential_values(obj)))
+
+
+def _credential_values(provider: Provider) -> dict[str, str]:
+    return {f: getattr(provider, f) for f in CREDENTIAL_FIELDS}
+
+
+def _check_reference(problem: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    # The file's own line for a reference that breaks the rules, before the model's validation names it.
+    return lambda value: problem(value) if value else None
+
+
 providers = section_register(
-    ModelSection(
+    ProviderSection(
         key="providers",
         label="provider",
         model=Provider,
@@ -73,8 +130,8 @@ providers = section_register(
         fields=[
             Field("kind", str, required=True, choices=tuple(ProviderKind.values)),
             Field("base_url", str, required=True),
-            Field("api_key_env", str),
-            Field("api_key_file", str),
+            Field("api_key_env", str, check=_check_reference(env_problem)),
+            Field("api_key_file", str, check=_check_reference(file_problem)),
             Field("timeout_seconds", float, always_export=True),
             Field("connect_timeout_seconds", float),
             Field("extra_headers", dict, check=_check_extra_headers),
@@ -154,9 +211,9 @@ class RouteDeployments:
             current = {f"{d.provider.name}/{d.upstream_model}": d for d in obj.deployments.select_related("provider")}
         wanted_names = {dep.name for dep in wanted}
         # Deletions first: the rows that stay never collide with the ones that go.
-        for name, row in current.items():
+        for name, gone in current.items():
             if name not in wanted_names:
-                plan.add("-", f"deployment {item.name} → {name}", partial(self._delete, row.pk), where=item.where)
+                plan.add("-", f"deployment {item.name} → {name}", partial(self._delete, gone.pk), where=item.where)
         for dep in wanted:
             row = current.get(dep.name)
             candidate = Deployment(**self._attrs(dep))

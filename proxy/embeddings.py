@@ -147,6 +147,7 @@ async def call_embeddings(ctx: RequestContext, route: RouteInfo, inbound: Inboun
 
 def gemini_requests(body: dict[str, Any], method: str) -> list[dict[str, Any]]:
     """The EmbedContentRequests of a Gemini embeddings body, checked (one for embedContent)."""
+    requests: Any
     if method == "embedContent":
         requests = [body]
     else:

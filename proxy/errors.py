@@ -25,6 +25,8 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "permission": (403, "permission_error", "permission_error", "PERMISSION_DENIED"),
     "not_found": (404, "invalid_request_error", "not_found_error", "NOT_FOUND"),
     "method_not_allowed": (405, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    # A body that did not arrive within TOLLGATE_BODY_READ_TIMEOUT_SECONDS (gateway_site/asgi.py).
+    "request_timeout": (408, "invalid_request_error", "invalid_request_error", "DEADLINE_EXCEEDED"),
     # Google has no status of its own for a body or headers over the limit: the request is invalid as sent.
     "request_too_large": (413, "invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
     # Anthropic has no type of its own for 431; its 413 type is the nearest.

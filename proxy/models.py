@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
+
+from proxy.credentials import (
+    ENV_PREFIX,
+    PERMISSION_CODENAME,
+    credential_read,
+    validate_env_reference,
+    validate_file_reference,
+)
 
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$",
@@ -23,21 +28,28 @@ class ProviderKind(models.TextChoices):
 
 
 class Provider(models.Model):
-    """An upstream model provider. Its credential is named here, never stored here."""
+    """An upstream model provider. Its credential is named here, never stored here.
+
+    The name is confined (proxy.credentials): a TOLLGATE_PROVIDER_ variable or a file in
+    TOLLGATE_SECRETS_DIR; choosing it, or base_url, needs the change_provider_credentials permission.
+    """
 
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     kind = models.CharField(max_length=32, choices=ProviderKind.choices)
     base_url = models.URLField(
-        max_length=500, help_text="As the provider's own SDK takes it, e.g. https://api.openai.com/v1"
+        max_length=500, help_text="As the provider's own SDK takes it, e.g. https://api.openai.com/v1. "
+        "The credential is sent here."
     )
     api_key_env = models.CharField(
         max_length=100,
         blank=True,
-        validators=[env_name_validator],
-        help_text="Environment variable holding the provider's API key.",
+        validators=[env_name_validator, validate_env_reference],
+        help_text=f"Environment variable holding the provider's API key; its name starts with {ENV_PREFIX}.",
     )
     api_key_file = models.CharField(
-        max_length=500, blank=True, help_text="Or a file holding it (a mounted secret)."
+        max_length=500, blank=True, validators=[validate_file_reference],
+        help_text="Or a file holding it (a mounted secret) inside TOLLGATE_SECRETS_DIR; "
+        "a relative name is taken in that directory.",
     )
     extra_headers = models.JSONField(
         default=dict, blank=True, help_text='Sent upstream with every call, e.g. {"anthropic-version": "2023-06-01"}'
@@ -56,6 +68,7 @@ class Provider(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [(PERMISSION_CODENAME, "Can change provider credentials (base URL and API key reference)")]
 
     def __str__(self) -> str:
         return self.name
@@ -69,15 +82,9 @@ class Provider(models.Model):
             raise ValidationError({"extra_headers": "Must map header names to string values."})
 
     def read_credential(self) -> str:
-        """The provider's API key from the environment or the secret file ('' when none is named)."""
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env, "")
-        if self.api_key_file:
-            try:
-                return Path(self.api_key_file).read_text().strip()
-            except OSError:
-                return ""
-        return ""
+        """The provider's API key from the environment or the secret file ('' when none is named,
+        or when the reference breaks the rules: it is checked again at every read)."""
+        return credential_read(provider=self.name, env=self.api_key_env, file=self.api_key_file)
 
 
 def default_failover_statuses() -> list[int]:

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -174,6 +174,9 @@ def _database_lost_event(ctx: RequestContext) -> bytes:
 
 
 async def _refuse(ctx: RequestContext, error: GatewayError) -> HttpResponse:
+    # A valid key refused for where it is used from (proxy.auth.KeyNotAllowed): the audit row
+    # names its consumer and key, so the owner sees who tried.
+    ctx.key = ctx.key or getattr(error, "key", None)
     ctx.outcome(error.status, error.code or error.kind)
     try:
         await request_finish(ctx)
@@ -220,7 +223,7 @@ Call = Callable[[RequestContext, RouteInfo, Inbound], Awaitable[HttpResponse]]
 
 
 async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path: str,
-                      validate: Callable[[dict[str, Any]], None], *, url_model: str | None = None,
+                      validate: Callable[[dict[str, Any]], object], *, url_model: str | None = None,
                       stream: bool | None = None, sse: bool = True, call: Call = call_chat,
                       output_tokens: int | None = None) -> HttpResponse:
     """`url_model` and `stream`: what the URL says, for formats whose body does not (Gemini);
@@ -232,7 +235,10 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if not await database_usable():
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
+        # Before the method check: without a key, a wrong method is the same 401 as any path.
         ctx.key = await authenticate_watched(request, ctx.client_ip)
+        if request.method != "POST":
+            raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.lap("auth")
         # After the key: without one, every path and method gets the same 401 (nothing to learn by probing).
         if request.method != "POST":
@@ -284,7 +290,7 @@ async def _answer(ctx: RequestContext, response: HttpResponse) -> HttpResponse:
 # --- Proxy views outside the chat path ----------------------------------------------------
 
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 
 
 def caller_of(request: HttpRequest) -> Caller:

@@ -168,7 +168,8 @@ async def passthrough(ctx: RequestContext, inbound: Inbound, adapter: ProviderAd
     framer = _ArrayFramer() if caller.caller is Caller.GEMINI and not inbound.sse else None
     relay = _relay_same_format(ctx, caller, adapter, deployment, response, chunks, first, keep,
                                before_end=before_end, framer=framer)
-    return StreamingHttpResponse(
+    # The pipeline wraps and stamps both kinds alike; django-stubs has no common base with headers.
+    return StreamingHttpResponse(  # type: ignore[return-value]
         relay, status=response.status_code, headers=STREAM_HEADERS,
         content_type="application/json" if framer is not None else SSE_CONTENT_TYPE,
     )
@@ -450,7 +451,8 @@ async def translated(ctx: RequestContext, inbound: Inbound, adapter: ProviderAda
     encoder = caller.stream_encoder(StreamSetup(body=inbound.body, include_usage=ir.include_usage,
                                                 model=deployment.upstream_model,
                                                 upstream_wire=adapter.wire_format, sse=inbound.sse))
-    return StreamingHttpResponse(
+    # The pipeline wraps and stamps both kinds alike; django-stubs has no common base with headers.
+    return StreamingHttpResponse(  # type: ignore[return-value]
         _relay_translated(ctx, caller, adapter, deployment, response, chunks, parser, decoder, encoder, head),
         status=200, headers=STREAM_HEADERS,
         content_type=getattr(encoder, "content_type", None) or SSE_CONTENT_TYPE,

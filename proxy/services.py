@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from django.utils import timezone
@@ -60,7 +60,7 @@ def provider_check(*, provider: Provider, client: httpx.Client | None = None) ->
     return error
 
 
-def provider_health_check_all(*, now=None) -> int:
+def provider_health_check_all(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     checked = 0
     with httpx.Client(trust_env=False) as client:

@@ -14,7 +14,7 @@ from proxy.auth import authenticate
 from proxy.context import RequestContext
 from proxy.counting import COUNT_HEADER, count_tokens
 from proxy.errors import Caller, GatewayError, error_response, json_response
-from proxy.parsing import read_json_object, validate_anthropic_messages, validate_gemini_generate
+from proxy.parsing import check_model_name, read_json_object, validate_anthropic_messages, validate_gemini_generate
 from proxy.pipeline import (
     caller_of,
     client_ip,
@@ -67,9 +67,10 @@ async def models_list(request: HttpRequest) -> HttpResponse:
     """The routes this key may use, as OpenAI's (or, for Anthropic's SDK, Anthropic's) model list."""
     caller = caller_of(request)
     try:
+        # Watched like every proxy path (bad keys counted and throttled), and before the method check.
+        key = await authenticate_watched(request, client_ip(request))
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models.")
-        key = await authenticate(request)
         routes = await routes_for_key(key)
     except GatewayError as error:
         return error_response(error, caller)
@@ -86,11 +87,14 @@ async def models_list(request: HttpRequest) -> HttpResponse:
 @finished_as("models.retrieve")
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
     caller = caller_of(request)
+    address = client_ip(request)
     try:
+        key = await authenticate_watched(request, address)
         if request.method != "GET":
             raise GatewayError("method_not_allowed", "Use GET for /v1/models/{model}.")
-        key = await authenticate(request)
-        route = await resolve_route(key, model)
+        check_model_name(model)
+        # Unknown names count as model probing, as on the chat paths.
+        route = await resolve_route_watched(key, model, address)
     except GatewayError as error:
         return error_response(error, caller)
     if caller is Caller.GEMINI:
@@ -102,11 +106,11 @@ async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
 @finished_as("messages.count_tokens", Caller.ANTHROPIC)
 async def messages_count_tokens(request: HttpRequest) -> HttpResponse:
     """Anthropic's token counting, asked of a deployment that can count (proxy.counting), else estimated."""
+    address = client_ip(request)
     try:
+        key = await authenticate_watched(request, address)
         if request.method != "POST":
             raise GatewayError("method_not_allowed", "Use POST for /v1/messages/count_tokens.")
-        address = client_ip(request)
-        key = await authenticate_watched(request, address)
         body = read_json_object(request)
         validate_anthropic_messages(body)
         route = await resolve_route_watched(key, body["model"], address)
@@ -139,11 +143,12 @@ async def gemini_model_method(request: HttpRequest, model: str, method: str) -> 
 @finished_as("gemini.countTokens", Caller.GEMINI)
 async def gemini_count_tokens(request: HttpRequest, model: str) -> HttpResponse:
     """Gemini's countTokens, asked of a deployment that can count (proxy.counting), else estimated."""
+    address = client_ip(request)
     try:
+        # The key before the method: an unauthenticated caller learns nothing from 405 vs 401.
+        key = await authenticate_watched(request, address)
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for models/{model}:countTokens.")
-        address = client_ip(request)
-        key = await authenticate_watched(request, address)
         body = read_json_object(request)
         # {"contents": [...]} or the whole request: {"generateContentRequest": {...}}.
         inner = body.get("generateContentRequest", body)
@@ -193,7 +198,7 @@ async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Unknown /v1/ paths: authenticate first, so an anonymous scanner learns nothing."""
     caller = caller_of(request)
     try:
-        await authenticate(request)
+        await authenticate_watched(request, client_ip(request))
         raise GatewayError("not_found", f"Unknown endpoint: {request.method} {request.path}.",
                            code="unknown_endpoint")
     except GatewayError as error:

@@ -67,6 +67,18 @@ def personas(db) -> SimpleNamespace:
                            revoked_key=revoked.plaintext)
 
 
+@pytest.fixture
+def staff(personas) -> SimpleNamespace:
+    """gwen in gateway-admin (not a superuser: the group's permissions are what is tested),
+    carl (the personas' compliance officer) in compliance."""
+    from django.contrib.auth.models import Group
+
+    gwen = get_user_model().objects.create_user("gwen", "gwen@example.com", "gwen-password-1", is_staff=True)
+    gwen.groups.add(Group.objects.get(name="gateway-admin"))
+    personas.compliance.groups.add(Group.objects.get(name="compliance"))
+    return SimpleNamespace(admin=gwen, compliance=personas.compliance)
+
+
 @pytest.fixture(scope="session")
 def sandbox_url() -> Iterator[str]:
     with sandbox_in_thread() as url:
@@ -83,3 +95,37 @@ def demo_route(sandbox_provider) -> ModelRoute:
     route = ModelRoute.objects.create(model="demo")
     Deployment.objects.create(route=route, provider=sandbox_provider, upstream_model="sandbox-model")
     return route
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, request) -> Iterator[None]:
+    """The test database; and, when a test of this run starts servers, a copy of it as migrated,
+    the template of `server_database` (made now, while nothing else is connected to it)."""
+    from django.db import connection
+
+    from tests.servers import close_database_connections, database_copy, database_drop, database_template_name
+
+    if not any("server_database" in item.fixturenames for item in request.session.items):
+        yield
+        return
+    settings_dict = connection.settings_dict
+    template = database_template_name(settings_dict)
+    with django_db_blocker.unblock():
+        close_database_connections()
+        database_copy(settings_dict, settings_dict["NAME"], template)
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():
+            database_drop(settings_dict, template)
+
+
+@pytest.fixture(scope="module")
+def server_database(django_db_setup) -> Iterator[str]:
+    """For a module whose tests start real servers: a fresh copy of the migrated test database,
+    the module's database (this process's and its servers'), dropped after the module. Yields its
+    DATABASE_URL. Module-scoped, so it is in place before any test's transaction opens."""
+    from tests.servers import database_of_its_own
+
+    with database_of_its_own() as url:  # no query of Django's: no need to unblock the database
+        yield url

@@ -6,6 +6,7 @@ gets its own database and its own cache key prefix, so none flushes another's.
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-not-for-production")
+os.environ.setdefault("TOLLGATE_AUDIT_CHAIN_KEY", "tests-only-audit-chain-key-not-for-production")
 os.environ.setdefault("TOLLGATE_CACHE_PREFIX", f"tgtest{os.getpid()}")
 os.environ.setdefault("TOLLGATE_CELERY_QUEUE", f"tgtest{os.getpid()}")
 
@@ -20,3 +21,7 @@ if _db["ENGINE"].endswith("sqlite3"):
     _db["OPTIONS"].pop("transaction_mode", None)
 else:
     _db["TEST"] = {"NAME": f"test_tollgate_{os.getpid()}"}
+
+# MD5 instead of PBKDF2's million rounds: each user a test creates would cost a good part of a
+# second. The servers that tests start read these settings too, so they check the same hashes.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

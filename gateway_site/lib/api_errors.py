@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from rest_framework import exceptions, parsers, serializers, status
@@ -70,6 +72,12 @@ def api_exception_handler(exc, context):
                        if isinstance(exc, ProtectedError) else set())[:5]
         message = "It is still in use" + (f" by: {', '.join(names)}" if names else "") + "; remove those first."
         return Response({"error": {"message": message, "code": "protected"}}, status=status.HTTP_409_CONFLICT)
+    elif isinstance(exc, DataError):
+        # A value the request carried that the database cannot use: a NUL in a search or filter
+        # (PostgreSQL refuses it in text), a number out of a column's range. The client's, not ours.
+        message = (str(exc).splitlines() or [""])[0][:200]
+        return Response({"error": {"message": f"A value in the request cannot be used: {message}".strip(),
+                                   "code": "invalid"}}, status=status.HTTP_400_BAD_REQUEST)
     elif isinstance(exc, IntegrityError):
         return Response({"error": {"message": f"Conflicts with existing data: {exc}".strip(), "code": "conflict"}},
                         status=status.HTTP_409_CONFLICT)
@@ -77,6 +85,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, SuspiciousOperation):  # raised outside the parsers (request.POST read directly)
+        exc = _refusal(exc)
 
     # Imported here: rest_framework.views reads DEFAULT_PARSER_CLASSES, which name this module's
     # parsers, so importing it at the top is a circular import whenever DRF's settings load first.
@@ -107,12 +117,35 @@ def _contains_nul(value) -> bool:
     return False
 
 
+# Django's refusals of a request body it will not parse (DATA_UPLOAD_MAX_NUMBER_FIELDS,
+# DATA_UPLOAD_MAX_NUMBER_FILES, DATA_UPLOAD_MAX_MEMORY_SIZE): each a SuspiciousOperation, which
+# DRF does not handle, so without this they were 500s (issue #15).
+_REFUSALS: tuple[tuple[type[SuspiciousOperation], str, str], ...] = (
+    (TooManyFieldsSent, "too_many_fields", "The request has too many fields (at most {fields})."),
+    (TooManyFilesSent, "too_many_files", "The request has too many files (at most {files})."),
+    (RequestDataTooBig, "request_too_large", "The request body is too large (at most {size} bytes)."),
+)
+
+
+def _refusal(exc: SuspiciousOperation) -> exceptions.ParseError:
+    limits = {"fields": settings.DATA_UPLOAD_MAX_NUMBER_FIELDS, "files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
+              "size": settings.DATA_UPLOAD_MAX_MEMORY_SIZE}
+    for kind, code, message in _REFUSALS:
+        if isinstance(exc, kind):
+            return exceptions.ParseError(message.format(**limits), code=code)
+    return exceptions.ParseError("The request could not be parsed.", code="invalid_request")
+
+
 class _RefuseNul:
     """Refuse NUL characters in any field: PostgreSQL cannot store them in text,
-    so they would otherwise surface as a 500 when the row is saved."""
+    so they would otherwise surface as a 500 when the row is saved. And turn Django's
+    refusals of an oversized body (too many fields or files, too many bytes) into 400s."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        data = super().parse(stream, media_type, parser_context)  # type: ignore[misc]
+        try:
+            data = super().parse(stream, media_type, parser_context)  # type: ignore[misc]
+        except SuspiciousOperation as exc:
+            raise _refusal(exc) from None
         fields = getattr(data, "data", data)  # multipart returns DataAndFiles
         if hasattr(fields, "lists"):
             fields = {key: values for key, values in fields.lists()}

@@ -77,6 +77,20 @@ def client_address(meta: Mapping[str, Any]) -> str | None:
     return client
 
 
+def address_block(address: str) -> str:
+    """What per-address counters count: an IPv4 address, or the /64 an IPv6 address lies in.
+
+    One IPv6 subscriber is given a whole /64 (RFC 6177) and may take a new address from it for
+    every request, so counting IPv6 per address would count nobody. Anything else is returned as is.
+    """
+    parsed = ip(address)
+    if parsed is None:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
+    return str(parsed)
+
+
 def forwarded_by_untrusted(meta: Mapping[str, Any]) -> bool:
     """The request names a forwarded client that we cannot believe (the peer is not a trusted proxy).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway_site.lib.secretfilter import scrub_secrets
 from proxy.errors import GatewayError
 
 # "system" is a system/developer message inside the conversation (Anthropic's
@@ -193,10 +194,14 @@ class StreamUsage:
 
 @dataclass(frozen=True, slots=True)
 class StreamError:
-    """The provider reported an error inside the stream."""
+    """The provider reported an error inside the stream; its message is scrubbed of secrets on the
+    way in, as it may reach the caller (gateway_site.lib.secretfilter)."""
 
     message: str
     status: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", scrub_secrets(self.message))
 
 
 StreamEvent = (StreamStart | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | StreamFinish | StreamUsage

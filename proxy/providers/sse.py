@@ -32,8 +32,8 @@ class SSEParser:
         for line in lines:
             if not line:
                 if self._data:
-                    name = self._event.decode("utf-8", "replace") if self._event is not None else None
-                    events.append((name, b"\n".join(self._data)))
+                    event = self._event.decode("utf-8", "replace") if self._event is not None else None
+                    events.append((event, b"\n".join(self._data)))
                 self._event, self._data = None, []
                 continue
             if line.startswith(b":"):

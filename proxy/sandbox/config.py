@@ -36,6 +36,8 @@ class SandboxConfig:
     cache_write_tokens: int = 0  # prompt tokens written to cache (capped at the prompt not read)
     cache_write_percent: int = 0  # the same as a percentage of the prompt, when cache_write_tokens is 0
     reasoning_tokens: int = 0  # hidden reasoning tokens added to the output (within max_tokens)
+    fail_retry_after: int | None = None  # Retry-After (s) of a simulated failure; None: 1 on 429, 503, 529
+    fail_realistic: int = 0  # 1: a simulated failure carries a real provider's text (key fragment, org id)
 
     def validate(self) -> None:
         """Raise ValueError naming the first knob with a bad value."""
@@ -43,12 +45,15 @@ class SandboxConfig:
                                 ("chunks", 1, MAX_CHUNKS), ("fail_count", 0, None),
                                 ("fail_every", 0, None), ("cache_read_tokens", 0, None),
                                 ("cache_read_percent", 0, 100), ("cache_write_tokens", 0, None),
-                                ("cache_write_percent", 0, 100), ("reasoning_tokens", 0, None)):
+                                ("cache_write_percent", 0, 100), ("reasoning_tokens", 0, None),
+                                ("fail_realistic", 0, 1)):
             check_int(name, getattr(self, name), low, high)
         if self.fail_status is not None:
             check_int("fail_status", self.fail_status, 400, 599)
         if self.disconnect_after is not None:
             check_int("disconnect_after", self.disconnect_after, 0, None)
+        if self.fail_retry_after is not None:
+            check_int("fail_retry_after", self.fail_retry_after, 0, None)
         if self.require_key is not None and not isinstance(self.require_key, str):
             raise ValueError("require_key must be a string or null")
 
@@ -88,6 +93,8 @@ class RequestKnobs:
     cache_write_tokens: int
     cache_write_percent: int
     reasoning_tokens: int
+    fail_retry_after: int | None = None
+    fail_realistic: int = 0
 
     def usage_knobs(self) -> dict[str, int]:
         """The usage knobs, as keyword arguments of model.apply_usage_knobs."""
@@ -104,7 +111,9 @@ OVERRIDE_HEADERS = (("x-sandbox-latency-ms", "latency_ms", 0, None),
                     ("x-sandbox-cache-read-percent", "cache_read_percent", 0, 100),
                     ("x-sandbox-cache-write-tokens", "cache_write_tokens", 0, None),
                     ("x-sandbox-cache-write-percent", "cache_write_percent", 0, 100),
-                    ("x-sandbox-reasoning-tokens", "reasoning_tokens", 0, None))
+                    ("x-sandbox-reasoning-tokens", "reasoning_tokens", 0, None),
+                    ("x-sandbox-fail-retry-after", "fail_retry_after", 0, None),
+                    ("x-sandbox-fail-realistic", "fail_realistic", 0, 1))
 
 
 def request_knobs(config: SandboxConfig, headers: Mapping[str, str]) -> RequestKnobs:
@@ -113,7 +122,8 @@ def request_knobs(config: SandboxConfig, headers: Mapping[str, str]) -> RequestK
     Raises ValueError naming the header with a bad value.
     """
     knobs = RequestKnobs(config.latency_ms, config.chunk_delay_ms, config.chunks, None, config.disconnect_after,
-                         config.hang_ms, *(getattr(config, name) for name in USAGE_KNOBS))
+                         config.hang_ms, fail_retry_after=config.fail_retry_after,
+                         fail_realistic=config.fail_realistic, **{name: getattr(config, name) for name in USAGE_KNOBS})
     for header, name, low, high in OVERRIDE_HEADERS:
         value = headers.get(header)
         if value is None:

@@ -38,3 +38,40 @@ def simulated_failure_message(status: int) -> str:
     what = {429: "rate limit reached", 500: "internal server error", 502: "bad gateway",
             503: "service unavailable", 504: "gateway timeout", 529: "overloaded"}.get(status, "error")
     return f"Sandbox: simulated {what} (status {status})."
+
+
+# What real providers write in their errors, for the gateway's tests that no secret of the
+# operator's reaches an agent: OpenAI names a fragment of the key and the organisation, Gemini
+# answers a bad key with a 400. (message, OpenAI code, param) per wire format and status.
+_REALISTIC: dict[tuple[Wire, int], tuple[str, str | None, str | None]] = {
+    ("openai", 401): ("Incorrect API key provided: sk-proj-***abcd. You can find your API key at "
+                      "https://platform.openai.com/account/api-keys.", "invalid_api_key", None),
+    ("openai", 403): ("Project `proj_Xq3vB7kLm2Tz` does not have access to model `gpt-4o`.", "model_not_found",
+                      None),
+    ("openai", 429): ("Rate limit reached for gpt-4o in organization org-Sb4XyZ12abCD on tokens per min (TPM): "
+                      "Limit 30000, Used 29620, Requested 1200. Please try again in 1.64s.", "rate_limit_exceeded",
+                      None),
+    ("openai", 400): ("This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                      "130412 tokens. Please reduce the length of the messages.", "context_length_exceeded",
+                      "messages"),
+    ("anthropic", 401): ("invalid x-api-key", None, None),
+    ("anthropic", 400): ("prompt is too long: 215013 tokens > 200000 maximum", None, None),
+    ("anthropic", 529): ("Overloaded", None, None),
+    ("gemini", 400): ("API key not valid. Please pass a valid API key.", None, None),
+}
+
+
+def failure_body(wire: Wire, status: int, realistic: bool) -> dict:
+    """The body of a simulated failure: the sandbox's own text, or (realistic) a real provider's."""
+    found = _REALISTIC.get((wire, status)) if realistic else None
+    if found is None:
+        return error_body(wire, status, simulated_failure_message(status))
+    message, code, param = found
+    body = error_body(wire, status, message, param)
+    if wire == "openai":
+        body["error"]["code"] = code
+    elif wire == "gemini" and status == 400:
+        body["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                                     "domain": "googleapis.com",
+                                     "metadata": {"service": "generativelanguage.googleapis.com"}}]
+    return body

@@ -26,7 +26,6 @@ import proxy.sandbox.gemini_generate as gemini_generate
 import proxy.sandbox.openai_chat as openai_chat
 import proxy.sandbox.openai_responses as openai_responses
 from proxy.sandbox.config import RequestKnobs, SandboxConfig, request_knobs
-from proxy.sandbox.errors import simulated_failure_message
 from proxy.sandbox.formats import parse_request
 from proxy.sandbox.model import (
     Conversation,
@@ -51,6 +50,7 @@ from proxy.sandbox.transport import (
     quiet_disconnect_logs,
     read_body,
     send_error,
+    send_failure,
     send_json,
 )
 
@@ -236,7 +236,8 @@ class SandboxApp:
         if action in _MODEL_ACTIONS:
             failure = self._take_failure(knobs.fail_status)
             if failure:
-                await send_error(send, wire, failure, simulated_failure_message(failure))
+                await send_failure(send, wire, failure, retry_after=knobs.fail_retry_after,
+                                   realistic=bool(knobs.fail_realistic))
                 return
         if action == "models":
             await send_json(send, 200, _models_list(wire))

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from proxy.sandbox.errors import RETRY_AFTER_STATUSES, error_body
+from proxy.sandbox.errors import RETRY_AFTER_STATUSES, error_body, failure_body
 from proxy.sandbox.model import Wire
 
 Scope = MutableMapping[str, Any]
@@ -83,3 +83,12 @@ async def send_json(send: Send, status: int, payload: Any, extra: list[tuple[byt
 async def send_error(send: Send, wire: Wire, status: int, message: str, param: str | None = None) -> None:
     extra = [(b"retry-after", b"1")] if status in RETRY_AFTER_STATUSES else None
     await send_json(send, status, error_body(wire, status, message, param), extra)
+
+
+async def send_failure(send: Send, wire: Wire, status: int, *, retry_after: int | None, realistic: bool) -> None:
+    """A simulated failure (fail_status), with the knobs' Retry-After and error text."""
+    if retry_after is None:
+        extra = [(b"retry-after", b"1")] if status in RETRY_AFTER_STATUSES else None
+    else:
+        extra = [(b"retry-after", str(retry_after).encode())]
+    await send_json(send, status, failure_body(wire, status, realistic), extra)

@@ -35,7 +35,7 @@ def test_the_beat_schedule_names_registered_tasks():
 
 @requires_redis
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_exports_days_and_ships_events(tmp_path):
+def test_a_real_worker_exports_days_and_ships_events(server_database, tmp_path):
     from audit.tasks import audit_export_daily, audit_sink_flush
 
     # End-to-end tests' servers commit events outside any test transaction; start clean.

@@ -5,9 +5,10 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from django.db import DatabaseError, connection
+from django.db import connection
 
-from audit.chain import chain_verify
+from audit import services
+from audit.chain import CHAIN_FIELDS, chain_verify
 from audit.models import AuditChainHead, AuditEvent
 from audit.services import _VALUES_ROWS, AuditRecord, events_append
 
@@ -66,14 +67,23 @@ def test_concurrent_writers_extend_one_unbroken_chain(pipelined_only):
     assert report.ok and report.checked == expected
 
 
-def test_a_failed_batch_leaves_nothing_behind_and_the_next_one_is_written(pipelined_only):
+def test_a_row_the_database_refuses_is_reduced_and_its_batch_is_written(pipelined_only, monkeypatch):
+    # What the sanitizer (audit/storable.py) would have caught: a raw string in the status column.
+    real, status = services.event_values, CHAIN_FIELDS.index("status") - 2  # values start after seq, prev_hash
+
+    def unsanitized(record):
+        values = real(record)
+        return (*values[:status], "not a number", *values[status + 1:]) if "bad" in record.request_id else values
+
+    monkeypatch.setattr("audit.services.event_values", unsanitized)
     events_append([record("first")])
-    with pytest.raises(DatabaseError):
-        events_append([record("bad", status="not a number")])  # the INSERT fails inside the pipeline
-    with pytest.raises(DatabaseError):
-        events_append([record(f"bad-{i}", status="x") for i in range(_VALUES_ROWS + 2)])  # the COPY fails
+    events_append([record("bad")])  # the INSERT fails inside the pipeline
+    events_append([record("ok-1"), record("bad-copy"), *(record(f"ok-{i}") for i in range(2, _VALUES_ROWS + 2))])
     events_append([record("after")])
-    assert list(AuditEvent.objects.order_by("seq").values_list("request_id", flat=True)) == ["req_first", "req_after"]
+    stored = dict(AuditEvent.objects.values_list("request_id", "error_class"))
+    assert len(stored) == 1 + 1 + _VALUES_ROWS + 2 + 1
+    assert stored["req_bad"] == stored["req_bad-copy"] == "audit_reduced"
+    assert {rid for rid, error in stored.items() if error} == {"req_bad", "req_bad-copy"}
     assert chain_verify().ok
 
 

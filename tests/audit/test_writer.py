@@ -57,7 +57,7 @@ def test_a_failed_batch_fails_its_requests(monkeypatch):
     def broken(records):
         raise RuntimeError("database is down")
 
-    monkeypatch.setattr("audit.writer.events_append", broken)
+    monkeypatch.setattr("audit.writer.events_append_each", broken)
 
     async def one() -> None:
         await writer.write(record(1))

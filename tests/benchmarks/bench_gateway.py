@@ -230,7 +230,7 @@ def main() -> None:
     sh(python, "manage.py", "migrate", "--noinput", env=env)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
         config.write(CONFIG.format(sandbox=sandbox_port))
-    sh(python, "manage.py", "gateway_apply", config.name, env=env)
+    sh(python, "manage.py", "gateway_apply", config.name, "--allow-credentials", env=env)
     key = sh(python, "manage.py", "issuekey", "bench", env=env).strip()
 
     logs = ROOT / "var" / "benchmarks"

@@ -20,14 +20,7 @@ from proxy.admission import estimate_prompt_tokens
 from proxy.models import Deployment, ModelRoute, Provider
 from proxy.sandbox import expected_usage
 from tests.budgets.conftest import requires_postgres_and_redis
-from tests.servers import (
-    database_url_for,
-    free_port,
-    gateway_command,
-    sandbox_command,
-    server_env,
-    subprocess_server,
-)
+from tests.servers import database_url_for, free_port, sandbox_and_gateway, server_env
 
 # Transactional: the server processes must see the rows this test writes.
 pytestmark = [pytest.mark.e2e, requires_postgres_and_redis, pytest.mark.django_db(transaction=True)]
@@ -38,22 +31,17 @@ BODY = {"model": "budgeted", "messages": [{"role": "user", "content": PROMPT}], 
 
 @contextmanager
 def running_gateway(workers: int) -> Iterator[SimpleNamespace]:
-    sandbox_port, gateway_port = free_port(), free_port()
+    sandbox_port = free_port()
     env = server_env(DATABASE_URL=database_url_for(connection.settings_dict))
-    provider = Provider.objects.create(name=f"budget-sandbox-{gateway_port}", kind="sandbox",
+    provider = Provider.objects.create(name=f"budget-sandbox-{sandbox_port}", kind="sandbox",
                                        base_url=f"http://127.0.0.1:{sandbox_port}/v1",
                                        extra_headers={"x-sandbox-latency-ms": "50", "x-sandbox-chunk-delay-ms": "10"})
     route, _ = ModelRoute.objects.get_or_create(model="budgeted")
     Deployment.objects.filter(route=route).delete()
     Deployment.objects.create(route=route, provider=provider, upstream_model="sandbox-model")
     try:
-        with subprocess_server(sandbox_command(sandbox_port),
-                               health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
-                               env=env, log_name="sandbox"), \
-             subprocess_server(gateway_command(gateway_port, workers=workers),
-                               health_url=f"http://127.0.0.1:{gateway_port}/healthz",
-                               env=env, log_name="gateway"):
-            yield SimpleNamespace(url=f"http://127.0.0.1:{gateway_port}")
+        with sandbox_and_gateway(env=env, sandbox_port=sandbox_port, workers=workers) as running:
+            yield running
     finally:
         ModelRoute.objects.filter(model="budgeted").delete()
         provider.delete()
@@ -73,7 +61,7 @@ async def fire(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:
 
 
 @pytest.fixture
-def consumer(transactional_db) -> SimpleNamespace:
+def consumer(server_database, transactional_db) -> SimpleNamespace:
     created = Consumer.objects.create(name=f"budget-e2e-{free_port()}")
     return SimpleNamespace(consumer=created, key=key_issue(consumer=created, name="e2e").plaintext)
 

@@ -147,7 +147,7 @@ def test_a_soft_budget_alerts_once_per_period(personas, monkeypatch, settings):
 
 @requires_redis
 @pytest.mark.django_db(transaction=True)
-def test_the_reset_job_runs_in_a_real_celery_worker(personas):
+def test_the_reset_job_runs_in_a_real_celery_worker(server_database, personas):
     from django.db import connection
 
     from budgets.tasks import budget_reset as budget_reset_task

@@ -18,8 +18,8 @@ def kinds(db, sandbox_url, monkeypatch) -> None:
     """A route on a provider of each wire format, all served by the sandbox."""
     from proxy.models import Deployment, ModelRoute, Provider
 
-    monkeypatch.setenv("TG_TEST_UPSTREAM_KEY", "sk-upstream")
-    key = {"api_key_env": "TG_TEST_UPSTREAM_KEY"}
+    monkeypatch.setenv("TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", "sk-upstream")
+    key = {"api_key_env": "TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY"}
     for kind, base_url in (("openai", f"{sandbox_url}/v1"), ("anthropic", sandbox_url),
                            ("gemini", f"{sandbox_url}/v1beta")):
         provider = Provider.objects.create(name=f"p-{kind}", kind=kind, base_url=base_url, **key)

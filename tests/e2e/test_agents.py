@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from proxy.sandbox import parse_request, plan_reply
-from tests.e2e.provider_gateway import provider_gateway
+from tests.e2e.conftest import seed_providers, seeded_gateway
 from tests.fixtures.capture_agent_requests import require_agent, run_claude, run_codex, run_gemini
 
 # django_db: the test database is set up for this module even when it runs alone; the tests
@@ -56,26 +56,26 @@ def streamed_format(agent: str, upstream: str) -> str:
     return {"anthropic": "anthropic.messages", "gemini": "gemini.streamGenerateContent"}[upstream]
 
 
-@pytest.fixture(scope="module")
-def agents_gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
-    """One gateway and sandbox for the module, with the agents' routes (on Anthropic until switched)."""
+def seed_agents(sandbox_port: int) -> SimpleNamespace:
+    """The providers of every kind (seed_providers), and the agents' routes, on Anthropic until switched."""
     from proxy.models import Deployment, ModelRoute, Provider
 
+    seeded = seed_providers(sandbox_port)
+    anthropic = Provider.objects.get(name="e2e-anthropic")
+    for model in ROUTES:
+        route = ModelRoute.objects.create(model=model)
+        Deployment.objects.create(route=route, provider=anthropic, upstream_model=upstream_model(model, "anthropic"))
+    return seeded
+
+
+@pytest.fixture(scope="module")
+def agents_gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
+    """One gateway and sandbox for the module, on the module's own database."""
     # Tests switch the routes' provider: with no route cache, every worker reads the switch at its
     # next request. (The tests' autouse fixture empties the shared cache, generation counters
     # included, so an invalidation cannot be relied on to reach the workers here.)
-    with provider_gateway(django_db_blocker, TOLLGATE_ROUTE_CACHE_SECONDS="0") as running:
-        with django_db_blocker.unblock():
-            anthropic = Provider.objects.get(name="e2e-anthropic")
-            for model in ROUTES:
-                route = ModelRoute.objects.create(model=model)
-                Deployment.objects.create(route=route, provider=anthropic,
-                                          upstream_model=upstream_model(model, "anthropic"))
-        try:
-            yield running
-        finally:
-            with django_db_blocker.unblock():
-                ModelRoute.objects.filter(model__in=ROUTES).delete()
+    with seeded_gateway(server_database, django_db_blocker, seed_agents, TOLLGATE_ROUTE_CACHE_SECONDS="0") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,12 @@
 """The official anthropic SDK against the real server, served by Anthropic, OpenAI and Gemini deployments."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import anthropic
 import pytest
 
 from proxy.sandbox import expected_usage
-from tests.e2e.provider_gateway import provider_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -20,9 +18,8 @@ ROUTES = ["claude", "gpt", "gem"]
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
-    with provider_gateway(django_db_blocker) as running:
-        yield running
+def gateway(provider_gateway) -> SimpleNamespace:
+    return provider_gateway
 
 
 @pytest.fixture

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
-
-from tests.e2e.provider_gateway import provider_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -17,9 +14,8 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
-    with provider_gateway(django_db_blocker) as running:
-        yield running
+def gateway(provider_gateway) -> SimpleNamespace:
+    return provider_gateway
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.e2e.provider_gateway import provider_gateway
+from tests.e2e.conftest import seed_providers, seeded_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -41,19 +41,17 @@ def _seed_consumers() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
-    with django_db_blocker.unblock():
-        keys = _seed_consumers()
-    try:
-        with provider_gateway(django_db_blocker, TOLLGATE_PROBE_BLOCK_AFTER=str(PROBE_BLOCK_AFTER),
-                              TOLLGATE_PROBE_SLOW_AFTER="100") as running:
-            running.keys = keys
-            yield running
-    finally:
-        with django_db_blocker.unblock():
-            from budgets.models import Consumer
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
+    def seed(port: int) -> SimpleNamespace:
+        seeded = seed_providers(port)
+        seeded.keys = _seed_consumers()
+        return seeded
 
-            Consumer.objects.filter(name__startswith="e2e-wiring-").delete()
+    # The module's own database (server_database) goes with it: nothing to unseed.
+    with seeded_gateway(server_database, django_db_blocker, seed, TOLLGATE_BREAKER_FAILURES="1000",
+                        TOLLGATE_PROBE_BLOCK_AFTER=str(PROBE_BLOCK_AFTER),
+                        TOLLGATE_PROBE_SLOW_AFTER="100") as running:
+        yield running
 
 
 def send(gateway, endpoint: str, route: str, key: str, **headers: str) -> httpx.Response:

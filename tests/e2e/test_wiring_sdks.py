@@ -4,14 +4,11 @@ against what the sandbox saw upstream."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
-
-from tests.e2e.provider_gateway import provider_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -23,9 +20,8 @@ TOOLS = [{"type": "function", "name": "lookup_order", "description": "Find an or
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
-    with provider_gateway(django_db_blocker) as running:
-        yield running
+def gateway(provider_gateway) -> SimpleNamespace:
+    return provider_gateway
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -11,28 +12,24 @@ from types import SimpleNamespace
 import httpx
 
 from tests.faults.seed import UPSTREAM_KEY
-from tests.servers import free_port, gateway_command, sandbox_command, server_env, subprocess_server
+from tests.servers import sandbox_and_gateway, server_env
+
+_gateways = itertools.count(1)
 
 
 @contextmanager
 def running_gateway(*, sandbox_port: int, database_url: str, redis_url: str | None, workers: int = 2,
                     **env_overrides: str) -> Iterator[SimpleNamespace]:
-    """The sandbox and the production start (gunicorn, uvicorn workers) on free ports."""
-    gateway_port = free_port()
-    env = server_env(DATABASE_URL=database_url, FAULTS_UPSTREAM_KEY=UPSTREAM_KEY,
-                     TOLLGATE_CACHE_PREFIX=f"tgfault{os.getpid()}x{gateway_port}", **env_overrides)
+    """The sandbox and the production start (gunicorn, uvicorn workers) on free ports, with a
+    Redis of the test's choosing (or none) and a cache prefix of their own."""
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY=UPSTREAM_KEY,
+                     TOLLGATE_CACHE_PREFIX=f"tgfault{os.getpid()}x{next(_gateways)}", **env_overrides)
     env.pop("REDIS_URL", None)
     if redis_url:
         env["REDIS_URL"] = redis_url
-    with subprocess_server(sandbox_command(sandbox_port, "--require-key", UPSTREAM_KEY),
-                           health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
-                           env=env, log_name="faults-sandbox"), \
-         subprocess_server(gateway_command(gateway_port, workers),
-                           health_url=f"http://127.0.0.1:{gateway_port}/healthz",
-                           env=env, log_name="faults-gateway") as process:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{gateway_port}", port=gateway_port,
-                              sandbox_url=f"http://127.0.0.1:{sandbox_port}", sandbox_port=sandbox_port,
-                              process=process, env=env)
+    with sandbox_and_gateway(env=env, sandbox_port=sandbox_port, workers=workers, upstream_key=UPSTREAM_KEY,
+                             log_name="faults-") as running:
+        yield running
 
 
 @dataclass

@@ -26,11 +26,11 @@ def seed(sandbox_port: int, *, consumers: int = 1, budget_tokens: int = 1_000_00
 
     base = f"http://127.0.0.1:{sandbox_port}"
     openai = Provider.objects.create(name=f"{PREFIX}openai", kind="openai", base_url=f"{base}/v1",
-                                     api_key_env="FAULTS_UPSTREAM_KEY")
+                                     api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY")
     anthropic = Provider.objects.create(name=f"{PREFIX}anthropic", kind="anthropic", base_url=base,
-                                        api_key_env="FAULTS_UPSTREAM_KEY")
+                                        api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY")
     hang = Provider.objects.create(name=f"{PREFIX}hang", kind="openai", base_url=f"{base}/v1",
-                                   api_key_env="FAULTS_UPSTREAM_KEY", timeout_seconds=0.5,
+                                   api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY", timeout_seconds=0.5,
                                    extra_headers={"x-sandbox-hang-ms": "30000"})
     routes = {"demo": [(openai, 0)], "claude": [(anthropic, 0)], "hang": [(hang, 0), (openai, 1)]}
     if flaky_port:
@@ -38,7 +38,7 @@ def seed(sandbox_port: int, *, consumers: int = 1, budget_tokens: int = 1_000_00
         # sandbox's runtime fail_count knob; the route fails over to the healthy one.
         flaky = Provider.objects.create(name=f"{PREFIX}flaky", kind="openai",
                                         base_url=f"http://127.0.0.1:{flaky_port}/v1",
-                                        api_key_env="FAULTS_UPSTREAM_KEY")
+                                        api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY")
         routes["flaky"] = [(flaky, 0), (openai, 1)]
     for model, deployments in routes.items():
         route = ModelRoute.objects.create(model=f"{PREFIX}{model}", default_max_tokens=256)

@@ -69,7 +69,7 @@ def established_to(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox_port = free_port()
@@ -78,7 +78,7 @@ def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
         seeded = seed(sandbox_port)
         reset = Provider.objects.create(name=f"{PREFIX}reset", kind="openai",
                                         base_url=f"http://127.0.0.1:{resetting.port}/v1",
-                                        api_key_env="FAULTS_UPSTREAM_KEY")
+                                        api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY")
         hang = Provider.objects.get(name=f"{PREFIX}hang")
         openai = Provider.objects.get(name=f"{PREFIX}openai")
         for model, deployments in {"reset": [(reset, 0), (openai, 1)], "hang-only": [(hang, 0)]}.items():

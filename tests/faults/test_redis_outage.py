@@ -36,7 +36,7 @@ def _audited_tokens() -> int:
 # Timing under load (servers stopped and started within seconds): one retry, so a CI
 # machine's momentary stall is not a failure; a real regression fails both runs.
 @pytest.mark.flaky(reruns=1)
-def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(fail_open):
+def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(server_database, fail_open):
     sandbox_port = free_port()
     seeded = seed(sandbox_port)
     try:

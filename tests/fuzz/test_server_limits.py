@@ -27,7 +27,7 @@ LIMIT = 1024 * 1024  # TOLLGATE_MAX_BODY_BYTES for this server
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
     sandbox_port = free_port()
     with django_db_blocker.unblock():
         seeded = seed(sandbox_port)

@@ -24,10 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.servers import (
     database_url_for,
     free_port,
-    gateway_command,
-    sandbox_command,
+    sandbox_and_gateway,
     server_env,
-    subprocess_server,
     wait_until_up,
 )
 
@@ -46,9 +44,9 @@ def _seed(sandbox_port: int) -> SimpleNamespace:
     from proxy.models import Deployment, ModelRoute, Provider
 
     sandbox = Provider.objects.create(name="ops-sandbox", kind="sandbox", base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                      api_key_env="OPS_UPSTREAM_KEY")
+                                      api_key_env="TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY")
     down = Provider.objects.create(name="ops-down", kind="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
-                                   api_key_env="OPS_UPSTREAM_KEY")
+                                   api_key_env="TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY")
     demo = ModelRoute.objects.create(model="ops-demo")
     Deployment.objects.create(route=demo, provider=sandbox, upstream_model="sandbox-model")
     broken = ModelRoute.objects.create(model="ops-down")
@@ -103,29 +101,26 @@ def total(families: dict, sample: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def run(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[SimpleNamespace]:
-    sandbox_port, gateway_port = free_port(), free_port()
+def run(server_database, django_db_blocker, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    sandbox_port = free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
     with django_db_blocker.unblock():
         seeded = _seed(sandbox_port)
         database_url = database_url_for(connection.settings_dict)
-    env = server_env(DATABASE_URL=database_url, OPS_UPSTREAM_KEY=UPSTREAM_KEY,
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_OPS_UPSTREAM_KEY=UPSTREAM_KEY,
                      PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), TOLLGATE_METRICS_TOKEN=METRICS_TOKEN,
                      TOLLGATE_HEARTBEAT_SECONDS="1",
                      TOLLGATE_LOG_FORMAT="json", TOLLGATE_LOG_LEVEL="info")
     env.pop("DJANGO_DEBUG", None)
-    url = f"http://127.0.0.1:{gateway_port}"
     bad_key = "tg-" + secrets.token_urlsafe(24)
     a, b = seeded.alpha_key, seeded.beta_key
     mix = ([(a, "ops-demo", False)] * 6 + [(a, "ops-demo", True)] * 4 + [(b, "ops-demo", False)] * 3
            + [(bad_key, "ops-demo", False)] * 2 + [(a, "ops-down", False)] * 2 + [(a, "ops-failover", False)] * 3
            + [(a, "gpt-raw-client-model-xyz", False)])
     try:
-        with subprocess_server(sandbox_command(sandbox_port, "--require-key", UPSTREAM_KEY),
-                               health_url=f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
-                               env=env, log_name="ops-sandbox"), \
-             subprocess_server(gateway_command(gateway_port, workers=2), health_url=f"{url}/healthz",
-                               env=env, log_name="ops-gateway") as process:
+        with sandbox_and_gateway(env=env, sandbox_port=sandbox_port, upstream_key=UPSTREAM_KEY,
+                                 log_name="ops-") as running:
+            url, process = running.url, running.process
             wait_until_up(f"{url}/readyz")
             with ThreadPoolExecutor(max_workers=8) as pool:
                 results = list(pool.map(lambda m: _chat(url, m[0], m[1], stream=m[2]), mix))

@@ -39,8 +39,8 @@ def test_it_answers_a_chat_completion_from_the_sandbox(alice, demo_route):
 @pytest.mark.django_db
 def test_it_sends_the_upstream_model_name_and_the_providers_credential(alice, demo_route, sandbox_url,
                                                                        monkeypatch):
-    monkeypatch.setenv("SANDBOX_TEST_KEY", "sk-upstream-secret")
-    Provider.objects.filter(name="sandbox").update(api_key_env="SANDBOX_TEST_KEY")
+    monkeypatch.setenv("TOLLGATE_PROVIDER_SANDBOX_TEST_KEY", "sk-upstream-secret")
+    Provider.objects.filter(name="sandbox").update(api_key_env="TOLLGATE_PROVIDER_SANDBOX_TEST_KEY")
     response = chat(alice, HELLO, headers={"Cookie": "session=1", "X-Forwarded-Host": "evil"})
     assert response.status_code == 200
     seen = sandbox_requests(sandbox_url)[0]

@@ -17,7 +17,8 @@ from rest_framework.test import APIClient
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION_ENV = {"DJANGO_DEBUG": "0", "TOLLGATE_BEHIND_TLS_PROXY": "1"}
+PRODUCTION_ENV = {"DJANGO_DEBUG": "0", "TOLLGATE_BEHIND_TLS_PROXY": "1",
+                  "TOLLGATE_AUDIT_CHAIN_KEY": "tests-only-audit-chain-key-not-for-production"}
 
 
 @pytest.fixture(autouse=True)

@@ -46,10 +46,10 @@ HELLO = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def kinds(db, sandbox_url, monkeypatch) -> None:
     """A provider of each wire format, all served by the sandbox, each behind route `via-<kind>`."""
-    monkeypatch.setenv("TG_TEST_UPSTREAM_KEY", "sk-upstream")
+    monkeypatch.setenv("TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", "sk-upstream")
     for kind, path in (("openai", "/v1"), ("anthropic", ""), ("gemini", "/v1beta")):
         provider = Provider.objects.create(name=f"p-{kind}", kind=kind, base_url=f"{sandbox_url}{path}",
-                                           api_key_env="TG_TEST_UPSTREAM_KEY")
+                                           api_key_env="TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY")
         route = ModelRoute.objects.create(model=f"via-{kind}", default_max_tokens=333)
         Deployment.objects.create(route=route, provider=provider, upstream_model=f"up-{kind}")
 

@@ -10,7 +10,7 @@ from tests.servers import database_url_for, free_port, gateway_command, server_e
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
-def test_a_401_from_the_real_server_names_no_server_and_no_product(django_db_blocker):
+def test_a_401_from_the_real_server_names_no_server_and_no_product(server_database, django_db_blocker):
     with django_db_blocker.unblock():
         database_url = database_url_for(connection.settings_dict)
     env = server_env(DATABASE_URL=database_url)

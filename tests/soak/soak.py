@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     options = parser.parse_args()
     os.environ.setdefault("DJANGO_SECRET_KEY", "soak-only-secret-key-not-for-production")
+    os.environ.setdefault("TOLLGATE_AUDIT_CHAIN_KEY", "soak-only-audit-chain-key")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_site.settings")
     database_url, redis_url = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
     fresh_database(database_url)
@@ -74,7 +75,7 @@ def main() -> None:
 
     sandbox_port, flaky_port = free_port(), free_port()
     seeded = seed(sandbox_port, consumers=options.consumers, flaky_port=flaky_port)
-    env = server_env(DATABASE_URL=database_url, FAULTS_UPSTREAM_KEY=UPSTREAM_KEY)
+    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY=UPSTREAM_KEY)
     # The flaky provider fails one generation request in ten, whatever the rate.
     flaky_options = ("--require-key", UPSTREAM_KEY, "--fail-status", "500", "--fail-every", "10")
     with subprocess_server(sandbox_command(flaky_port, *flaky_options),

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from budgets.binding import networks_problem, user_agents_problem
 from budgets.keys import key_issue
 from budgets.models import Consumer
 
@@ -22,6 +23,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--routes", default="", help="Comma-separated route names the key may call (default: every route)."
         )
+        parser.add_argument("--networks", default="",
+                            help="Comma-separated client networks (CIDRs) the key may be used from (default: any).")
+        parser.add_argument("--user-agents", default="",
+                            help="Comma-separated User-Agent prefixes the key may be used by, e.g. claude-cli/ "
+                            "(default: any).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -34,15 +40,24 @@ class Command(BaseCommand):
         label = options["name"]
         if len(label) > 100:
             raise CommandError("--name must be at most 100 characters.")
-        routes = list(dict.fromkeys(r.strip() for r in options["routes"].split(",") if r.strip()))
+        routes = _split(options["routes"])
+        networks, agents = _split(options["networks"]), _split(options["user_agents"])
+        problem = networks_problem(networks) or user_agents_problem(agents)
+        if problem:
+            raise CommandError(problem)
 
-        issued = key_issue(consumer=consumer, name=label, expires_in_days=days, allowed_routes=routes)
+        issued = key_issue(consumer=consumer, name=label, expires_in_days=days, allowed_routes=routes,
+                           allowed_networks=networks, allowed_user_agents=agents)
 
         # stdout carries the key alone, so scripts can capture it; everything else goes to stderr.
         self.stdout.write(issued.plaintext)
         key = issued.key
         details = [f"expires {key.expires_at:%Y-%m-%d %H:%M} UTC" if key.expires_at else "never expires"]
         details.append(f"routes: {', '.join(routes)}" if routes else "every route")
+        if networks:
+            details.append(f"networks: {', '.join(networks)}")
+        if agents:
+            details.append(f"user agents: {', '.join(agents)}")
         self.stderr.write(
             f"Issued key {key.prefix}… for consumer {consumer.name!r} ({'; '.join(details)}). "
             "Store it now: it is not shown again.",
@@ -53,3 +68,7 @@ class Command(BaseCommand):
                 f"Warning: consumer {consumer.name!r} is inactive; its keys are refused until it is activated.",
                 style_func=self.style.WARNING,
             )
+
+
+def _split(value: str) -> list[str]:
+    return list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))

@@ -7,6 +7,7 @@ renderings every section shares.
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import re
@@ -94,10 +95,11 @@ class Field:
     check: Callable[[Any], str | None] | None = None
     always_export: bool = False
 
-    def bind(self, model: type[models.Model] | None) -> Field:
+    def bind(self, model: builtins.type[models.Model] | None) -> Field:
         bound = replace(self, attr=self.attr or self.key)
         if model is not None and not bound.required and bound.default is MODEL_DEFAULT:
             model_field = model._meta.get_field(bound.attr)
+            assert isinstance(model_field, models.Field)  # a column of the model, never a relation's far side
             bound = replace(bound, default=model_field.get_default(), nullable=bound.nullable or model_field.null)
         if not bound.required and bound.default is MODEL_DEFAULT:
             raise TypeError(f"Field {self.key!r} needs a default or a model to take it from")

@@ -98,7 +98,7 @@ class ModelSection:
         return {f.attr: f.key for f in [self.identity, *self.fields]}
 
     def _existing(self) -> dict[str, Any]:
-        return {getattr(obj, self.identity.attr): obj for obj in self.model.objects.all()}
+        return {getattr(obj, self.identity.attr): obj for obj in self.model._default_manager.all()}
 
     def parse(self, value: Any, *, where: str) -> list[Item]:
         if value is None:
@@ -197,11 +197,11 @@ class ModelSection:
 
     def _delete(self, pk: Any) -> None:
         # A queryset delete still sends post_delete, so the caches hear about it.
-        self.model.objects.filter(pk=pk).delete()
+        self.model._default_manager.filter(pk=pk).delete()
 
     def export(self) -> list[dict[str, Any]]:
         rows = []
-        for obj in self.model.objects.prefetch_related(*self.prefetch).order_by(self.identity.attr):
+        for obj in self.model._default_manager.prefetch_related(*self.prefetch).order_by(self.identity.attr):
             row: dict[str, Any] = {self.identity.key: getattr(obj, self.identity.attr)}
             for f in self.fields:
                 value = getattr(obj, f.attr)

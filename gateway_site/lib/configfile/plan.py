@@ -47,6 +47,9 @@ class Plan:
     parsed: dict[str, Any]
     section_where: dict[str, str]
     prune: bool = False
+    # What the command was told beyond the file, for sections that guard some changes
+    # (proxy's providers: {"allow_credentials": True} from gateway_apply --allow-credentials).
+    options: dict[str, Any] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict)  # for sections' look-ups shared across items

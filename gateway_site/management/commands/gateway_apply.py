@@ -25,6 +25,13 @@ class Command(BaseCommand):
             action="store_true",
             help="Also delete providers, routes and consumers missing from the sections the file lists.",
         )
+        parser.add_argument(
+            "--allow-credentials",
+            action="store_true",
+            help="Allow creating providers and changing their base_url, api_key_env or api_key_file (which "
+            "secret is read and where it is sent); without it such changes are refused. Each one is logged "
+            "(docs/providers.md#credentials).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         filename = options["file"]
@@ -33,7 +40,8 @@ class Command(BaseCommand):
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"{filename}: cannot read the file: {exc}") from None
         try:
-            plan = config_apply(text=text, filename=filename, dry_run=options["dry_run"], prune=options["prune"])
+            plan = config_apply(text=text, filename=filename, dry_run=options["dry_run"], prune=options["prune"],
+                                options={"allow_credentials": options["allow_credentials"]})
         except ConfigError as exc:
             raise CommandError(f"{exc}\nNothing was written.") from None
         except DatabaseError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from proxy.providers.common import obj
 from proxy.providers.ir import Finish, Reasoning, StreamUsage, Usage
 from proxy.providers.sse import sse_event
 
@@ -78,8 +79,8 @@ def _int(value: Any) -> int | None:
 def usage_from(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    inputs = data.get("input_tokens_details") if isinstance(data.get("input_tokens_details"), dict) else {}
-    outputs = data.get("output_tokens_details") if isinstance(data.get("output_tokens_details"), dict) else {}
+    inputs = obj(data.get("input_tokens_details"))
+    outputs = obj(data.get("output_tokens_details"))
     return Usage(_int(data.get("input_tokens")), _int(data.get("output_tokens")),
                  cache_read_tokens=_int(inputs.get("cached_tokens")) or 0,
                  cache_write_tokens=_int(inputs.get("cache_write_tokens")) or 0,

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from proxy.providers.base import ProviderError
+from proxy.providers.common import obj as json_object
 from proxy.providers.ir import (
     ChatRequest,
     ChatResponse,
@@ -218,7 +219,7 @@ class StreamDecoder:
         out: list[StreamEvent] = []
         if not self.started and kind != "error":
             self.started = True
-            response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+            response = json_object(obj.get("response"))
             out.append(StreamStart(str(response.get("id") or ""), str(response.get("model") or "")))
         if kind in ("response.output_text.delta", "response.refusal.delta"):
             if obj.get("delta"):
@@ -234,7 +235,7 @@ class StreamDecoder:
         elif kind in ("response.output_item.added", "response.output_item.done"):
             out.extend(self._item(obj.get("item"), done=kind.endswith("done")))
         elif kind in ("response.completed", "response.incomplete"):
-            response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+            response = json_object(obj.get("response"))
             out.append(StreamFinish(_finish(response.get("status"), response.get("incomplete_details"),
                                             bool(self.calls))))
             usage = usage_from(response.get("usage"))
