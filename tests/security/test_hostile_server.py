@@ -18,11 +18,10 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import redis
-from django.db import connection
 
 from tests.faults.conftest import running_gateway
-from tests.faults.seed import PREFIX, seed, unseed
-from tests.servers import database_url_for, free_port
+from tests.faults.seed import PREFIX, seed
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -33,26 +32,22 @@ HELLO = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
+    """The server on the module's own database (server_database): its committed rows go with it."""
     sandbox_port = free_port()
     with django_db_blocker.unblock():
         seeded = seed(sandbox_port)
         ids = _seed_routes(sandbox_port)
-        database_url = database_url_for(connection.settings_dict)
-    try:
-        with running_gateway(sandbox_port=sandbox_port, database_url=database_url,
-                             redis_url=os.environ.get("REDIS_URL"),
-                             TOLLGATE_MAX_BODY_BYTES=str(LIMIT), TOLLGATE_BODY_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
-                             TOLLGATE_TRUSTED_PROXIES="127.0.0.1", TOLLGATE_PROBE_SLOW_AFTER="1000",
-                             TOLLGATE_PROBE_BLOCK_AFTER=str(BLOCK_AFTER), TOLLGATE_PROBE_BLOCK_SECONDS="60",
-                             TOLLGATE_BREAKER_FAILURES="3", TOLLGATE_BREAKER_COOLDOWN_SECONDS="30",
-                             TOLLGATE_BREAKER_RECHECK_SECONDS="0") as running:
-            running.key = seeded.key
-            running.deployments = ids
-            yield running
-    finally:
-        with django_db_blocker.unblock():
-            unseed()
+    with running_gateway(sandbox_port=sandbox_port, database_url=server_database,
+                         redis_url=os.environ.get("REDIS_URL"),
+                         TOLLGATE_MAX_BODY_BYTES=str(LIMIT), TOLLGATE_BODY_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
+                         TOLLGATE_TRUSTED_PROXIES="127.0.0.1", TOLLGATE_PROBE_SLOW_AFTER="1000",
+                         TOLLGATE_PROBE_BLOCK_AFTER=str(BLOCK_AFTER), TOLLGATE_PROBE_BLOCK_SECONDS="60",
+                         TOLLGATE_BREAKER_FAILURES="3", TOLLGATE_BREAKER_COOLDOWN_SECONDS="30",
+                         TOLLGATE_BREAKER_RECHECK_SECONDS="0") as running:
+        running.key = seeded.key
+        running.deployments = ids
+        yield running
 
 
 def _seed_routes(sandbox_port: int) -> dict[str, int]:
@@ -63,7 +58,7 @@ def _seed_routes(sandbox_port: int) -> dict[str, int]:
     for name, headers in (("blip", {}), ("held", {}), ("slowpoke", {"x-sandbox-latency-ms": "1500"})):
         provider = Provider.objects.create(name=f"{PREFIX}{name}", kind="openai",
                                            base_url=f"http://127.0.0.1:{sandbox_port}/v1",
-                                           api_key_env="FAULTS_UPSTREAM_KEY", extra_headers=headers)
+                                           api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY", extra_headers=headers)
         route = ModelRoute.objects.create(model=f"{PREFIX}{name}")
         ids[name] = Deployment.objects.create(route=route, provider=provider, upstream_model="up").pk
     return ids

@@ -13,11 +13,9 @@ import anthropic
 import httpx
 import openai
 import pytest
-from django.db import connection
 
 from audit.models import AuditEvent
 from tests.servers import (
-    database_url_for,
     free_port,
     gateway_command,
     sandbox_command,
@@ -63,12 +61,12 @@ def _unseed() -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup, django_db_blocker) -> Iterator[SimpleNamespace]:
+def gateway(server_database, django_db_blocker) -> Iterator[SimpleNamespace]:
+    """The servers on the module's own database (server_database): their committed rows go with it."""
     sandbox_port, gateway_port = free_port(), free_port()
     with django_db_blocker.unblock():
         keys = _seed(sandbox_port)
-        database_url = database_url_for(connection.settings_dict)
-    env = server_env(DATABASE_URL=database_url, TOLLGATE_PROVIDER_BINDING_UPSTREAM_KEY=UPSTREAM_KEY,
+    env = server_env(DATABASE_URL=server_database, TOLLGATE_PROVIDER_BINDING_UPSTREAM_KEY=UPSTREAM_KEY,
                      TOLLGATE_TRUSTED_PROXIES="127.0.0.1/32")
     try:
         with subprocess_server(sandbox_command(sandbox_port, "--require-key", UPSTREAM_KEY),

@@ -63,12 +63,12 @@ def test_a_providers_error_inside_a_stream_is_scrubbed_on_the_way_in():
 @pytest.fixture
 def leaky(db, sandbox_url, monkeypatch):
     """Route `leaky-<kind>` per provider kind, on the sandbox; each test sets the status it fails with."""
-    monkeypatch.setenv("TG_TEST_UPSTREAM_KEY", "sk-upstream")
+    monkeypatch.setenv("TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", "sk-upstream")
 
     def route(kind: str, status: int) -> str:
         base = {"openai": f"{sandbox_url}/v1", "anthropic": sandbox_url, "gemini": f"{sandbox_url}/v1beta"}[kind]
         provider = Provider.objects.create(name=f"leaky-{kind}", kind=kind, base_url=base,
-                                           api_key_env="TG_TEST_UPSTREAM_KEY", extra_headers={
+                                           api_key_env="TOLLGATE_PROVIDER_TG_TEST_UPSTREAM_KEY", extra_headers={
                                                "x-sandbox-fail-status": str(status), "x-sandbox-fail-realistic": "1"})
         model = ModelRoute.objects.create(model=f"leaky-{kind}")
         Deployment.objects.create(route=model, provider=provider, upstream_model="upstream-model")

@@ -1,6 +1,6 @@
 """Hostile input to the admin API is a 400 in the API's error shape, never a 500 (issue #15):
 bodies Django refuses to parse (too many fields or files, too many bytes), and values the
-database cannot use (a NUL in a search, found by tests/admin_api/test_schema_fuzz.py)."""
+database cannot use (a NUL in a search, found by tests/gateway_site/admin_api/test_schema_fuzz.py)."""
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from budgets.models import Consumer
-from tests.admin_api.conftest import token_client
+from tests.gateway_site.admin_api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 
