@@ -53,6 +53,7 @@ class AuditRecord:
     body_mode: str = BodyMode.NONE
     request_body: Any = None  # the parsed JSON request, bytes or text
     response_body: Any = None  # bytes sent to the client (already cut by capture_limit)
+    usage_source: str | None = None  # "provider" | "estimated" | None (no usage)
     # Literal secrets to redact wherever they appear (e.g. the provider credential).
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -127,6 +128,7 @@ def event_values(record: AuditRecord) -> tuple:
         record.body_mode,
         request_body,
         response_body,
+        record.usage_source or None,
     )
 
 
