@@ -16,23 +16,30 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from proxy import breaker
+from proxy.admission import model_not_priced
+from proxy.bounds import ANTHROPIC_TEXT_KEYS, OPENAI_TEXT_KEYS, bound_apply, output_bound, relayed_text_bytes, wire_of
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError
 from proxy.formats import CALLER_FORMATS, CallerFormat
 from proxy.providers import anthropic as anthropic_format
+from proxy.providers import openai as openai_format
 from proxy.providers.base import ProviderAdapter, ProviderError
 from proxy.providers.ir import (
     ChatRequest,
+    ReasoningDelta,
     StreamError,
     StreamEvent,
     StreamStart,
     StreamUsage,
+    TextDelta,
+    ToolCallDelta,
     TranslationError,
 )
 from proxy.providers.registry import adapter_for
@@ -83,6 +90,12 @@ def _no_deployment(route: RouteInfo, open_until: dict[int, float | None], what: 
 
 async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[DeploymentInfo], set[int]]:
     """The deployments to try in order, and which of them are half-open (need the trial token)."""
+    if ctx.unpriced_deployments:
+        # Under a cost budget, a deployment without a price cannot be charged: never chosen (issue #16).
+        priced = tuple(d for d in route.deployments if d.id not in ctx.unpriced_deployments)
+        if not priced:
+            raise model_not_priced(route, list(route.deployments))
+        route = replace(route, deployments=priced)
     if not route.deployments:
         raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
                            code="no_deployment")
@@ -119,6 +132,7 @@ async def call_chat(
     the answer's status and error class are marked on ctx (the pipeline finishes the request)."""
     caller = CALLER_FORMATS[ctx.caller]
     order, half_open = await plan_attempts(ctx, route)
+    _bound(ctx, route, body)
     ir: ChatRequest | None = None
     last_error: ProviderError | None = None
     last_same_format = False
@@ -211,11 +225,14 @@ async def _post(ctx: RequestContext, adapter: ProviderAdapter, url: str, payload
         response, content = await upstream_post(url, content=orjson.dumps(payload), headers=headers,
                                                 timeouts=adapter.timeout())
     except UpstreamError as exc:
+        if isinstance(exc, UpstreamTimeout) and exc.kind != "ConnectionTimeoutError":
+            ctx.upstream_started = True  # sent, and maybe generating (and billing) when we gave up
         raise _transport_error(adapter, exc) from None
     finally:
         ctx.upstream_seconds += time.perf_counter() - started
     if response.status_code >= 400:
         raise adapter.error_from_response(response, content)
+    ctx.upstream_started = True
     return response, content
 
 
@@ -239,6 +256,7 @@ async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, 
             await response.aclose()
             ctx.upstream_seconds += time.perf_counter() - started
         raise adapter.error_from_response(response, content)
+    ctx.upstream_started = True  # from here the provider bills, whether or not its usage reaches us
     chunks = response.chunks()
     try:
         first = await chunks.__anext__()
@@ -262,8 +280,9 @@ async def _passthrough(
     route: RouteInfo, body: dict[str, Any], client_headers: dict[str, str],
 ) -> HttpResponse:
     payload = {**body, "model": deployment.upstream_model}
-    if caller.caller is Caller.ANTHROPIC and not payload.get("max_tokens"):
-        payload["max_tokens"] = route.default_max_tokens
+    # The output bound admission reserved goes upstream, whatever the client sent (proxy.bounds).
+    bound_apply(caller.wire, payload, ctx.max_output_tokens or route.default_max_tokens,
+                openai_field=getattr(adapter, "max_tokens_field", "max_tokens"))
     url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
     headers = adapter.request_headers(client_headers)
     if not ctx.stream:
@@ -271,6 +290,7 @@ async def _passthrough(
         payload.pop("stream_options", None)
         response, content = await _post(ctx, adapter, url, payload, headers)
         _usage_of_answer(ctx, caller, content)
+        ctx.relayed_bytes = len(content)
         ctx.capture_response(content)
         return HttpResponse(content, status=response.status_code,
                             content_type=response.headers.get("content-type", "application/json"))
@@ -292,15 +312,22 @@ async def _passthrough(
     )
 
 
+def _bound(ctx: RequestContext, route: RouteInfo, body: dict[str, Any]) -> int:
+    """The output bound admission worked out (worked out here when admission did not run)."""
+    if ctx.max_output_tokens is None:
+        ctx.max_output_tokens = output_bound(wire_of(ctx.caller.value, ctx.endpoint), body, route).tokens
+    return ctx.max_output_tokens
+
+
 def _usage_of_answer(ctx: RequestContext, caller: CallerFormat, content: bytes) -> None:
     try:
         usage = orjson.loads(content).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return
     if caller.caller is Caller.OPENAI:
-        ctx.record_usage(usage)
+        ctx.record_usage_detail(openai_format.usage_from_openai(usage))
     elif isinstance(usage, dict):
-        ctx.record_tokens(anthropic_format._input_tokens(usage), usage.get("output_tokens"))
+        ctx.record_usage_detail(anthropic_format.usage_from_anthropic(usage))
 
 
 def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -341,9 +368,10 @@ async def _stream_broke(ctx: RequestContext, deployment: DeploymentInfo, adapter
 def _openai_event_filter(ctx: RequestContext, client_wants_usage: bool) -> Callable[[bytes], bool]:
     """Meter OpenAI chunks; drop the usage-only chunk the client did not ask for."""
     def keep(event: bytes) -> bool:
+        ctx.relayed_bytes += relayed_text_bytes(event, OPENAI_TEXT_KEYS)
         usage, usage_only = _usage_chunk(event)
         if usage is not None:
-            ctx.record_usage(usage)
+            ctx.record_usage_detail(openai_format.usage_from_openai(usage))
             if usage_only and not client_wants_usage:
                 return False
         return True
@@ -353,9 +381,10 @@ def _openai_event_filter(ctx: RequestContext, client_wants_usage: bool) -> Calla
 def _anthropic_event_filter(ctx: RequestContext) -> Callable[[bytes], bool]:
     """Meter Anthropic events (message_start and message_delta carry usage); keep them all."""
     def keep(event: bytes) -> bool:
-        usage = anthropic_format.stream_usage(event)
-        if usage is not None:
-            ctx.record_tokens(*usage)
+        ctx.relayed_bytes += relayed_text_bytes(event, ANTHROPIC_TEXT_KEYS)
+        found = anthropic_format.stream_usage_of(event)
+        if found is not None:
+            ctx.record_usage_detail(found[0], output=found[1])
         elif event.startswith(b"event: error"):
             # The provider's own error event ends its stream: it is the last event the client gets.
             ctx.stream_ends("upstream_stream_error")
@@ -414,10 +443,14 @@ async def _relay_same_format(
 
 
 def _account(ctx: RequestContext, event: StreamEvent) -> None:
-    if isinstance(event, StreamStart) and event.input_tokens is not None:
+    if isinstance(event, TextDelta | ReasoningDelta):
+        ctx.relayed_bytes += len(event.text.encode())
+    elif isinstance(event, ToolCallDelta):
+        ctx.relayed_bytes += len(event.arguments.encode())
+    elif isinstance(event, StreamStart) and event.input_tokens is not None:
         ctx.prompt_tokens = event.input_tokens
     elif isinstance(event, StreamUsage):
-        ctx.record_tokens(event.input_tokens, event.output_tokens)
+        ctx.record_usage_detail(event)
 
 
 class _UpstreamStreamError(Exception):
@@ -440,6 +473,7 @@ async def _translated(
     ctx: RequestContext, caller: CallerFormat, adapter: ProviderAdapter, deployment: DeploymentInfo,
     route: RouteInfo, ir: ChatRequest,
 ) -> HttpResponse:
+    ir.max_tokens = ctx.max_output_tokens  # the bound admission reserved, in the provider's own field
     payload = adapter.encode_request(ir, upstream_model=deployment.upstream_model,
                                      default_max_tokens=route.default_max_tokens, stream=ctx.stream)
     url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
@@ -454,8 +488,9 @@ async def _translated(
                                 f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer",
                                 retryable=False, status=502) from None
         answer.model = answer.model or deployment.upstream_model
-        ctx.record_tokens(answer.usage.input_tokens, answer.usage.output_tokens)
+        ctx.record_usage_detail(answer.usage)
         out = orjson.dumps(caller.encode_response(answer))
+        ctx.relayed_bytes = len(out)
         ctx.capture_response(out)
         return HttpResponse(out, status=200, content_type="application/json")
 

@@ -92,8 +92,13 @@ class ModelRoute(models.Model):
     default_max_tokens = models.PositiveIntegerField(
         default=1024,
         validators=[MinValueValidator(1)],
-        help_text="Reserved against budgets, and sent to providers that require max_tokens, "
-        "when a request gives none.",
+        help_text="Sent upstream as the output bound, and reserved against budgets, when a request gives "
+        "no max_tokens (capped by max output tokens).",
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The most output tokens one answer may have: a request asking for more is sent upstream with "
+        "this bound instead (empty: no cap).",
     )
     max_retries = models.PositiveSmallIntegerField(
         default=2, help_text="Further deployments tried after the first one fails (0: no failover)."

@@ -158,6 +158,16 @@ async def _finish_before(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> A
                 _database_lost(ctx, "stream cut short")
 
 
+async def _left_early(ctx: RequestContext) -> None:
+    """Finish a request whose client went away before its answer (status 499, as nginx logs it)."""
+    ctx.outcome(499, "client_disconnected")
+    ctx.upstream_started = ctx.upstream_started or ctx.attempts > 0
+    try:
+        await asyncio.shield(request_finish(ctx))
+    except (asyncio.CancelledError, DatabaseError):
+        logger.warning("request %s: the client left, and finishing it did not complete", ctx.request_id)
+
+
 def _database_lost_event(ctx: RequestContext) -> bytes:
     error = _database_lost(ctx, "stream ended without its end")
     return stream_error_event(ctx.caller, error.message, error.code or error.kind, error.status)
@@ -212,6 +222,11 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         return await _refuse(ctx, error)
     except DatabaseError:
         return await _refuse(ctx, _database_lost(ctx, "refused"))
+    except asyncio.CancelledError:
+        # The client left while the provider was answering: the upstream call is cancelled with this
+        # task, and what the provider billed until then is charged and recorded (issue #16).
+        await _left_early(ctx)
+        raise
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",

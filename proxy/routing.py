@@ -53,6 +53,9 @@ class RouteInfo:
     retry_budget_seconds: float = 30.0
     failover_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
     allow_pin_fallback: bool = False
+    # The most output tokens a request may ask for (None: no cap); the bound sent upstream is
+    # min(the client's, this), or default_max_tokens capped by this (proxy.bounds).
+    max_output_tokens: int | None = None
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -94,6 +97,7 @@ def _load_route_table() -> dict[str, RouteInfo]:
             retry_budget_seconds=route.retry_budget_seconds,
             failover_statuses=frozenset(s for s in route.failover_statuses or () if isinstance(s, int)),
             allow_pin_fallback=route.allow_pin_fallback,
+            max_output_tokens=route.max_output_tokens,
         )
     return table
 
