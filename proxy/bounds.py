@@ -64,7 +64,8 @@ def text_tokens(text: str) -> int:
     words = len(data.split())
     symbols = len(data.translate(None, _NOT_SYMBOL))
     multibyte = size - len(text)
-    return max(-(-size // 3), -(-words * 3 // 2), words + symbols + -(-multibyte * 3 // 4))
+    # Never above a token per byte, the most a byte-level tokenizer can make of any text.
+    return min(size, max(-(-size // 3), -(-words * 3 // 2), words + symbols + -(-multibyte * 3 // 4)))
 
 
 def _media_tokens(part: dict[str, Any]) -> int | None:
