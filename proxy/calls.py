@@ -28,6 +28,7 @@ from proxy.bounds import ANTHROPIC_TEXT_KEYS, OPENAI_TEXT_KEYS, bound_apply, out
 from proxy.context import RequestContext
 from proxy.errors import Caller, GatewayError
 from proxy.formats import CALLER_FORMATS, CallerFormat
+from proxy.pricefields import price_fields_strip
 from proxy.providers import anthropic as anthropic_format
 from proxy.providers import openai as openai_format
 from proxy.providers.base import ProviderAdapter, ProviderError
@@ -283,6 +284,9 @@ async def _passthrough(
     # The output bound admission reserved goes upstream, whatever the client sent (proxy.bounds).
     bound_apply(caller.wire, payload, ctx.max_output_tokens or route.default_max_tokens,
                 openai_field=getattr(adapter, "max_tokens_field", "max_tokens"))
+    if not route.allow_price_fields:
+        client_headers = dict(client_headers)
+        price_fields_strip(caller.wire, payload, client_headers, request_id=ctx.request_id)
     url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
     headers = adapter.request_headers(client_headers)
     if not ctx.stream:

@@ -117,6 +117,12 @@ class ModelRoute(models.Model):
         help_text="When a request pins a provider (X-Provider) that cannot serve it, use the route's other "
         "deployments instead of refusing.",
     )
+    allow_price_fields = models.BooleanField(
+        default=False,
+        help_text="Pass through what changes a request's price or what the provider keeps: service_tier other "
+        "than auto/default, store: true (chat completions), and anthropic-beta values for server tools, "
+        "files or 1M-token context. Off: they are removed before the call (docs/budgets.md).",
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 

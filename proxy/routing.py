@@ -56,6 +56,8 @@ class RouteInfo:
     # The most output tokens a request may ask for (None: no cap); the bound sent upstream is
     # min(the client's, this), or default_max_tokens capped by this (proxy.bounds).
     max_output_tokens: int | None = None
+    # Pass service_tier, store: true and priced anthropic-beta values through (proxy.pricefields).
+    allow_price_fields: bool = False
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -98,6 +100,7 @@ def _load_route_table() -> dict[str, RouteInfo]:
             failover_statuses=frozenset(s for s in route.failover_statuses or () if isinstance(s, int)),
             allow_pin_fallback=route.allow_pin_fallback,
             max_output_tokens=route.max_output_tokens,
+            allow_price_fields=route.allow_price_fields,
         )
     return table
 
