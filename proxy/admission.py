@@ -101,7 +101,10 @@ def usage_complete(ctx: RequestContext) -> None:
     estimate, the output at a token per 4 bytes of the answer relayed so far. The provider bills
     what it processed whether or not it told us, so the request is charged for it."""
     reported = ctx.prompt_tokens is not None, ctx.completion_tokens is not None
-    if all(reported) or not ctx.upstream_started:
+    # A provider whose stream opened with its own error event, before saying or sending anything,
+    # refused the request (overloaded, ...): no bill to estimate.
+    refused = ctx.error_class == "upstream_stream_error" and not any(reported) and not ctx.relayed_bytes
+    if all(reported) or not ctx.upstream_started or refused:
         ctx.usage_source = "provider" if any(reported) else None
         return
     if ctx.prompt_tokens is None:

@@ -508,6 +508,8 @@ async def _translated(
     error = next((e for e in head if isinstance(e, StreamError)), None)
     if error is not None:
         # The provider refused inside its stream before anything reached the client: still time to fail over.
+        # A refusal is not billed (only what it took and worked on is).
+        ctx.upstream_started = False
         await response.aclose()
         status = error.status or 502
         raise ProviderError(f"Provider '{deployment.provider.name}' answered {status}: {error.message}",
