@@ -104,8 +104,13 @@ def _seed(sandbox: str) -> SimpleNamespace:
 
 
 def _unseed() -> None:
+    from audit.models import AuditChainHead
     from budgets.models import Consumer, ModelPrice
     from proxy.models import ModelRoute, Provider
+
+    # The servers committed their audit events: leave an empty, consistent chain for the tests after these.
+    AuditEvent.objects.all().delete()
+    AuditChainHead.objects.all().delete()
 
     ModelRoute.objects.filter(model__startswith=PREFIX).delete()
     Provider.objects.filter(name__startswith=PREFIX).delete()
