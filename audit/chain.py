@@ -24,8 +24,11 @@ CHAIN_FIELDS: tuple[str, ...] = (
     "seq", "prev_hash", "time", "request_id", "consumer_id", "consumer_name", "key_prefix", "route",
     "provider", "upstream_model", "endpoint", "status", "error_class", "prompt_tokens", "completion_tokens",
     "cost_micros", "latency_us", "ttft_us", "attempts", "client_ip", "user_agent", "body_mode",
-    "request_body", "response_body",
+    "request_body", "response_body", "usage_source",
 )
+# Columns added after rows were first chained: hashed only when they hold a value, so a row written
+# before a column existed (NULL in it) keeps the hash it was sealed with.
+OPTIONAL_TAIL = 1
 
 
 def _legacy_key(secret_key: str) -> bytes:
@@ -110,6 +113,11 @@ def _canonical(value: object) -> object:
 
 def event_hash(values: tuple, *, key: bytes | None = None) -> str:
     """The HMAC-SHA256 of an event's CHAIN_FIELDS values (prev_hash included)."""
+    if len(values) == len(CHAIN_FIELDS):
+        cut = len(values)
+        while cut > len(CHAIN_FIELDS) - OPTIONAL_TAIL and values[cut - 1] is None:
+            cut -= 1
+        values = values[:cut]
     payload = orjson.dumps([_canonical(v) for v in values])
     return hmac.new(key or chain_key(), payload, hashlib.sha256).hexdigest()
 

@@ -33,6 +33,7 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("error_class", "error_class"),
     ("prompt_tokens", "prompt_tokens"),
     ("completion_tokens", "completion_tokens"),
+    ("usage_source", "usage_source"),
     ("cost_usd", "cost_micros"),
     ("latency_ms", "latency_us"),
     ("ttft_ms", "ttft_us"),

@@ -13,6 +13,11 @@ class BodyMode(models.TextChoices):
     FULL = "full", "full: redacted request and response bodies"
 
 
+class UsageSource(models.TextChoices):
+    PROVIDER = "provider", "provider: its own usage fields"
+    ESTIMATED = "estimated", "estimated: usage never came (disconnect, cut, timeout)"
+
+
 class AuditEvent(models.Model):
     """One request that reached a proxy endpoint, answered or refused.
 
@@ -44,6 +49,10 @@ class AuditEvent(models.Model):
     client_ip = models.CharField(max_length=45, blank=True)
     user_agent = models.CharField(max_length=300, blank=True)
     body_mode = models.CharField(max_length=8, choices=BodyMode.choices, default=BodyMode.NONE)
+    # Where the token counts came from: the provider's usage fields, or the gateway's estimate when
+    # they never came (a client that left, a stream cut, a timeout). Empty before issue #16.
+    # NULL, not "": the audit chain hashes this column only when it holds a value (audit.chain).
+    usage_source = models.CharField(max_length=16, null=True, blank=True, choices=UsageSource.choices)  # noqa: DJ001
     request_body = models.TextField(blank=True)
     response_body = models.TextField(blank=True)
     prev_hash = models.CharField(max_length=64)

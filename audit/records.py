@@ -54,6 +54,7 @@ class AuditRecord:
     body_mode: str = BodyMode.NONE
     request_body: Any = None  # the parsed JSON request, bytes or text
     response_body: Any = None  # bytes sent to the client (already cut by capture_limit)
+    usage_source: str | None = None  # "provider" | "estimated" | None (no usage)
     # Literal secrets to redact wherever they appear (e.g. the provider credential).
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -148,6 +149,8 @@ def _event_values(record: AuditRecord) -> tuple:
         body_mode,
         request_body,
         response_body,
+        # NULL when there was no usage: the chain hashes this column only when it holds a value.
+        record.usage_source if record.usage_source in ("provider", "estimated") else None,
     )
 
 
@@ -189,4 +192,5 @@ def reduced_values(record: AuditRecord, *, reason: str) -> tuple:
         None, 0,
         text("client_ip", "client_ip"),
         "", BodyMode.NONE, note, "",
+        None,  # usage_source
     )

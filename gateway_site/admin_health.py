@@ -1,4 +1,5 @@
-"""The admin's "Gateway health" page: workers, PostgreSQL/Redis, Celery, last budget reset and audit export."""
+"""The admin's "Gateway health" page: workers, PostgreSQL/Redis, Celery, last budget reset and audit export,
+and the models served without a price."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -8,6 +9,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from budgets.pricing import unpriced_seen
 from gateway_site.status import status_report
 
 # Beyond these ages a background job is shown as late (its schedule, with room to spare).
@@ -36,5 +38,7 @@ def health_view(request: HttpRequest) -> HttpResponse:
         "budget_reset": _age(now, report.budget_reset, BUDGET_RESET_LATE),
         "audit_export": _age(now, report.audit_export, AUDIT_EXPORT_LATE),
         "audit_export_configured": bool(settings.TOLLGATE_AUDIT_EXPORT_DIR),
+        # Served without a price: recorded at no cost, and refused under hard cost budgets (issue #16).
+        "unpriced": unpriced_seen(),
     }
     return TemplateResponse(request, "admin/gateway_health.html", context)

@@ -18,8 +18,10 @@ from budgets.admission import budget_admit_unmetered, budget_reserve, budget_set
 from budgets.holds import Admission, LimitExceeded, LimitsUnavailable
 from budgets.pricing import TokenUsage, price_table, unpriced_seen_add
 from budgets.selectors import limits_for_key
+from proxy.bounds import estimate_prompt_tokens, output_bound, wire_of
 from proxy.context import RequestContext
 from proxy.errors import GatewayError
+from proxy.routing import DeploymentInfo, RouteInfo
 
 logger = logging.getLogger("tollgate.budgets")
 
@@ -27,129 +29,58 @@ UNAVAILABLE_MESSAGE = (
     "The gateway cannot check rate limits and budgets right now (its shared counter store is "
     "unreachable), so it refuses requests rather than let them go unmetered. Retry shortly."
 )
-IMAGE_TOKENS = 1600  # a generous bound for one image part; providers charge ~85-1600
+def model_not_priced(route: RouteInfo, unpriced: list[DeploymentInfo]) -> GatewayError:
+    """The refusal of a request under a cost budget that no deployment of its route can be charged for."""
+    names = ", ".join(f"'{d.upstream_model}' at '{d.provider.name}'" for d in unpriced) or "(none)"
+    return GatewayError(
+        "invalid_request",
+        f"The model '{route.model}' cannot be charged to this consumer's cost budget: no price is known for "
+        f"{names}. An administrator can add a price for the model, or a fallback price (model '*') for its "
+        f"provider, under Model prices (docs/budgets.md, \"Unpriced models\").",
+        code="model_not_priced", param="model")
 
 
-def _max_output_tokens(body: dict[str, Any], default: int) -> int:
-    config = body.get("generationConfig")  # Gemini
-    for value in (body.get("max_completion_tokens"), body.get("max_tokens"), body.get("max_output_tokens"),
-                  config.get("maxOutputTokens") if isinstance(config, dict) else None):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+async def _worst_cost(ctx: RequestContext, route: RouteInfo, prompt: int, output: int, *, hard: bool) -> int:
+    """What the request may cost at the dearest deployment that can serve it. Under a `hard` cost budget
+    the unpriced ones are marked on ctx for routing to skip (the budget cannot charge them: unpriced
+    is not free); either way they are noted for the health page. A soft budget never refuses."""
+    prices = await price_table()
+    costs, unpriced = [], []
+    for d in route.deployments:
+        cost = prices.worst_case(d.upstream_model, prompt, output, provider=d.provider.name)
+        if cost is None:
+            unpriced.append(d)
+            await unpriced_seen_add(d.upstream_model, d.provider.name)
+        else:
+            costs.append(cost)
+    if unpriced and hard:
+        ctx.unpriced_deployments = frozenset(d.id for d in unpriced)
+        if not costs:
+            raise model_not_priced(route, unpriced)
+    return max(costs, default=0)
 
 
-def _text_tokens(text: str) -> int:
-    # Deliberately generous: 3 characters per token where English averages 4.
-    return len(text) // 3 + 1
-
-
-def _content_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return _text_tokens(content)
-    total = 0
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, str):
-                total += _text_tokens(part)
-            elif isinstance(part, dict):
-                kind = part.get("type")
-                if kind in ("image_url", "image", "input_image", "document", "file", "input_audio"):
-                    total += IMAGE_TOKENS
-                if "inlineData" in part or "fileData" in part:  # Gemini's media parts
-                    total += IMAGE_TOKENS
-                for name in ("functionCall", "functionResponse"):  # Gemini's tool calls and results
-                    if name in part:
-                        total += _text_tokens(str(part[name]))
-                for name in ("text", "content", "input", "arguments", "output"):
-                    value = part.get(name)
-                    if isinstance(value, str):
-                        total += _text_tokens(value)
-                    elif isinstance(value, list | dict):
-                        total += _content_tokens(value if isinstance(value, list) else [value])
-    elif isinstance(content, dict):
-        total += _content_tokens([content])
-    return total
-
-
-def _input_tokens(value: Any) -> int:
-    """A Responses `input` (a string or items) or an embeddings `input` (strings or token ids)."""
-    if isinstance(value, str):
-        return _text_tokens(value)
-    if not isinstance(value, list):
-        return 0
-    total = 0
-    for item in value:
-        if isinstance(item, int):
-            total += 1  # a token id
-        elif isinstance(item, list):
-            total += len(item)
-        elif isinstance(item, str):
-            total += _text_tokens(item)
-        elif isinstance(item, dict):
-            total += 4 + _content_tokens([item])
-    return total
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """An upper-side estimate of the prompt's tokens, without a tokenizer (microseconds)."""
-    total = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            total += 4
-            if isinstance(message, dict):
-                total += _content_tokens(message.get("content"))
-                for call in message.get("tool_calls") or ():
-                    if isinstance(call, dict):
-                        total += _text_tokens(str(call.get("function", "")))
-    system = body.get("system")
-    if system is not None:
-        total += _content_tokens(system)
-    # The Responses API's input items and instructions; an embeddings request's input.
-    total += _input_tokens(body.get("input")) + _content_tokens(body.get("instructions"))
-    contents = body.get("contents")  # Gemini
-    if isinstance(contents, list):
-        for content in contents:
-            total += 4
-            if isinstance(content, dict):
-                total += _content_tokens(content.get("parts"))
-    # Gemini's embeddings: one content, or a batch of requests each with its content.
-    batch = body.get("requests")
-    requests: list[Any] = batch if isinstance(batch, list) else [body]
-    for request in requests:
-        content = request.get("content") if isinstance(request, dict) else None
-        if isinstance(content, dict):
-            total += _content_tokens(content.get("parts"))
-    instruction = body.get("systemInstruction")
-    if isinstance(instruction, dict):
-        total += _content_tokens(instruction.get("parts"))
-    tools = body.get("tools")
-    if tools:
-        total += _text_tokens(str(tools))
-    return total
-
-
-async def admit(ctx: RequestContext, body: dict[str, Any], *, output_tokens: int | None = None) -> None:
-    """Check rate limits and reserve budget; raise GatewayError('rate_limit', ...) to refuse.
-    `output_tokens`: the answer's worst case when the body does not say (embeddings: 0)."""
+async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
+    """Work out the request's worst case, check rate limits and reserve it against budgets; raise
+    GatewayError('rate_limit', ...) to refuse, ('invalid_request', ...) for conflicting output bounds
+    or a model that a cost budget cannot charge."""
     if ctx.key is None or ctx.route is None:
         return
+    # Worked out for every request: the output bound goes upstream whether or not budgets apply.
+    bound = output_bound(wire_of(ctx.caller.value, ctx.endpoint), body, ctx.route)
+    ctx.max_output_tokens = bound.tokens
+    ctx.prompt_estimate = prompt = estimate_prompt_tokens(body)
+    ctx.reserved_tokens = prompt + bound.total
     limits = await limits_for_key(ctx.key)
     if limits.empty:
         return
-    prompt = estimate_prompt_tokens(body)
-    max_output = (_max_output_tokens(body, ctx.route.default_max_tokens) if output_tokens is None
-                  else output_tokens)
     cost = 0
     if limits.needs_cost:
-        prices = await price_table()
-        # The route may be served by any of its deployments: hold the dearest.
-        cost = max((prices.worst_case(d.upstream_model, prompt, max_output, provider=d.provider.name) or 0
-                    for d in ctx.route.deployments), default=0)
+        hard = any(b.metric == "cost_usd" and b.hard for b in limits.budgets)
+        cost = await _worst_cost(ctx, ctx.route, prompt, bound.total, hard=hard)
     try:
         ctx.admission = await budget_reserve(key=ctx.key, limits=limits, request_id=ctx.request_id,
-                                             tokens=prompt + max_output, cost=cost)
+                                             tokens=ctx.reserved_tokens, cost=cost)
     except LimitExceeded as refused:
         ctx.admission = refused.admission
         raise GatewayError("rate_limit", refused.message, code=refused.code, status=refused.status,
@@ -164,9 +95,29 @@ async def admit(ctx: RequestContext, body: dict[str, Any], *, output_tokens: int
                            headers={"retry-after": "1"}) from None
 
 
+def usage_complete(ctx: RequestContext) -> None:
+    """Mark where the usage came from, and fill in what a provider that took the request never
+    reported (the client left, the stream was cut, the call timed out): the prompt at admission's
+    estimate, the output at a token per 4 bytes of the answer relayed so far. The provider bills
+    what it processed whether or not it told us, so the request is charged for it."""
+    reported = ctx.prompt_tokens is not None, ctx.completion_tokens is not None
+    # A provider whose stream opened with its own error event, before saying or sending anything,
+    # refused the request (overloaded, ...): no bill to estimate.
+    refused = ctx.error_class == "upstream_stream_error" and not any(reported) and not ctx.relayed_bytes
+    if all(reported) or not ctx.upstream_started or refused:
+        ctx.usage_source = "provider" if any(reported) else None
+        return
+    if ctx.prompt_tokens is None:
+        ctx.prompt_tokens = ctx.prompt_estimate
+    if ctx.completion_tokens is None:
+        ctx.completion_tokens = -(-ctx.relayed_bytes // 4)
+    ctx.usage_source = "estimated"
+
+
 async def price_usage(ctx: RequestContext) -> None:
     """The request's cost from its real usage, each token class at its own price (the audit
     event records it; settle charges it). An unpriced model is noted for the health page."""
+    usage_complete(ctx)
     prompt = ctx.prompt_tokens or 0
     completion = ctx.completion_tokens or 0
     if ctx.deployment is None or not (prompt or completion):
@@ -206,4 +157,8 @@ def limit_headers(ctx: RequestContext) -> dict[str, str]:
     admission = ctx.admission
     if not isinstance(admission, Admission):
         return {}
-    return admission.headers()
+    headers = admission.headers()
+    # What this request holds against its token budgets and limits until it settles (prompt estimate
+    # plus n x the output bound sent upstream), so a client can see why it was admitted or refused.
+    headers["x-ratelimit-reserved-tokens"] = str(ctx.reserved_tokens)
+    return headers

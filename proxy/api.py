@@ -80,8 +80,9 @@ class ModelRouteSerializer(ModelValidationMixin, serializers.ModelSerializer):
 
     class Meta:
         model = ModelRoute
-        fields = ["id", "model", "description", "default_max_tokens", "max_retries", "retry_budget_seconds",
-                  "failover_statuses", "allow_pin_fallback", "allow_store", "enabled", "deployments", "updated_at"]
+        fields = ["id", "model", "description", "default_max_tokens", "max_output_tokens", "max_retries",
+                  "retry_budget_seconds", "failover_statuses", "allow_pin_fallback", "allow_store",
+                  "allow_price_fields", "enabled", "deployments", "updated_at"]
         read_only_fields = ["updated_at"]
 
 

@@ -14,11 +14,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import orjson
 from django.http import HttpResponse
 
 from proxy import breaker
+from proxy.admission import model_not_priced
+from proxy.bounds import output_bound, wire_of
 from proxy.context import RequestContext
 from proxy.errors import GatewayError
 from proxy.formats import CallerFormat, Inbound
@@ -66,6 +69,12 @@ def _no_deployment(route: RouteInfo, open_until: dict[int, float | None], what: 
 
 async def plan_attempts(ctx: RequestContext, route: RouteInfo) -> tuple[list[DeploymentInfo], set[int]]:
     """The deployments to try in order, and which of them are half-open (need the trial token)."""
+    if ctx.unpriced_deployments:
+        # Under a cost budget, a deployment without a price cannot be charged: never chosen (issue #16).
+        priced = tuple(d for d in route.deployments if d.id not in ctx.unpriced_deployments)
+        if not priced:
+            raise model_not_priced(route, list(route.deployments))
+        route = replace(route, deployments=priced)
     if not route.deployments:
         raise GatewayError("unavailable", f"The model '{route.model}' has no enabled deployment right now.",
                            code="no_deployment")
@@ -113,6 +122,9 @@ async def call_chat(ctx: RequestContext, route: RouteInfo, inbound: Inbound) -> 
     """Serve a chat request, in the caller's format, from the route's deployments in failover order;
     the answer's status and error class are marked on ctx (the pipeline finishes the request)."""
     caller = inbound.format
+    if ctx.max_output_tokens is None:
+        # The output bound admission works out (here when admission did not run): it always goes upstream.
+        ctx.max_output_tokens = output_bound(wire_of(ctx.caller.value, ctx.endpoint), inbound.body, route).tokens
     decoded: list[ChatRequest | TranslationError] = []
 
     def prepare(adapter: ProviderAdapter,

@@ -321,5 +321,9 @@ routes.add_field(Field("retry_budget_seconds", float, check=_check_not_negative)
 routes.add_field(Field("failover_statuses", list, check=_check_failover_statuses))
 routes.add_field(Field("allow_pin_fallback", bool))
 routes.add_field(Field("allow_store", bool))
+# What a request may cost (docs/budgets.md, issue #16): the output cap, and the price fields passed through.
+routes.add_field(Field("max_output_tokens", int,
+                       check=lambda v: "max_output_tokens must be at least 1" if v is not None and v < 1 else None))
+routes.add_field(Field("allow_price_fields", bool))
 providers.add_field(Field("health_check_interval_seconds", int,
                           check=lambda v: "health_check_interval_seconds must be 0 (off) or more" if v < 0 else None))

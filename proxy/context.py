@@ -44,6 +44,21 @@ class RequestContext:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    # Where the charged usage came from: "provider" (its usage fields) or "estimated" (they never came:
+    # a client that left, a stream cut, a timeout; proxy.admission.usage_complete). None: nothing used.
+    usage_source: str | None = None
+    # The provider took the request (an answer or a stream began, or it timed out or was left while
+    # generating): what it bills is charged even if its usage never comes.
+    upstream_started: bool = False
+    # Bytes of answer text relayed so far (the output's estimate when the provider's count never comes).
+    relayed_bytes: int = 0
+    # What admission worked out (proxy.bounds): the prompt estimate, the output bound sent upstream
+    # (None: not worked out, e.g. a refusal before admission) and the tokens reserved.
+    prompt_estimate: int = 0
+    max_output_tokens: int | None = None
+    reserved_tokens: int = 0
+    # Deployments a cost budget cannot charge (no price): routing skips them (proxy.calls.plan_attempts).
+    unpriced_deployments: frozenset[int] = frozenset()
     # How the request ends, as its client sees it: set through outcome() and stream_ends().
     status: int | None = None
     error_class: str | None = None
@@ -114,9 +129,36 @@ class RequestContext:
         if isinstance(usage, dict):
             self.record_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
+    def record_usage_detail(self, usage: Any, *, output: bool = True) -> None:
+        """Take every token class of an IR Usage or StreamUsage (proxy/providers/ir.py).
+
+        The prompt's classes are taken with the prompt count they are parts of, and the reasoning
+        with the output, so a report that carries only one side (Anthropic's message_delta of older
+        API versions, a stream's first event) never zeroes the other's classes. `output=False`
+        ignores the output count (Anthropic's message_start says 1 before anything is generated).
+        """
+        prompt = getattr(usage, "input_tokens", None)
+        if _is_count(prompt):
+            self.prompt_tokens = prompt
+            self.cache_read_tokens = _count(getattr(usage, "cache_read_tokens", 0))
+            self.cache_write_tokens = _count(getattr(usage, "cache_write_tokens", 0))
+            self.cache_write_1h_tokens = _count(getattr(usage, "cache_write_1h_tokens", 0))
+        completion = getattr(usage, "output_tokens", None) if output else None
+        if _is_count(completion):
+            self.completion_tokens = completion
+            self.reasoning_tokens = _count(getattr(usage, "reasoning_tokens", 0))
+
     def record_tokens(self, prompt: object, completion: object) -> None:
         """Take prompt and completion token counts, ignoring any that is not an integer."""
         if isinstance(prompt, int) and not isinstance(prompt, bool):
             self.prompt_tokens = prompt
         if isinstance(completion, int) and not isinstance(completion, bool):
             self.completion_tokens = completion
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -99,8 +99,13 @@ class ModelRoute(models.Model):
     default_max_tokens = models.PositiveIntegerField(
         default=1024,
         validators=[MinValueValidator(1)],
-        help_text="Reserved against budgets, and sent to providers that require max_tokens, "
-        "when a request gives none.",
+        help_text="Sent upstream as the output bound, and reserved against budgets, when a request gives "
+        "no max_tokens (capped by max output tokens).",
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The most output tokens one answer may have: a request asking for more is sent upstream with "
+        "this bound instead (empty: no cap).",
     )
     max_retries = models.PositiveSmallIntegerField(
         default=2, help_text="Further deployments tried after the first one fails (0: no failover)."
@@ -123,6 +128,12 @@ class ModelRoute(models.Model):
         default=False,
         help_text="Responses API: let OpenAI keep responses (store, previous_response_id), each follow-up going "
         "to the deployment that answered. Off: the gateway sends store: false and refuses store: true.",
+    )
+    allow_price_fields = models.BooleanField(
+        default=False,
+        help_text="Pass through what changes a request's price or what the provider keeps: service_tier other "
+        "than auto/default, store: true (chat completions), and anthropic-beta values for server tools, "
+        "files or 1M-token context. Off: they are removed before the call (docs/budgets.md).",
     )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)

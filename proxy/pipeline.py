@@ -168,6 +168,16 @@ async def _finish_before(ctx: RequestContext, chunks: AsyncIterator[bytes]) -> A
                 _database_lost(ctx, "stream cut short")
 
 
+async def _left_early(ctx: RequestContext) -> None:
+    """Finish a request whose client went away before its answer (status 499, as nginx logs it)."""
+    ctx.outcome(499, "client_disconnected")
+    ctx.upstream_started = ctx.upstream_started or ctx.attempts > 0
+    try:
+        await asyncio.shield(request_finish(ctx))
+    except (asyncio.CancelledError, DatabaseError):
+        logger.warning("request %s: the client left, and finishing it did not complete", ctx.request_id)
+
+
 def _database_lost_event(ctx: RequestContext) -> bytes:
     error = _database_lost(ctx, "stream ended without its end")
     return stream_error_event(ctx.caller, error.message, error.code or error.kind, error.status)
@@ -207,16 +217,16 @@ async def proxy_gemini_generate(request: HttpRequest, model: str, *, stream: boo
 
 
 async def proxy_openai_embeddings(request: HttpRequest) -> HttpResponse:
-    # Nothing is generated: budgets reserve the input's estimate alone.
+    # Nothing is generated: budgets reserve the input's estimate alone (proxy.bounds: embeddings).
     return await _proxy_chat(request, Caller.OPENAI, "embeddings", "/v1/embeddings", validate_openai_embeddings,
-                             stream=False, call=call_embeddings, output_tokens=0)
+                             stream=False, call=call_embeddings)
 
 
 async def proxy_gemini_embed(request: HttpRequest, model: str, method: str) -> HttpResponse:
     """Gemini's embedContent / batchEmbedContents (the route named in the URL)."""
     return await _proxy_chat(request, Caller.GEMINI, f"gemini.{method}", f"/v1beta/models/{{model}}:{method}",
                              lambda body: gemini_requests(body, method), url_model=model, stream=False,
-                             call=gemini_embeddings_call(method), output_tokens=0)
+                             call=gemini_embeddings_call(method))
 
 
 Call = Callable[[RequestContext, RouteInfo, Inbound], Awaitable[HttpResponse]]
@@ -224,11 +234,10 @@ Call = Callable[[RequestContext, RouteInfo, Inbound], Awaitable[HttpResponse]]
 
 async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path: str,
                       validate: Callable[[dict[str, Any]], object], *, url_model: str | None = None,
-                      stream: bool | None = None, sse: bool = True, call: Call = call_chat,
-                      output_tokens: int | None = None) -> HttpResponse:
+                      stream: bool | None = None, sse: bool = True, call: Call = call_chat) -> HttpResponse:
     """`url_model` and `stream`: what the URL says, for formats whose body does not (Gemini);
-    `call` serves the request (chat: call_chat); `output_tokens`: what budgets reserve for the
-    answer (None: the request's own limit, or the route's default)."""
+    `call` serves the request (chat: call_chat). What budgets reserve for the answer follows
+    from the endpoint and the body (proxy.bounds)."""
     ctx = _start(request, caller, endpoint)
     ctx.requested_model = url_model
     try:
@@ -256,7 +265,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if caller is Caller.RESPONSES:
             inbound.stored, ctx.pinned_deployment = await responses_state(ctx.route, body)
         ctx.lap("route")
-        await admit(ctx, body, output_tokens=output_tokens)
+        await admit(ctx, body)
         ctx.lap("admit")
         response = await call(ctx, ctx.route, inbound)
         # Provider time and the gateway's own time (translation, failover) of the call.
@@ -267,6 +276,11 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         return await _refuse(ctx, error)
     except DatabaseError:
         return await _refuse(ctx, _database_lost(ctx, "refused"))
+    except asyncio.CancelledError:
+        # The client left while the provider was answering: the upstream call is cancelled with this
+        # task, and what the provider billed until then is charged and recorded (issue #16).
+        await _left_early(ctx)
+        raise
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return await _refuse(ctx, GatewayError("internal", "The gateway failed to handle this request.",

@@ -74,6 +74,7 @@ def audit_record(ctx: RequestContext, *, body_mode: str) -> AuditRecord:
         body_mode=body_mode,
         request_body=ctx.request_body,
         response_body=ctx.response_body,
+        usage_source=ctx.usage_source,
         secrets=secrets,
     )
 

@@ -22,14 +22,33 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from proxy import breaker, stored_responses
+from proxy.bounds import (
+    ANTHROPIC_TEXT_KEYS,
+    GEMINI_TEXT_KEYS,
+    OPENAI_TEXT_KEYS,
+    RESPONSES_TEXT_KEYS,
+    bound_apply,
+    relayed_text_bytes,
+)
 from proxy.context import RequestContext
 from proxy.errors import Caller
 from proxy.formats import CallerFormat, Inbound, StreamSetup
+from proxy.pricefields import price_fields_strip
 from proxy.providers import anthropic as anthropic_format
 from proxy.providers import gemini as gemini_format
+from proxy.providers import openai as openai_format
 from proxy.providers import responses as responses_format
 from proxy.providers.base import ProviderAdapter, ProviderError
-from proxy.providers.ir import ChatRequest, StreamError, StreamEvent, StreamStart, StreamUsage
+from proxy.providers.ir import (
+    ChatRequest,
+    ReasoningDelta,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+    StreamUsage,
+    TextDelta,
+    ToolCallDelta,
+)
 from proxy.providers.responses.common import usage_from as responses_usage
 from proxy.providers.sse import SSEParser
 from proxy.routing import DeploymentInfo, RouteInfo
@@ -69,11 +88,14 @@ async def post_json(ctx: RequestContext, adapter: ProviderAdapter, url: str, pay
         response, content = await upstream_post(url, content=orjson.dumps(payload), headers=headers,
                                                 timeouts=adapter.timeout())
     except UpstreamError as exc:
+        if isinstance(exc, UpstreamTimeout) and exc.kind != "ConnectionTimeoutError":
+            ctx.upstream_started = True  # sent, and maybe generating (and billing) when we gave up
         raise transport_error(adapter, exc) from None
     finally:
         ctx.upstream_seconds += time.perf_counter() - started
     if response.status_code >= 400:
         raise adapter.error_from_response(response, content)
+    ctx.upstream_started = True
     return response, content
 
 
@@ -97,6 +119,7 @@ async def _open_stream(ctx: RequestContext, adapter: ProviderAdapter, url: str, 
             await response.aclose()
             ctx.upstream_seconds += time.perf_counter() - started
         raise adapter.error_from_response(response, content)
+    ctx.upstream_started = True  # from here the provider bills, whether or not its usage reaches us
     chunks = response.chunks()
     try:
         first = await chunks.__anext__()
@@ -119,11 +142,9 @@ def _passthrough_payload(inbound: Inbound, deployment: DeploymentInfo, route: Ro
     caller = inbound.format.caller
     body = inbound.body
     if caller is Caller.GEMINI:
-        return body  # the model is in the URL
+        return dict(body)  # the model is in the URL
     payload = {**body, "model": deployment.upstream_model}
-    if caller is Caller.ANTHROPIC and not payload.get("max_tokens"):
-        payload["max_tokens"] = route.default_max_tokens
-    elif caller is Caller.RESPONSES:
+    if caller is Caller.RESPONSES:
         # Reasoning another provider signed (a cross-format turn earlier) would be refused by OpenAI.
         responses_format.strip_foreign_reasoning(payload)
         if "store" not in payload and not inbound.stored:
@@ -136,14 +157,23 @@ async def passthrough(ctx: RequestContext, inbound: Inbound, adapter: ProviderAd
                       deployment: DeploymentInfo, route: RouteInfo) -> HttpResponse:
     caller = inbound.format
     payload = _passthrough_payload(inbound, deployment, route)
+    # The output bound admission reserved goes upstream, whatever the client sent (proxy.bounds).
+    if caller.wire != "embeddings":
+        bound_apply(caller.wire, payload, ctx.max_output_tokens or route.default_max_tokens,
+                    openai_field=getattr(adapter, "max_tokens_field", "max_tokens"))
+    client_headers = inbound.headers
+    if not route.allow_price_fields:
+        client_headers = dict(client_headers)
+        price_fields_strip(caller.wire, payload, client_headers, request_id=ctx.request_id)
     url = adapter.passthrough_url(caller.wire, upstream_model=deployment.upstream_model, stream=ctx.stream)
-    headers = adapter.request_headers(inbound.headers)
+    headers = adapter.request_headers(client_headers)
     if not ctx.stream:
         if caller.caller in (Caller.OPENAI, Caller.ANTHROPIC):
             payload.pop("stream", None)
             payload.pop("stream_options", None)
         response, content = await post_json(ctx, adapter, url, payload, headers)
         answer_id = _usage_of_answer(ctx, caller.caller, content)
+        ctx.relayed_bytes = len(content)
         if inbound.stored and answer_id:
             await stored_responses.remember(answer_id, deployment.id)
         ctx.capture_response(content)
@@ -186,18 +216,19 @@ def _usage_of_answer(ctx: RequestContext, caller: Caller, content: bytes) -> str
     if caller is Caller.GEMINI:
         usage = gemini_format.usage_from_gemini(data.get("usageMetadata"))
         if usage is not None:
-            ctx.record_tokens(usage.input_tokens, usage.output_tokens)
+            ctx.record_usage_detail(usage)
         return None
     raw = data.get("usage")
     if caller is Caller.OPENAI:
-        ctx.record_usage(raw)
+        if isinstance(raw, dict):
+            ctx.record_usage_detail(openai_format.usage_from_openai(raw))
     elif caller is Caller.RESPONSES:
         usage = responses_usage(raw)
         if usage is not None:
-            ctx.record_tokens(usage.input_tokens, usage.output_tokens)
+            ctx.record_usage_detail(usage)
         return data.get("id") if isinstance(data.get("id"), str) else None
     elif isinstance(raw, dict):
-        ctx.record_tokens(anthropic_format._input_tokens(raw), raw.get("output_tokens"))
+        ctx.record_usage_detail(anthropic_format.usage_from_anthropic(raw))
     return None
 
 
@@ -242,18 +273,20 @@ def _event_filter(ctx: RequestContext, caller: Caller, client_wants_usage: bool,
     that the client did not ask for). The relay also shows it the terminal event."""
     if caller is Caller.OPENAI:
         def keep(event: bytes) -> bool:
+            ctx.relayed_bytes += relayed_text_bytes(event, OPENAI_TEXT_KEYS)
             usage, usage_only = _usage_chunk(event)
             if usage is not None:
-                ctx.record_usage(usage)
+                ctx.record_usage_detail(openai_format.usage_from_openai(usage))
                 if usage_only and not client_wants_usage:
                     return False
             return True
     elif caller is Caller.ANTHROPIC:
         # message_start and message_delta carry usage; the provider's own error event ends its stream.
         def keep(event: bytes) -> bool:
-            usage = anthropic_format.stream_usage(event)
-            if usage is not None:
-                ctx.record_tokens(*usage)
+            ctx.relayed_bytes += relayed_text_bytes(event, ANTHROPIC_TEXT_KEYS)
+            found = anthropic_format.stream_usage_of(event)
+            if found is not None:
+                ctx.record_usage_detail(found[0], output=found[1])
             elif event.startswith(b"event: error"):
                 ctx.stream_ends("upstream_stream_error")
             return True
@@ -262,18 +295,20 @@ def _event_filter(ctx: RequestContext, caller: Caller, client_wants_usage: bool,
         def keep(event: bytes) -> bool:
             if "id" not in seen and event.startswith(b"event: response.created"):
                 seen["id"] = _created_id(event) or ""
+            ctx.relayed_bytes += relayed_text_bytes(event, RESPONSES_TEXT_KEYS)
             usage = responses_format.stream_usage(event)
             if usage is not None:
-                ctx.record_tokens(usage.input_tokens, usage.output_tokens)
+                ctx.record_usage_detail(usage)
             if event.startswith(b"event: response.failed"):
                 ctx.error_class = "upstream_stream_error"
             return True
     else:
         # Gemini: every chunk may carry usageMetadata (the last is the whole); an error object ends it.
         def keep(event: bytes) -> bool:
+            ctx.relayed_bytes += relayed_text_bytes(event, GEMINI_TEXT_KEYS)
             usage = gemini_format.stream_usage(event)
             if usage is not None:
-                ctx.record_tokens(usage.input_tokens, usage.output_tokens)
+                ctx.record_usage_detail(usage)
             elif event.startswith(b'data: {"error"'):
                 ctx.stream_ends("upstream_stream_error")
             return True
@@ -381,10 +416,14 @@ async def _relay_same_format(
 
 
 def _account(ctx: RequestContext, event: StreamEvent) -> None:
-    if isinstance(event, StreamStart) and event.input_tokens is not None:
+    if isinstance(event, TextDelta | ReasoningDelta):
+        ctx.relayed_bytes += len(event.text.encode())
+    elif isinstance(event, ToolCallDelta):
+        ctx.relayed_bytes += len(event.arguments.encode())
+    elif isinstance(event, StreamStart) and event.input_tokens is not None:
         ctx.prompt_tokens = event.input_tokens
     elif isinstance(event, StreamUsage):
-        ctx.record_tokens(event.input_tokens, event.output_tokens)
+        ctx.record_usage_detail(event)
 
 
 class _UpstreamStreamError(Exception):
@@ -414,6 +453,8 @@ def _encoder_error(caller: CallerFormat, encoder: Any, message: str, code: str, 
 async def translated(ctx: RequestContext, inbound: Inbound, adapter: ProviderAdapter, deployment: DeploymentInfo,
                      route: RouteInfo, ir: ChatRequest) -> HttpResponse:
     caller = inbound.format
+    if ctx.max_output_tokens is not None:
+        ir.max_tokens = ctx.max_output_tokens  # the bound admission reserved, in the provider's own field
     payload = adapter.encode_request(ir, upstream_model=deployment.upstream_model,
                                      default_max_tokens=route.default_max_tokens, stream=ctx.stream)
     url = adapter.chat_url(upstream_model=deployment.upstream_model, stream=ctx.stream)
@@ -428,8 +469,9 @@ async def translated(ctx: RequestContext, inbound: Inbound, adapter: ProviderAda
                                 f"({exc.__class__.__name__}).", error_class="upstream_invalid_answer",
                                 retryable=False, status=502) from None
         answer.model = answer.model or deployment.upstream_model
-        ctx.record_tokens(answer.usage.input_tokens, answer.usage.output_tokens)
+        ctx.record_usage_detail(answer.usage)
         out = orjson.dumps(caller.encode_response(answer, inbound.body))
+        ctx.relayed_bytes = len(out)
         ctx.capture_response(out)
         return HttpResponse(out, status=200, content_type="application/json")
 
@@ -443,6 +485,8 @@ async def translated(ctx: RequestContext, inbound: Inbound, adapter: ProviderAda
     error = next((e for e in head if isinstance(e, StreamError)), None)
     if error is not None:
         # The provider refused inside its stream before anything reached the client: still time to fail over.
+        # A refusal is not billed (only what it took and worked on is).
+        ctx.upstream_started = False
         await response.aclose()
         status = error.status or 502
         raise ProviderError(f"Provider '{deployment.provider.name}' answered {status}: {error.message}",

@@ -54,6 +54,11 @@ class RouteInfo:
     failover_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
     allow_pin_fallback: bool = False
     allow_store: bool = False
+    # The most output tokens a request may ask for (None: no cap); the bound sent upstream is
+    # min(the client's, this), or default_max_tokens capped by this (proxy.bounds).
+    max_output_tokens: int | None = None
+    # Pass service_tier, store: true and priced anthropic-beta values through (proxy.pricefields).
+    allow_price_fields: bool = False
 
 
 def _load_route_table() -> dict[str, RouteInfo]:
@@ -96,6 +101,8 @@ def _load_route_table() -> dict[str, RouteInfo]:
             failover_statuses=frozenset(s for s in route.failover_statuses or () if isinstance(s, int)),
             allow_pin_fallback=route.allow_pin_fallback,
             allow_store=route.allow_store,
+            max_output_tokens=route.max_output_tokens,
+            allow_price_fields=route.allow_price_fields,
         )
     return table
 

@@ -54,7 +54,7 @@ from proxy.providers.ir import (
 __all__ = [
     "ERROR_TYPES", "FINISH_FROM_ANTHROPIC", "FINISH_TO_ANTHROPIC", "STATUS_OF_ERROR_TYPE", "AnthropicAdapter",
     "StreamDecoder", "StreamEncoder", "decode_request", "decode_response", "encode_request", "encode_response",
-    "error_body", "error_type", "stream_usage", "stream_usage_detail", "usage_to_anthropic",
+    "error_body", "error_type", "stream_usage", "stream_usage_detail", "stream_usage_of", "usage_to_anthropic",
 ]
 
 DEFAULT_VERSION = "2023-06-01"
@@ -349,6 +349,13 @@ def stream_usage_detail(event: bytes) -> StreamUsage | None:
     """
     found = _usage_event(event)
     return None if found is None else _stream_usage(usage_from_anthropic(found[1]))
+
+
+def stream_usage_of(event: bytes) -> tuple[StreamUsage, bool] | None:
+    """Every token class of a passed-through `message_start` / `message_delta` event, and whether its
+    output count is the real one: message_start's `output_tokens` (1) is said before any output."""
+    found = _usage_event(event)
+    return None if found is None else (_stream_usage(usage_from_anthropic(found[1])), found[0] == "delta")
 
 
 class AnthropicAdapter(ProviderAdapter):

@@ -1,13 +1,16 @@
 """The hash chain shows an edited, a deleted and an inserted row; audit_verify reports it."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from audit.chain import CHAIN_FIELDS, chain_verify, event_hash
+from audit.chain import CHAIN_FIELDS, chain_key, chain_verify, event_hash
 from audit.models import AuditChainHead, AuditEvent
 from tests.audit.conftest import add_events
 
@@ -96,3 +99,20 @@ def test_since_checks_from_a_point_and_links_to_the_event_before(chain):
 def test_it_verifies_an_empty_log(db):
     assert chain_verify().ok and chain_verify().checked == 0
     assert chain_verify(since=datetime(2020, 1, 1, tzinfo=UTC)).ok
+
+
+def test_rows_sealed_before_usage_source_existed_still_verify():
+    """usage_source (issue #16) is hashed only when it holds a value: a row sealed by a gateway that
+    did not know the column (NULL in it) keeps its hash; a row that has one cannot have it edited."""
+    add_events(3, usage_source="estimated")
+    add_events(2)
+    old = AuditEvent.objects.get(seq=5)
+    assert old.usage_source is None
+    # The hash an older gateway computed: the same values without the column.
+    values = [getattr(old, f) for f in CHAIN_FIELDS if f != "usage_source"]
+    payload = orjson.dumps([v.astimezone(UTC).isoformat(timespec="microseconds") if isinstance(v, datetime) else v
+                            for v in values])
+    assert old.hash == hmac.new(chain_key(), payload, hashlib.sha256).hexdigest()
+    assert chain_verify().ok
+    AuditEvent.objects.filter(seq=2).update(usage_source="provider")
+    assert chain_verify().broken_seq == 2

@@ -35,7 +35,7 @@ def _seed_consumers() -> dict[str, str]:
         RateLimit.objects.create(consumer=limited, requests=2, window_seconds=600)
         keys[f"limited:{endpoint}"] = key_issue(consumer=limited, name="e2e").plaintext
         poor = Consumer.objects.create(name=f"e2e-wiring-poor-{endpoint}")
-        Budget.objects.create(consumer=poor, metric="tokens", limit=3, period="day")
+        Budget.objects.create(consumer=poor, metric="tokens", limit=2, period="day")
         keys[f"poor:{endpoint}"] = key_issue(consumer=poor, name="e2e").plaintext
     return keys
 
@@ -99,7 +99,7 @@ def test_rate_limits_apply(gateway, endpoint):
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 def test_budgets_reserve_before_the_call(gateway, endpoint):
-    """A 3-token budget cannot hold the request's reservation (its input's estimate, and the answer's limit)."""
+    """A 2-token budget cannot hold the request's reservation (its input's estimate, and the answer's limit)."""
     refused = send(gateway, endpoint, "gpt", gateway.keys[f"poor:{endpoint}"])
     assert_error_shape(refused, endpoint, 429)
 

@@ -51,3 +51,18 @@ def test_the_page_shows_the_gateway_at_a_glance(client, personas):
 def test_only_staff_see_it(client, personas):
     response = client.get(reverse("gateway-health"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_page_lists_the_unpriced_models_seen(client, personas):
+    import asyncio
+
+    from budgets.pricing import unpriced_seen_add, unpriced_seen_clear
+
+    unpriced_seen_clear()
+    client.force_login(personas.admin)
+    assert "None: every model served lately had a price." in client.get(reverse("gateway-health")).content.decode()
+    asyncio.run(unpriced_seen_add("mystery-model-7", "local-llm"))
+    text = client.get(reverse("gateway-health")).content.decode()
+    assert "Unpriced models seen" in text and "mystery-model-7" in text and "local-llm" in text
+    assert reverse("admin:budgets_modelprice_add") in text
+    unpriced_seen_clear()

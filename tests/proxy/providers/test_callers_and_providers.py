@@ -73,7 +73,8 @@ def test_an_openai_caller_gets_a_chat_completion_from_every_provider_kind(alice,
     if kind == "gemini":
         assert upstream["path"] == "/v1beta/models/up-gemini:generateContent"
         assert upstream["body"]["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
-        assert upstream["body"]["generationConfig"] == {"temperature": 0.5}
+        # The output bound always goes upstream: the route's default when the client gave none.
+        assert upstream["body"]["generationConfig"] == {"temperature": 0.5, "maxOutputTokens": 333}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -44,7 +44,8 @@ def test_generate_content_is_served_by_every_provider_kind(alice, kinds, sandbox
     upstream = seen(sandbox_url, fmt)
     if route == "gemini-route":  # a pass-through: the body as sent, the model in the URL (with /v1beta added)
         assert upstream["path"] == "/v1beta/models/up-gemini:generateContent"
-        assert upstream["body"] == HELLO
+        # ... with the output bound the gateway reserved, which always goes upstream (issue #16).
+        assert upstream["body"] == {**HELLO, "generationConfig": {"maxOutputTokens": 256}}
         assert upstream["headers"]["x-goog-api-key"] == "sk-wiring-upstream"
 
 
