@@ -55,7 +55,10 @@ def _seed_routes(sandbox_port: int) -> dict[str, int]:
     from proxy.models import Deployment, ModelRoute, Provider
 
     ids = {}
-    for name, headers in (("blip", {}), ("held", {}), ("slowpoke", {"x-sandbox-latency-ms": "1500"})):
+    # The upstream-error tests get routes of their own too: a provider's 429 (with its Retry-After)
+    # holds that deployment's breaker, which must not reach the tests that use the demo route.
+    for name, headers in (("blip", {}), ("held", {}), ("slowpoke", {"x-sandbox-latency-ms": "1500"}),
+                          ("e401", {}), ("e429", {})):
         provider = Provider.objects.create(name=f"{PREFIX}{name}", kind="openai",
                                            base_url=f"http://127.0.0.1:{sandbox_port}/v1",
                                            api_key_env="TOLLGATE_PROVIDER_FAULTS_UPSTREAM_KEY", extra_headers=headers)
@@ -270,7 +273,7 @@ def test_two_ipv6_addresses_in_one_64_share_a_counter(gateway):
 
 def test_an_upstream_401_is_a_502_without_the_providers_text(gateway, sandbox):
     sandbox.post("/_sandbox/config", json={"fail_status": 401, "fail_count": 1, "fail_realistic": 1})
-    response = chat(gateway, f"{PREFIX}demo")
+    response = chat(gateway, f"{PREFIX}e401")
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_authentication_failed"
     assert b"sk-proj" not in response.content and b"Incorrect API key" not in response.content
@@ -278,7 +281,7 @@ def test_an_upstream_401_is_a_502_without_the_providers_text(gateway, sandbox):
 
 def test_an_upstream_rate_limit_keeps_its_type_and_code_without_the_organisation(gateway, sandbox):
     sandbox.post("/_sandbox/config", json={"fail_status": 429, "fail_count": 1, "fail_realistic": 1})
-    response = chat(gateway, f"{PREFIX}demo")
+    response = chat(gateway, f"{PREFIX}e429")
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert b"org-Sb4XyZ12abCD" not in response.content and b"org-[redacted]" in response.content
