@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from gateway_site.auth_tokens import token_issue, token_revoke
 
 
 @pytest.fixture(autouse=True)
@@ -23,13 +24,13 @@ def staff(personas) -> SimpleNamespace:
     personas.compliance.groups.add(Group.objects.get(name="compliance"))
     retired = get_user_model().objects.create_user("rita", "rita@example.com", "rita-password-1", is_staff=True)
     retired.groups.add(Group.objects.get(name="gateway-admin"))
-    revoked_token = Token.objects.create(user=retired).key
-    Token.objects.filter(user=retired).delete()  # `drf_create_token -r` or the admin deletes tokens this way
+    revoked = token_issue(user=retired)
+    token_revoke(token=revoked.token)  # as the admin's Revoke action or `api_token --revoke-others` do
     return SimpleNamespace(
         admin=gwen, compliance=personas.compliance,
-        admin_token=Token.objects.create(user=gwen).key,
-        compliance_token=Token.objects.create(user=personas.compliance).key,
-        revoked_token=revoked_token,
+        admin_token=token_issue(user=gwen).plaintext,
+        compliance_token=token_issue(user=personas.compliance).plaintext,
+        revoked_token=revoked.plaintext,
     )
 
 
