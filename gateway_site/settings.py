@@ -403,6 +403,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # attempts visible (and resettable) in the admin
 AXES_VERBOSE = False  # no banner at each process start; lockouts are still logged as warnings
+# Each sign-in is in its AccessLog table already; its info lines (a handful per sign-in) are noise.
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
 
 # Second factor for the admin: off, optional (who has a confirmed TOTP device must use it) or
 # required (a superuser signs in with a password only together with a TOTP code).

@@ -12,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
+from gateway_site.lib.api_history import AdminHistoryMixin
 from proxy import health
 from proxy.models import Deployment, ModelRoute, Provider
 
@@ -74,7 +75,7 @@ class ModelRouteSerializer(ModelValidationMixin, serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
 
-class ProviderViewSet(viewsets.ModelViewSet):
+class ProviderViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Upstream providers. Deleting one that deployments still use is refused (409)."""
 
     serializer_class = ProviderSerializer
@@ -93,7 +94,7 @@ class ProviderViewSet(viewsets.ModelViewSet):
         return Response(ProviderSerializer(provider).data)
 
 
-class ModelRouteViewSet(viewsets.ModelViewSet):
+class ModelRouteViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Model routes: the names clients send as `model`, with their deployments."""
 
     serializer_class = ModelRouteSerializer
@@ -107,7 +108,7 @@ class ModelRouteViewSet(viewsets.ModelViewSet):
 
 @extend_schema(parameters=[OpenApiParameter("route", int, description="Only this route's (its id)."),
                            OpenApiParameter("provider", int, description="Only this provider's (its id).")])
-class DeploymentViewSet(viewsets.ModelViewSet):
+class DeploymentViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Deployments: a route served by a provider's model, with a weight and a priority (lower is preferred)."""
 
     serializer_class = DeploymentSerializer
