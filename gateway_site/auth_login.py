@@ -20,6 +20,16 @@ def login_client_address(request: HttpRequest) -> str | None:
     return client_address(request.META)
 
 
+def login_by_sso(request: HttpRequest, credentials: dict | None = None) -> bool:
+    """AXES_WHITELIST_CALLABLE: the single sign-on callback's attempts are not counted or locked.
+
+    They carry no user name (only the nonce the callback kept), so axes would count them all
+    against one name per address: a few people outside the admin groups behind one office
+    address would lock everyone's single sign-on there. The identity provider throttles its own.
+    """
+    return bool(credentials) and "nonce" in credentials
+
+
 def otp_devices(user) -> list:
     """The user's confirmed devices (TOTP, or any other django-otp plugin installed)."""
     from django_otp import devices_for_user

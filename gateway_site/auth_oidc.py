@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 
 import httpx
+import requests
 from django.conf import settings
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
@@ -92,7 +93,12 @@ class OIDCBackend(OIDCAuthenticationBackend):
         if request is None or not settings.TOLLGATE_OIDC_ENABLED or not kwargs.get("nonce"):
             return None
         super().__init__()
-        return super().authenticate(request, **kwargs)
+        try:
+            return super().authenticate(request, **kwargs)
+        except (SuspiciousOperation, requests.RequestException, httpx.HTTPError) as exc:
+            # A refused token or an unreachable provider: back to the login page, not an error page.
+            logger.warning("single sign-on failed: %s", exc)
+            return None
 
     def verify_token(self, token, **kwargs):
         payload = super().verify_token(token, **kwargs)
@@ -117,7 +123,7 @@ class OIDCBackend(OIDCAuthenticationBackend):
         return bool(claims.get("email"))
 
     def create_user(self, claims):
-        if not self._roles(claims)[0]:
+        if not any(self._roles(claims)):
             raise SuspiciousOperation(f"{claims.get('email')} is in none of the admin's groups")
         with transaction.atomic():
             return self._apply_roles(super().create_user(claims), claims)

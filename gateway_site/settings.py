@@ -399,6 +399,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_FAILURE_LIMIT = envint("TOLLGATE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = envint("TOLLGATE_LOGIN_COOLOFF_MINUTES", 15, minimum=1) / 60  # hours, as axes counts
 AXES_CLIENT_IP_CALLABLE = "gateway_site.auth_login.login_client_address"
+AXES_WHITELIST_CALLABLE = "gateway_site.auth_login.login_by_sso"
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # attempts visible (and resettable) in the admin
