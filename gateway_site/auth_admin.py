@@ -12,7 +12,7 @@ from django.contrib.auth.signals import user_login_failed
 from django.http import HttpRequest
 from django.urls import reverse
 
-from gateway_site.auth_login import otp_asked, otp_devices, otp_session_ok
+from gateway_site.auth_login import SSO_SESSION_KEY, otp_asked, otp_devices, otp_session_ok
 
 
 class TollgateLoginForm(AdminAuthenticationForm):
@@ -36,6 +36,9 @@ class TollgateLoginForm(AdminAuthenticationForm):
         user = self.get_user()
         if user is not None and otp_asked(user):
             self._check_otp(user, (cleaned.get("otp_token") or "").replace(" ", ""))
+        if self.request is not None:
+            # A password sign-in is not a single sign-on, whatever this session was before.
+            self.request.session.pop(SSO_SESSION_KEY, None)
         return cleaned
 
     def _check_otp(self, user, code: str) -> None:

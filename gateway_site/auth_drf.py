@@ -6,7 +6,7 @@ before the app registry is ready.
 """
 from __future__ import annotations
 
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 
@@ -23,3 +23,16 @@ class ApiTokenAuthentication(TokenAuthentication):
         except TokenRefused as exc:
             raise AuthenticationFailed(str(exc)) from None
         return token.user, token
+
+
+class AdminSessionAuthentication(SessionAuthentication):
+    """An admin session (the browsable API), under the admin site's own rule: with TOTP required,
+    a superuser's session counts only once verified (gateway_site.auth_login.otp_session_ok)."""
+
+    def authenticate(self, request):
+        from gateway_site.auth_login import otp_session_ok
+
+        result = super().authenticate(request)
+        if result is not None and not otp_session_ok(request._request):
+            return None
+        return result

@@ -135,7 +135,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Hashed, expiring tokens (gateway_site.models.ApiToken), sent as `Authorization: Token <token>`.
         "gateway_site.auth_drf.ApiTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "gateway_site.auth_drf.AdminSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
 }

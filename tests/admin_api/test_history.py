@@ -88,6 +88,15 @@ def test_compliance_reads_and_exports_the_history(as_admin, as_compliance, perso
     assert csv_row["object_repr"] == "alice-agent"
 
 
+def test_a_long_history_exports_whole_in_both_formats(as_compliance, personas):
+    LogEntry.objects.bulk_create([LogEntry(user=personas.admin, action_flag=CHANGE, object_repr=f"row {n}",
+                                           change_message="[]") for n in range(450)])
+    jsonl = b"".join(as_compliance.get("/api/admin/history/export", {"format": "jsonl"}).streaming_content)
+    assert [orjson.loads(line)["object_repr"] for line in jsonl.splitlines()] == [f"row {n}" for n in range(450)]
+    text = b"".join(as_compliance.get("/api/admin/history/export", {"format": "csv"}).streaming_content)
+    assert len(list(csv.DictReader(io.StringIO(text.decode("utf-8-sig"))))) == 450
+
+
 def test_the_history_filters_refuse_bad_values(as_compliance):
     assert as_compliance.get("/api/admin/history/", {"action": "edit"}).status_code == 400
     assert as_compliance.get("/api/admin/history/", {"since": "yesterday"}).status_code == 400

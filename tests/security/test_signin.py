@@ -128,6 +128,15 @@ def test_a_superuser_session_without_totp_is_refused_once_required(personas, set
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
 
 
+def test_nor_can_that_session_use_the_admin_api(personas, settings):
+    settings.TOLLGATE_ADMIN_OTP = "required"
+    client = Client()
+    client.force_login(personas.admin)
+    assert client.get("/api/admin/consumers/").status_code == 401
+    settings.TOLLGATE_ADMIN_OTP = "off"
+    assert client.get("/api/admin/consumers/").status_code == 200
+
+
 def test_optional_totp_asks_only_who_has_a_device(gwen, personas, settings):
     settings.TOLLGATE_ADMIN_OTP = "optional"
     assert signed_in(sign_in("ada", "ada-password-1")[1])
