@@ -26,11 +26,11 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.utils import import_from_settings
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
+from audit.permissions import COMPLIANCE, GATEWAY_ADMIN
 from gateway_site.auth_login import SSO_SESSION_KEY
 
 logger = logging.getLogger("tollgate.security")
 
-GATEWAY_ADMIN, COMPLIANCE = "gateway-admin", "compliance"  # as audit.permissions names them
 # The library's setting names, and the discovery document's names for the same endpoints.
 _DISCOVERED = {
     "OIDC_OP_AUTHORIZATION_ENDPOINT": "authorization_endpoint",
@@ -99,6 +99,11 @@ class OIDCBackend(OIDCAuthenticationBackend):
             # A refused token or an unreachable provider: back to the login page, not an error page.
             logger.warning("single sign-on failed: %s", exc)
             return None
+
+    def get_user(self, user_id):
+        # As ModelBackend: a deactivated user's session ends (the library's get_user skips this check).
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
 
     def verify_token(self, token, **kwargs):
         payload = super().verify_token(token, **kwargs)

@@ -158,6 +158,13 @@ def test_the_admin_group_makes_a_gateway_admin(idp):
     assert json.loads(entry.change_message) == [{"changed": {"fields": ["Groups", "Staff status"]}}]
 
 
+def test_a_deactivated_users_session_ends(idp):
+    client, _ = sso_sign_in(idp, {"email": "grace@example.com", "groups": ["gw-admins"]})
+    get_user_model().objects.filter(email="grace@example.com").update(is_active=False)
+    response = client.get("/admin/")
+    assert response.status_code == 302 and not response.wsgi_request.user.is_authenticated
+
+
 def test_the_compliance_group_reads_the_audit_log_and_changes_nothing(idp):
     client, _ = sso_sign_in(idp, {"email": "cora@example.com", "groups": ["risk"]})
     assert client.get("/admin/audit/auditevent/").status_code == 200
