@@ -17,6 +17,7 @@ from budgets.keys import key_issue, key_revoke, key_rotate
 from budgets.models import ApiKey, Budget, Consumer, RateLimit
 from budgets.selectors import budget_usage_report
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
+from gateway_site.lib.api_history import AdminHistoryMixin, history_added, history_changed
 
 MAX_GRACE_SECONDS = 365 * 86400
 
@@ -72,7 +73,7 @@ class BudgetUsageSerializer(serializers.Serializer):
     remaining = serializers.IntegerField()
 
 
-class ConsumerViewSet(viewsets.ModelViewSet):
+class ConsumerViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Consumers: who calls the gateway. `?search=` filters by name; deleting one deletes its keys and budgets."""
 
     serializer_class = ConsumerSerializer
@@ -153,7 +154,7 @@ def _issued_data(issued) -> dict:
     OpenApiParameter("consumer", int, description="Only this consumer's keys (its id)."),
     OpenApiParameter("status", str, enum=["active", "expired", "revoked"]),
 ])
-class ApiKeyViewSet(viewsets.ModelViewSet):
+class ApiKeyViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Gateway keys. Issuing one (POST) answers with its plaintext, once; only a digest is kept."""
 
     serializer_class = ApiKeySerializer
@@ -184,13 +185,17 @@ class ApiKeyViewSet(viewsets.ModelViewSet):
         form = ApiKeyIssueSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         issued = key_issue(**form.validated_data)
+        history_added(request, issued.key)
         return Response(_issued_data(issued), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         """Revoke the key now (idempotent)."""
-        key = key_revoke(key=self.get_object())
+        key = self.get_object()
+        if key.revoked_at is None:
+            key_revoke(key=key)
+            history_changed(request, key, "Revoked.")  # the admin action's words
         return Response(ApiKeySerializer(key).data)
 
     @extend_schema(request=RotateSerializer, responses={201: inline_serializer("RotatedKey", {
@@ -205,6 +210,8 @@ class ApiKeyViewSet(viewsets.ModelViewSet):
             raise ValidationError({"key": [f"Key {key.prefix}… is revoked; issue a new key instead."]})
         issued = key_rotate(key=key, grace_seconds=form.validated_data["grace_seconds"])
         key.refresh_from_db()
+        history_changed(request, key, f"Rotated: replaced by {issued.key.prefix}…, expires {key.expires_at}.")
+        history_added(request, issued.key, f"Issued by rotating {key.prefix}….")
         return Response({"key": _issued_data(issued), "previous": ApiKeySerializer(key).data},
                         status=status.HTTP_201_CREATED)
 
@@ -233,7 +240,7 @@ _OWNER_FILTERS = [
 ]
 
 
-class _OwnedViewSet(viewsets.ModelViewSet):
+class _OwnedViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     permission_classes = [ModelPermissions]
 
     def get_queryset(self):

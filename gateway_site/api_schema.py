@@ -1,9 +1,11 @@
-"""OpenAPI descriptions of the audit log's API views, which describe their own output by hand.
+"""OpenAPI descriptions of the audit log's API views, which describe their own output by hand,
+and of the admin session authentication (the browsable API's cookie).
 
 drf-spectacular extensions (loaded by gateway_site.api_urls), so audit/api.py stays as it is.
 """
 from __future__ import annotations
 
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiViewExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -59,3 +61,10 @@ class AuditEventViewExtension(OpenApiViewExtension):
             pass
 
         return Described
+
+
+class AdminSessionScheme(SessionScheme):
+    """The session cookie, as for DRF's SessionAuthentication (ours adds the TOTP rule)."""
+
+    target_class = "gateway_site.auth_drf.AdminSessionAuthentication"
+    priority = 0

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 import gateway_site.api_schema  # noqa: F401 -- registers the audit views' OpenAPI descriptions
 from audit.api import AuditEventViewSet, UsageViewSet
 from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet
+from gateway_site.api_history import AdminHistoryViewSet
 from proxy.api import DeploymentViewSet, ModelRouteViewSet, ProviderViewSet
 
 router = DefaultRouter()
@@ -20,5 +21,7 @@ router.register("providers", ProviderViewSet, basename="provider")
 router.register("routes", ModelRouteViewSet, basename="route")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("usage", UsageViewSet, basename="usage")
+# Who changed what, in the admin or this API (Django's LogEntry), for compliance beside the audit log.
+router.register("history", AdminHistoryViewSet, basename="history")
 
 urlpatterns = router.urls

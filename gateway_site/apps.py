@@ -7,6 +7,7 @@ allows: importing the ground floor (gateway_site.lib) must not pull in the roof.
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class GatewaySiteConfig(AppConfig):
@@ -15,3 +16,11 @@ class GatewaySiteConfig(AppConfig):
 
     def ready(self) -> None:
         from gateway_site.celery import app  # noqa: F401 -- makes it the current app for shared tasks
+
+
+class TollgateAdminConfig(admin_apps.AdminConfig):
+    """Django's admin, whose default site is Tollgate's: its sign-in asks for a TOTP code where
+    TOLLGATE_ADMIN_OTP says so and offers single sign-on (gateway_site/auth_admin.py)."""
+
+    default = False  # named in INSTALLED_APPS in place of django.contrib.admin; GatewaySiteConfig is this app's
+    default_site = "gateway_site.auth_admin.TollgateAdminSite"

@@ -31,14 +31,14 @@ ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with Tollgate's admin site (sign-in: TOTP and single sign-on; gateway_site/auth_admin.py).
+    "gateway_site.apps.TollgateAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "budgets",
     "proxy",
     "audit",
@@ -53,8 +53,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session passed a TOTP check (django-otp).
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_site.urls"
@@ -131,8 +135,9 @@ SESSION_COOKIE_HTTPONLY = True
 
 REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # Hashed, expiring tokens (gateway_site.models.ApiToken), sent as `Authorization: Token <token>`.
+        "gateway_site.auth_drf.ApiTokenAuthentication",
+        "gateway_site.auth_drf.AdminSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
 }
@@ -360,7 +365,7 @@ REST_FRAMEWORK.update({
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate admin API",
     "DESCRIPTION": "Consumers, keys, budgets, rate limits, providers, routes, deployments, usage and the "
-                   "audit log. Authenticate with `Authorization: Token <token>` (manage.py drf_create_token).",
+                   "audit log. Authenticate with `Authorization: Token <token>` (manage.py api_token <user>).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and docs, like the API, are for staff (token or admin session).
@@ -410,3 +415,69 @@ CSRF_COOKIE_HTTPONLY = True
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", False)
 SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+
+# --- Sign-in, API tokens and the admin history (issue #17; docs/admin.md) -------------------
+INSTALLED_APPS += ["axes", "django_otp", "django_otp.plugins.otp_totp", "mozilla_django_oidc"]
+
+# Admin API tokens: digests only, each with an expiry (days from issue) and a last-use time.
+TOLLGATE_API_TOKEN_DAYS = envint("TOLLGATE_API_TOKEN_DAYS", 90, minimum=1)
+
+# Sign-in lockout (django-axes) per (user name, client address) pair: a stranger who types an
+# admin's name wrong from elsewhere locks out only themselves. The address is the one the rest
+# of the gateway believes (TOLLGATE_TRUSTED_PROXIES), never a header a client may write.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = envint("TOLLGATE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = envint("TOLLGATE_LOGIN_COOLOFF_MINUTES", 15, minimum=1) / 60  # hours, as axes counts
+AXES_CLIENT_IP_CALLABLE = "gateway_site.auth_login.login_client_address"
+AXES_WHITELIST_CALLABLE = "gateway_site.auth_login.login_by_sso"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # attempts visible (and resettable) in the admin
+AXES_VERBOSE = False  # no banner at each process start; lockouts are still logged as warnings
+# Each sign-in is in its AccessLog table already; its info lines (a handful per sign-in) are noise.
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
+
+# Second factor for the admin: off, optional (who has a confirmed TOTP device must use it) or
+# required (a superuser signs in with a password only together with a TOTP code).
+TOLLGATE_ADMIN_OTP = envchoice("TOLLGATE_ADMIN_OTP", "off", ("off", "optional", "required"))
+OTP_TOTP_ISSUER = envstr("TOLLGATE_OTP_ISSUER", "Tollgate")
+
+# Single sign-on with OpenID Connect (mozilla-django-oidc): on when a client id is set. The
+# endpoints come from the issuer's discovery document, or each is given.
+TOLLGATE_OIDC_ISSUER = envstr("TOLLGATE_OIDC_ISSUER", "").rstrip("/")
+OIDC_RP_CLIENT_ID = envstr("TOLLGATE_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = envsecret("TOLLGATE_OIDC_CLIENT_SECRET") or ""
+OIDC_OP_AUTHORIZATION_ENDPOINT = envstr("TOLLGATE_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = envstr("TOLLGATE_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = envstr("TOLLGATE_OIDC_USERINFO_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = envstr("TOLLGATE_OIDC_JWKS_ENDPOINT", "")
+OIDC_RP_SIGN_ALGO = envchoice("TOLLGATE_OIDC_SIGN_ALGO", "rs256", ("rs256", "es256", "hs256")).upper()
+OIDC_RP_SCOPES = envstr("TOLLGATE_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = envfloat("TOLLGATE_OIDC_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+OIDC_USERNAME_ALGO = "gateway_site.auth_oidc.oidc_username"
+LOGIN_REDIRECT_URL = "/admin/"
+LOGIN_REDIRECT_URL_FAILURE = "/admin/login/?sso=failed"
+TOLLGATE_OIDC_PROVIDER_NAME = envstr("TOLLGATE_OIDC_PROVIDER_NAME", "single sign-on")
+TOLLGATE_OIDC_GROUPS_CLAIM = envstr("TOLLGATE_OIDC_GROUPS_CLAIM", "groups")
+TOLLGATE_OIDC_ADMIN_GROUPS = envlist("TOLLGATE_OIDC_ADMIN_GROUPS", [])
+TOLLGATE_OIDC_COMPLIANCE_GROUPS = envlist("TOLLGATE_OIDC_COMPLIANCE_GROUPS", [])
+# Empty: single sign-on never makes a superuser, and refuses to sign one in.
+TOLLGATE_OIDC_SUPERUSER_GROUPS = envlist("TOLLGATE_OIDC_SUPERUSER_GROUPS", [])
+TOLLGATE_OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+if TOLLGATE_OIDC_ENABLED and not (TOLLGATE_OIDC_ISSUER or (
+        OIDC_OP_AUTHORIZATION_ENDPOINT and OIDC_OP_TOKEN_ENDPOINT and OIDC_OP_USER_ENDPOINT
+        and (OIDC_OP_JWKS_ENDPOINT or OIDC_RP_SIGN_ALGO == "HS256"))):
+    raise ImproperlyConfigured("TOLLGATE_OIDC_CLIENT_ID needs TOLLGATE_OIDC_ISSUER, or the authorization, token, "
+                               "userinfo and JWKS endpoints (TOLLGATE_OIDC_*_ENDPOINT)")
+# Local passwords may be turned off once single sign-on works (API tokens are unaffected).
+TOLLGATE_ADMIN_PASSWORD_LOGIN = envbool("TOLLGATE_ADMIN_PASSWORD_LOGIN", True)
+if not TOLLGATE_ADMIN_PASSWORD_LOGIN and not TOLLGATE_OIDC_ENABLED:
+    raise ImproperlyConfigured("TOLLGATE_ADMIN_PASSWORD_LOGIN=false needs single sign-on (TOLLGATE_OIDC_CLIENT_ID)")
+
+AUTHENTICATION_BACKENDS = [
+    # First, as django-axes asks: refuses a locked-out (user, address) before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    *(["gateway_site.auth_oidc.OIDCBackend"] if TOLLGATE_OIDC_ENABLED else []),
+    *(["django.contrib.auth.backends.ModelBackend"] if TOLLGATE_ADMIN_PASSWORD_LOGIN else []),
+]

@@ -16,6 +16,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
+from gateway_site.lib.api_history import AdminHistoryMixin
 from proxy import breaker
 from proxy.credentials import (
     CREDENTIAL_FIELDS,
@@ -86,7 +87,7 @@ class ModelRouteSerializer(ModelValidationMixin, serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
 
-class ProviderViewSet(viewsets.ModelViewSet):
+class ProviderViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Upstream providers. Deleting one that deployments still use is refused (409). Creating one, or
     changing base_url, api_key_env or api_key_file, needs a superuser or the change_provider_credentials
     permission (403 otherwise; docs/providers.md#credentials)."""
@@ -111,21 +112,27 @@ class ProviderViewSet(viewsets.ModelViewSet):
             raise PermissionDenied(PERMISSION_REFUSED)
         return super().update(request, *args, **kwargs)
 
+    @transaction.atomic
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        self._save(serializer, before=None)
-
-    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        self._save(serializer, before={f: getattr(serializer.instance, f) for f in CREDENTIAL_FIELDS})
+        changes = self._credential_changes(serializer, before=None)
+        super().perform_create(serializer)  # saves, and writes the admin history (AdminHistoryMixin)
+        credential_change_record(provider=serializer.instance, changes=changes, created=True, via="admin API",
+                                 user=self.request.user)
 
     @transaction.atomic
-    def _save(self, serializer: serializers.BaseSerializer, *, before: dict | None) -> None:
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        before = {f: getattr(serializer.instance, f) for f in CREDENTIAL_FIELDS}
+        changes = self._credential_changes(serializer, before=before)
+        super().perform_update(serializer)
+        credential_change_record(provider=serializer.instance, changes=changes, created=False, via="admin API",
+                                 user=self.request.user)
+
+    def _credential_changes(self, serializer: serializers.BaseSerializer, *, before: dict | None) -> dict:
         after = {**(before or {}), **{f: v for f, v in serializer.validated_data.items() if f in CREDENTIAL_FIELDS}}
         changes = credential_changes(before, after)
         if (changes or before is None) and not credentials_may_change(self.request.user):
             raise PermissionDenied(PERMISSION_REFUSED)
-        provider = serializer.save()
-        credential_change_record(provider=provider, changes=changes, created=before is None, via="admin API",
-                                 user=self.request.user)
+        return changes
 
     @extend_schema(request=None, responses=ProviderSerializer)
     @action(detail=True, methods=["post"])
@@ -139,7 +146,7 @@ class ProviderViewSet(viewsets.ModelViewSet):
         return Response(ProviderSerializer(provider).data)
 
 
-class ModelRouteViewSet(viewsets.ModelViewSet):
+class ModelRouteViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Model routes: the names clients send as `model`, with their deployments."""
 
     serializer_class = ModelRouteSerializer
@@ -153,7 +160,7 @@ class ModelRouteViewSet(viewsets.ModelViewSet):
 
 @extend_schema(parameters=[OpenApiParameter("route", int, description="Only this route's (its id)."),
                            OpenApiParameter("provider", int, description="Only this provider's (its id).")])
-class DeploymentViewSet(viewsets.ModelViewSet):
+class DeploymentViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     """Deployments: a route served by a provider's model, with a weight and a priority (lower is preferred)."""
 
     serializer_class = DeploymentSerializer

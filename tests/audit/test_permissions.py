@@ -9,9 +9,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 
 from audit.models import AuditEvent
+from gateway_site.auth_tokens import token_issue
 from tests.audit.conftest import add_events
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +36,7 @@ def logged_in(user) -> Client:
 
 def api(user=None, token: str | None = None) -> Client:
     if user is not None:
-        token = Token.objects.create(user=user).key
+        token = token_issue(user=user).plaintext
     return Client(HTTP_AUTHORIZATION=f"Token {token}") if token else Client()
 
 
@@ -166,7 +166,7 @@ def test_the_export_streams_asynchronously_under_asgi(staff):
     from asgiref.sync import async_to_sync
     from django.test import AsyncClient
 
-    token = Token.objects.create(user=staff["compliance"]).key
+    token = token_issue(user=staff["compliance"]).plaintext
 
     async def fetch() -> tuple[bool, bytes]:
         response = await AsyncClient().get("/api/admin/audit-events/export", {"format": "jsonl"},

@@ -12,8 +12,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from gateway_site.auth_tokens import token_issue
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ def test_compliance_cannot_escalate_in_the_admin(client, compliance):
 
 def test_compliance_cannot_escalate_through_the_admin_api(compliance):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=compliance).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=compliance).plaintext}")
     for path in ("users", "groups", "permissions", f"users/{compliance.pk}"):
         for method in (client.post, client.patch, client.put):
             assert method(f"/api/admin/{path}/", {"is_superuser": True}, format="json").status_code in (

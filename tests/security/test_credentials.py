@@ -15,9 +15,9 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from gateway_site.auth_tokens import token_issue
 from proxy.credentials import env_problem
 from proxy.models import Provider
 from proxy.services import provider_check
@@ -53,7 +53,7 @@ def provider(db) -> Provider:
 
 def api_as(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user).plaintext}")
     return client
 
 

@@ -15,7 +15,6 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
@@ -23,6 +22,7 @@ from budgets.binding import ClientBinding, binding_build, networks_problem
 from budgets.keys import key_digest, key_issue, key_rotate
 from budgets.models import ApiKey, Consumer
 from budgets.selectors import key_info_by_digest
+from gateway_site.auth_tokens import token_issue
 from gateway_site.lib.sharedcache import cache
 from proxy import keywatch
 from tests.proxy.client import call, chat
@@ -161,7 +161,7 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_judged(personas, demo_ro
 
 def api(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user).plaintext}")
     return client
 
 

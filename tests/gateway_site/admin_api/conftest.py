@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from gateway_site.auth_tokens import token_issue, token_revoke
 
 
 @pytest.fixture
@@ -15,13 +16,13 @@ def staff(staff) -> SimpleNamespace:
     the token of rita (gateway-admin), since deleted."""
     retired = get_user_model().objects.create_user("rita", "rita@example.com", "rita-password-1", is_staff=True)
     retired.groups.add(Group.objects.get(name="gateway-admin"))
-    revoked_token = Token.objects.create(user=retired).key
-    Token.objects.filter(user=retired).delete()  # `drf_create_token -r` or the admin deletes tokens this way
+    revoked = token_issue(user=retired)
+    token_revoke(token=revoked.token)  # as the admin's Revoke action or `api_token --revoke-others` do
     return SimpleNamespace(
         admin=staff.admin, compliance=staff.compliance,
-        admin_token=Token.objects.create(user=staff.admin).key,
-        compliance_token=Token.objects.create(user=staff.compliance).key,
-        revoked_token=revoked_token,
+        admin_token=token_issue(user=staff.admin).plaintext,
+        compliance_token=token_issue(user=staff.compliance).plaintext,
+        revoked_token=revoked.plaintext,
     )
 
 

@@ -42,4 +42,5 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     assert '"metric":"requests","period":"day","used":3,"limit":1000,"remaining":997' in before
     assert before.count('"status":200') >= 3  # the audit events of those requests
     assert "request_id" in before.split("\n", 1)[1]  # the CSV export's header
+    assert '{"action":"addition","model":"budget","object_repr":' in before  # the admin history, newest first
     assert after.count("served by anthropic-like") == 5
