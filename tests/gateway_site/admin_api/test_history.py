@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from budgets.models import ApiKey, Consumer
-from tests.admin_api.conftest import token_client
+from tests.gateway_site.admin_api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 
