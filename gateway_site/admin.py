@@ -24,7 +24,9 @@ class TokenIssueForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # The admin API admits staff only: a token for anyone else would never work.
-        self.fields["user"].queryset = get_user_model()  # type: ignore[attr-defined]  # a ModelChoiceField.objects.filter(is_staff=True, is_active=True)
+        user_field = self.fields["user"]
+        assert isinstance(user_field, forms.ModelChoiceField)
+        user_field.queryset = get_user_model().objects.filter(is_staff=True, is_active=True)
         self.fields["days"].initial = settings.TOLLGATE_API_TOKEN_DAYS
 
 
