@@ -21,6 +21,7 @@ from django.db.models import F, QuerySet
 
 from budgets.holds import Admission, Hold
 from budgets.models import BudgetUsage
+from gateway_site.lib.db import connections_release
 
 logger = logging.getLogger("tollgate.budgets")
 
@@ -71,8 +72,7 @@ class _UsageMirror:
         if not pending:
             return
         try:
-            for connection in connections.all(initialized_only=True):
-                connection.close_if_unusable_or_obsolete()
+            connections_release()
             try:
                 with transaction.atomic():
                     for hold, charge in pending.values():

@@ -20,7 +20,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _release_connections() -> None:
+def connections_release() -> None:
+    """Drop broken or expired connections; one inside a transaction is left to its owner."""
     for connection in connections.all(initialized_only=True):
         # Inside a transaction (a test's, or a caller's) the connection is not ours to close.
         if not connection.in_atomic_block:
@@ -28,11 +29,11 @@ def _release_connections() -> None:
 
 
 def _with_fresh_connection(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    _release_connections()
+    connections_release()
     try:
         return fn(*args, **kwargs)
     finally:
-        _release_connections()
+        connections_release()
 
 
 async def run_db(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

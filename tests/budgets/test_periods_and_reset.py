@@ -1,6 +1,7 @@
 """Period windows across time zones and month ends; the reset job, twice and after a gap."""
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, date, datetime
 
@@ -9,6 +10,9 @@ import time_machine
 from asgiref.sync import async_to_sync
 from django.core import mail
 
+from budgets import admission as admission_module
+from budgets import services as services_module
+from budgets import usage
 from budgets.admission import budget_reserve, budget_settle
 from budgets.holds import LimitExceeded
 from budgets.keys import key_digest
@@ -116,6 +120,25 @@ def test_the_reset_job_catches_up_after_three_days_of_downtime(personas):
         assert BudgetHistory.objects.get(budget=monthly).used == 3
         rows = {r.metric: r for r in budget_usage_report(consumer=personas.alice)}
         assert rows["tokens"].used == 0 and rows["requests"].used == 0
+
+
+@pytest.mark.django_db
+def test_the_reset_job_writes_waiting_charges_from_inside_a_callers_transaction(personas, settings, monkeypatch):
+    # Charges another request left in the mirror are written by whoever flushes first; from
+    # inside a transaction (a test's, a caller's), the flush must not close that connection.
+    settings.TOLLGATE_BUDGET_MIRROR_SECONDS = 3600
+    mirror = usage._UsageMirror()
+    mirror._thread = threading.Thread(target=lambda: None)  # never started: only this test flushes
+    monkeypatch.setattr(admission_module, "usage_mirror", mirror)
+    monkeypatch.setattr(services_module, "usage_mirror", mirror)
+    tokens = budget(personas.alice, metric="tokens", limit=1000)
+    key = key_info_by_digest(key_digest(personas.alice_key))
+    with time_machine.travel(utc(2026, 11, 26, 12), tick=False):
+        _charge(key, 120, "req_waiting")
+    assert not BudgetUsage.objects.filter(budget=tokens, used=120).exists()  # still waiting
+    with time_machine.travel(utc(2026, 11, 27, 0, 5), tick=False):
+        assert budget_reset().closed == 1
+    assert BudgetHistory.objects.get(budget=tokens).used == 120
 
 
 @pytest.mark.django_db
