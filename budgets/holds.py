@@ -100,6 +100,13 @@ class Admission:
     refused: bool = False
     settled: bool = False
     now: datetime | None = None
+    team_id: int | None = None  # the consumer's team, when it has one
+
+    @property
+    def slot(self) -> str:
+        """The hash tag every Redis key of this admission carries, so that on a Redis Cluster
+        one script touches one slot: the team's when the consumer is in one, else the consumer's."""
+        return f"t{self.team_id}" if self.team_id is not None else f"c{self.consumer_id}"
 
     def owner_value(self, owner: str) -> str:
         """The counter key part of a rule's owner: this key or this consumer."""
