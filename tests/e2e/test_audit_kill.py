@@ -37,8 +37,12 @@ def test_no_answered_request_loses_its_audit_event_when_a_worker_is_killed(gatew
     before = worker_pids(master)
     assert len(before) == 2, before
     with Load(gateway.url, gateway.key, clients=6, model="demo", timeout=10) as load:
-        time.sleep(2.0)
-        answered_before_kill = sum(o.answered for o in load.between(0, time.monotonic()))
+        # Until the load is going (a loaded machine takes longer than a quiet one), at most 30 s.
+        deadline = time.monotonic() + 30
+        answered_before_kill = 0
+        while answered_before_kill <= 20 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            answered_before_kill = sum(o.answered for o in load.between(0, time.monotonic()))
         os.kill(before[0], signal.SIGKILL)
         time.sleep(3.0)
     assert answered_before_kill > 20, "the load did not get going"

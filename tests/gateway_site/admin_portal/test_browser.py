@@ -61,6 +61,14 @@ def _seed() -> SimpleNamespace:
         add_events(4 * (i + 1), start=now - timedelta(days=10), step=timedelta(hours=20), consumer=name,
                    provider=["openai", "anthropic", "gemini"][i], status=[503, 200, 429][i],
                    error_class=["upstream_error", "", "rate_limited"][i], attempts=2)
+    # An admin's change in the log, so compliance's view of it never depends on another test having run first.
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    seeded = Consumer.objects.get(name="research-agents")
+    LogEntry.objects.create(user=gwen, content_type=ContentType.objects.get_for_model(Consumer),
+                            object_id=str(seeded.pk), object_repr=seeded.name, action_flag=CHANGE,
+                            change_message="Changed description.")
     return SimpleNamespace(gwen=("browser-gwen", "gwen-Browser-pw-1"), carl=("browser-carl", "carl-Browser-pw-1"))
 
 
@@ -182,7 +190,7 @@ def test_compliance_sees_the_audit_log_but_cannot_edit(browser, server):
     assert page.goto("/admin/budgets/consumer/add/").status == 403
     page.goto("/admin/admin/logentry/")
     page.wait_for_selector("#result_list")
-    assert "browser-team" in page.inner_text("#result_list")
+    assert "research-agents" in page.inner_text("#result_list")
     page.locator("#result_list tbody th a").first.click()
     page.wait_for_selector("#content-main")
     assert page.locator("input[name=_save]").count() == 0  # read-only: nothing to submit
