@@ -49,7 +49,9 @@ def partition(apps, schema_editor):
             return
         cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
         cursor.execute(f'SELECT coalesce(max(seq), 0) FROM "{TABLE}"')  # noqa: S608
-        high = (cursor.fetchone()[0] // rows + 1) * rows + 1
+        top = cursor.fetchone()[0]
+        # The first seq above the stored ones that starts a partition (seq 1, rows + 1, 2 * rows + 1, ...).
+        high = ((top + rows - 1) // rows if top > 0 else 1) * rows + 1
         indexes = _indexes(cursor)
         cursor.execute(f'ALTER TABLE "{TABLE}" RENAME TO "{FIRST}"')
         # Index names are unique per schema: the partitioned table's indexes take the Django names.
