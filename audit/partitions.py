@@ -146,6 +146,13 @@ def partition_drop(partition: Partition) -> None:
         cursor.execute(f"DROP TABLE {quoted}")
 
 
+def partition_newest(partition: Partition) -> datetime | None:
+    """The time of the partition's newest event (None if it is empty): one probe of its time index."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT max(time) FROM {connection.ops.quote_name(partition.name)}")  # noqa: S608
+        return cursor.fetchone()[0]
+
+
 @dataclass(frozen=True)
 class PartitionStats:
     partition: Partition

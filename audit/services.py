@@ -30,7 +30,7 @@ from audit.anchors import anchored_until
 from audit.chain import CHAIN_FIELDS, chain_signing_key, event_hash, head_fields
 from audit.exports import FIELD_NAMES, export_chunks
 from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor
-from audit.partitions import partition_drop, partitioned, partitions_list
+from audit.partitions import partition_drop, partition_newest, partitioned, partitions_list
 from audit.records import AuditRecord, event_values, reduced_values
 from audit.selectors import events_in_range
 from audit.storable import clean_text
@@ -382,13 +382,15 @@ def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
     head = AuditChainHead.objects.filter(pk=1).first()
     if head is None:
         return 0
-    keep_from = AuditEvent.objects.filter(time__gte=bound).order_by("seq").values_list("seq", flat=True).first()
-    stop = keep_from if keep_from is not None else head.seq + 1
+    stop = head.seq + 1
     if settings.TOLLGATE_AUDIT_SINK_URL:
         shipped = AuditSinkCursor.objects.filter(name="http").values_list("last_seq", flat=True).first() or 0
         stop = min(stop, shipped + 1)
     if partitioned():
-        return _partitions_prune(stop=stop)
+        return _partitions_prune(bound=bound, stop=stop)
+    keep_from = AuditEvent.objects.filter(time__gte=bound).order_by("seq").values_list("seq", flat=True).first()
+    if keep_from is not None:
+        stop = min(stop, keep_from)
     deleted = 0
     start = head.pruned_seq
     while start + 1 < stop:
@@ -400,9 +402,11 @@ def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
     return deleted
 
 
-def _partitions_prune(*, stop: int) -> int:
-    """Drop each partition whose events all lie below `stop` and below the newest signed anchor, oldest
-    first; returns the number of events dropped. Each drop and the chain's new start commit together."""
+def _partitions_prune(*, bound: datetime, stop: int) -> int:
+    """Drop each partition whose events are all older than `bound`, below `stop` and below the newest
+    signed anchor, oldest first; returns the number of events dropped. Each drop and the chain's new
+    start commit together. (A partition's newest time is one probe of its time index, where finding
+    the first event to keep, as the DELETE path does, would read every older one.)"""
     anchored = anchored_until()
     if anchored < stop - 1:
         (logger.warning if anchored == 0 else logger.info)(
@@ -411,6 +415,9 @@ def _partitions_prune(*, stop: int) -> int:
     dropped = 0
     for partition in partitions_list():
         if partition.is_default or partition.high is None or partition.high > stop:
+            break
+        newest = partition_newest(partition)
+        if newest is not None and newest >= bound:
             break
         removed = 0
         try:
