@@ -204,6 +204,29 @@ def anchors_check(anchors: list[Anchor], *, public_key: Ed25519PublicKey | None)
     return report
 
 
+def anchored_until(*, scan: int = 50) -> int:
+    """The highest event that a genuine signed anchor vouches for on every lane (0: none).
+
+    Genuine: its digest matches and its signature verifies with this installation's anchor key.
+    Retention removes only rows at or below it, so what it removes was anchored outside the database."""
+    key = private_key()
+    if key is None:
+        return 0
+    public = key.public_key()
+    for row in AuditAnchor.objects.exclude(signature="").order_by("-number")[:scan]:
+        anchor = _from_row(row)
+        payload = canonical(anchor.body)
+        if hashlib.sha256(payload).hexdigest() != anchor.digest:
+            continue
+        try:
+            public.verify(bytes.fromhex(anchor.signature), payload)
+        except (InvalidSignature, ValueError):
+            continue
+        heads = anchor.body.get("heads") or []
+        return min((int(head["seq"]) for head in heads), default=0)
+    return 0
+
+
 def chain_against_anchor(anchor: Anchor) -> list[str]:
     """Whether the stored heads and rows still contain what the anchor recorded."""
     problems = []

@@ -25,7 +25,8 @@ class AuditEvent(models.Model):
     and never changes with the consumer, key, route or provider it names. `seq`
     is the event's place in the hash chain: contiguous, assigned under the chain
     head's lock, so `hash` = HMAC(prev_hash + this row's values) links every event
-    to the one before it.
+    to the one before it. On PostgreSQL the table is partitioned by ranges of `seq`
+    (audit.partitions), which keeps `seq` alone the primary key.
     """
 
     seq = models.BigIntegerField(primary_key=True)

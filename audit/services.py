@@ -26,9 +26,11 @@ from django.db import (
 from django.db.models import F, Max, Min
 from django.utils import timezone
 
+from audit.anchors import anchored_until
 from audit.chain import CHAIN_FIELDS, chain_signing_key, event_hash, head_fields
 from audit.exports import FIELD_NAMES, export_chunks
 from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor
+from audit.partitions import partition_drop, partition_newest, partitioned, partitions_list
 from audit.records import AuditRecord, event_values, reduced_values
 from audit.selectors import events_in_range
 from audit.storable import clean_text
@@ -350,12 +352,23 @@ def _exported_until() -> datetime | None:
     return datetime.combine(last + timedelta(days=1), dtime.min, tzinfo=UTC)
 
 
-def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
-    """Delete events older than the retention period that were exported (and shipped); returns the count.
+def _chain_rows_removed(*, through: int) -> None:
+    """Record what the chain needs to know about events 1..`through` before they are removed, in the
+    caller's transaction: where the chain now starts (the last removed event's seq and hash), so
+    verification still checks that the oldest remaining event links to it. Nothing if already past."""
+    last = AuditEvent.objects.filter(seq=through).values_list("hash", flat=True).first()
+    if last is None:
+        raise RuntimeError(f"audit retention: event {through} is missing; run audit_verify")
+    AuditChainHead.objects.filter(pk=1, pruned_seq__lt=through).update(pruned_seq=through, pruned_hash=last)
 
-    Deletes a prefix of the chain (by seq) and moves the chain's start anchor
-    with it, so audit_verify still checks that the oldest remaining event links
-    to the last deleted one.
+
+def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
+    """Remove events older than the retention period that were exported (and shipped); returns the count.
+
+    Removes a prefix of the chain (by seq) and moves the chain's start with it (`_chain_rows_removed`),
+    so audit_verify still checks that the oldest remaining event links to the last removed one.
+    PostgreSQL drops whole partitions, once a signed anchor covers them too (`_partitions_prune`);
+    SQLite deletes rows in chunks.
     """
     days = settings.TOLLGATE_AUDIT_RETENTION_DAYS
     if not days:
@@ -369,20 +382,55 @@ def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
     head = AuditChainHead.objects.filter(pk=1).first()
     if head is None:
         return 0
-    keep_from = AuditEvent.objects.filter(time__gte=bound).order_by("seq").values_list("seq", flat=True).first()
-    stop = keep_from if keep_from is not None else head.seq + 1
+    stop = head.seq + 1
     if settings.TOLLGATE_AUDIT_SINK_URL:
         shipped = AuditSinkCursor.objects.filter(name="http").values_list("last_seq", flat=True).first() or 0
         stop = min(stop, shipped + 1)
+    if partitioned():
+        return _partitions_prune(bound=bound, stop=stop)
+    keep_from = AuditEvent.objects.filter(time__gte=bound).order_by("seq").values_list("seq", flat=True).first()
+    if keep_from is not None:
+        stop = min(stop, keep_from)
     deleted = 0
     start = head.pruned_seq
     while start + 1 < stop:
         end = min(stop - 1, start + chunk)
         with transaction.atomic():
-            anchor = AuditEvent.objects.filter(seq=end).values_list("hash", flat=True).first()
-            if anchor is None:
-                raise RuntimeError(f"audit retention: event {end} is missing; run audit_verify")
+            _chain_rows_removed(through=end)
             deleted += AuditEvent.objects.filter(seq__gt=start, seq__lte=end).delete()[0]
-            AuditChainHead.objects.filter(pk=1).update(pruned_seq=end, pruned_hash=anchor)
         start = end
     return deleted
+
+
+def _partitions_prune(*, bound: datetime, stop: int) -> int:
+    """Drop each partition whose events are all older than `bound`, below `stop` and below the newest
+    signed anchor, oldest first; returns the number of events dropped. Each drop and the chain's new
+    start commit together. (A partition's newest time is one probe of its time index, where finding
+    the first event to keep, as the DELETE path does, would read every older one.)"""
+    anchored = anchored_until()
+    if anchored < stop - 1:
+        (logger.warning if anchored == 0 else logger.info)(
+            "audit retention: events after %d wait for a signed anchor (TOLLGATE_AUDIT_ANCHOR_KEY_FILE)", anchored)
+    stop = min(stop, anchored + 1)
+    dropped = 0
+    for partition in partitions_list():
+        if partition.is_default or partition.high is None or partition.high > stop:
+            break
+        newest = partition_newest(partition)
+        if newest is not None and newest >= bound:
+            break
+        removed = 0
+        try:
+            with transaction.atomic():
+                pruned = AuditChainHead.objects.filter(pk=1).values_list("pruned_seq", flat=True).first() or 0
+                last = partition.high - 1
+                if last > pruned:
+                    _chain_rows_removed(through=last)
+                    # seq is contiguous: the partition held every event from its start (or the old start) to `last`.
+                    removed = last - max(pruned, (partition.low or 1) - 1)
+                partition_drop(partition)
+        except OperationalError as exc:  # the lock timeout: a long read holds the table; next run
+            logger.warning("audit retention: partition %s not dropped this time: %s", partition.name, exc)
+            break
+        dropped += removed
+    return dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from audit.anchors import anchor_write
+from audit.partitions import partitions_ensure
 from audit.services import events_prune, export_daily_run
 from audit.sinks import sink_flush
 from audit.usage import DAYS, usage_rollup_recent
@@ -19,8 +20,14 @@ def audit_export_daily() -> list[str]:
 
 @shared_task(**_LIMITS)
 def audit_retention() -> int:
-    """Delete events past retention that were exported (and shipped)."""
+    """Remove events past retention that were exported (and shipped): drop whole partitions on PostgreSQL."""
     return events_prune()
+
+
+@shared_task(soft_time_limit=110, time_limit=120, acks_late=True)
+def audit_partitions() -> list[str]:
+    """Keep empty partitions ready above the newest event (PostgreSQL; idempotent)."""
+    return partitions_ensure()
 
 
 @shared_task(soft_time_limit=110, time_limit=120, acks_late=True)

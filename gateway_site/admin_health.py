@@ -1,5 +1,5 @@
 """The admin's "Gateway health" page: workers, PostgreSQL/Redis, Celery, last budget reset and audit export,
-and the models served without a price."""
+the models served without a price, and the audit table's partitions."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from audit.partitions import partitions_stats
 from budgets.pricing import unpriced_seen
 from gateway_site.status import status_report
 
@@ -40,5 +41,7 @@ def health_view(request: HttpRequest) -> HttpResponse:
         "audit_export_configured": bool(settings.TOLLGATE_AUDIT_EXPORT_DIR),
         # Served without a price: recorded at no cost, and refused under hard cost budgets (issue #16).
         "unpriced": unpriced_seen(),
+        # PostgreSQL: the audit table's partitions (empty on SQLite, one plain table); issue #18.
+        "audit_partitions": partitions_stats(),
     }
     return TemplateResponse(request, "admin/gateway_health.html", context)

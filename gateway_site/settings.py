@@ -261,8 +261,13 @@ TOLLGATE_AUDIT_REDACT_PATTERNS = [p for p in envstr("TOLLGATE_AUDIT_REDACT_PATTE
 TOLLGATE_AUDIT_EXPORT_DIR = envstr("TOLLGATE_AUDIT_EXPORT_DIR", "")
 TOLLGATE_AUDIT_EXPORT_FORMAT = envchoice("TOLLGATE_AUDIT_EXPORT_FORMAT", "jsonl", ("jsonl", "csv"))
 TOLLGATE_AUDIT_EXPORT_DELAY_MINUTES = envint("TOLLGATE_AUDIT_EXPORT_DELAY_MINUTES", 60, minimum=0)
-# Retention in days (0 keeps everything); only exported (and shipped) events are deleted.
+# Retention in days (0 keeps everything); only exported (and shipped) events are deleted. On
+# PostgreSQL whole partitions are dropped, once exported, shipped and covered by a signed anchor.
 TOLLGATE_AUDIT_RETENTION_DAYS = envint("TOLLGATE_AUDIT_RETENTION_DAYS", 0, minimum=0)
+# PostgreSQL partitions of the audit table (docs/deployment.md#partitioned-audit-table-and-retention):
+# rows (events) per partition, and how many empty partitions the beat job keeps ready above the last event.
+TOLLGATE_AUDIT_PARTITION_ROWS = envint("TOLLGATE_AUDIT_PARTITION_ROWS", 5_000_000, minimum=1)
+TOLLGATE_AUDIT_PARTITIONS_AHEAD = envint("TOLLGATE_AUDIT_PARTITIONS_AHEAD", 2, minimum=1)
 # HTTP sink to an external collector (empty URL disables it).
 TOLLGATE_AUDIT_SINK_URL = envstr("TOLLGATE_AUDIT_SINK_URL", "")
 TOLLGATE_AUDIT_SINK_AUTHORIZATION = envsecret("TOLLGATE_AUDIT_SINK_AUTHORIZATION") or ""
@@ -281,6 +286,8 @@ CELERY_BEAT_SCHEDULE.update({
     # Both are idempotent and catch up, so running them often costs nothing.
     "audit-export-daily": {"task": "audit.tasks.audit_export_daily", "schedule": 15 * 60.0},
     "audit-retention": {"task": "audit.tasks.audit_retention", "schedule": 60 * 60.0},
+    "audit-partitions": {"task": "audit.tasks.audit_partitions", "schedule": 15 * 60.0,
+                         "options": {"expires": 15 * 60.0}},
     "audit-sink-flush": {"task": "audit.tasks.audit_sink_flush", "schedule": TOLLGATE_AUDIT_SINK_FLUSH_SECONDS},
     "audit-anchor": {"task": "audit.tasks.audit_anchor", "schedule": TOLLGATE_AUDIT_ANCHOR_SECONDS},
 })

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from audit.models import AuditEvent
 from audit.services import AuditRecord, events_append
 
@@ -25,3 +27,27 @@ def add_events(n: int, *, batch: int = 5000, **kwargs) -> None:
 
 def all_events() -> list[AuditEvent]:
     return list(AuditEvent.objects.order_by("seq"))
+
+
+def partitions_relayout(rows: int, ahead: int = 2) -> list[str]:
+    """The empty audit table's partitions made anew, `rows` events each, from seq 1 (PostgreSQL;
+    nothing on SQLite). Inside a test's transaction, rolled back with it."""
+    from django.db import transaction
+
+    from audit.partitions import partition_drop, partitions_ensure, partitions_list
+
+    with transaction.atomic():
+        for partition in partitions_list():
+            if not partition.is_default:
+                partition_drop(partition)
+    return partitions_ensure(rows=rows, ahead=ahead)
+
+
+@pytest.fixture
+def anchor_key(tmp_path, settings) -> None:
+    """Anchors signed with a key of this test's own (TOLLGATE_AUDIT_ANCHOR_KEY_FILE)."""
+    from audit.anchors import private_key_new
+
+    key_file = tmp_path / "anchor-key.pem"
+    key_file.write_bytes(private_key_new())
+    settings.TOLLGATE_AUDIT_ANCHOR_KEY_FILE = str(key_file)

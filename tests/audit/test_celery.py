@@ -29,7 +29,8 @@ def test_the_beat_schedule_names_registered_tasks():
     from gateway_site.celery import app
 
     app.loader.import_default_modules()
-    for name in ("audit-export-daily", "audit-retention", "audit-sink-flush", "dashboard-usage-rollup"):
+    for name in ("audit-export-daily", "audit-retention", "audit-sink-flush", "audit-partitions",
+                 "dashboard-usage-rollup"):
         assert settings.CELERY_BEAT_SCHEDULE[name]["task"] in app.tasks
 
 
@@ -67,3 +68,29 @@ def test_a_real_worker_exports_days_and_ships_events(server_database, tmp_path):
     assert (tmp_path / f"audit-{days[0].isoformat()}.manifest.json").exists()
     assert sorted(e["seq"] for e in collector.received) == list(range(1, 13))
     assert AuditSinkCursor.objects.get().last_seq == 12
+
+
+@requires_redis
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="partitions are PostgreSQL's")
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_creates_partitions_ahead_and_empties_default(server_database):
+    from audit.partitions import DEFAULT, partitions_list
+    from audit.tasks import audit_partitions
+    from tests.audit.conftest import partitions_relayout
+
+    for model in (AuditEvent, AuditChainHead):
+        model.objects.all().delete()
+    partitions_relayout(5, ahead=1)
+    add_events(12)  # 6..12 land in DEFAULT
+    env = server_env(DATABASE_URL=database_url_for(connection.settings_dict),
+                     TOLLGATE_AUDIT_PARTITION_ROWS="5", TOLLGATE_AUDIT_PARTITIONS_AHEAD="2")
+    with celery_worker(env):
+        audit_partitions.delay()
+        wait_for(lambda: len(partitions_list()) == 6)
+    assert [p.name for p in partitions_list()] == [
+        "audit_auditevent_p1", "audit_auditevent_p6", "audit_auditevent_p11", "audit_auditevent_p16",
+        "audit_auditevent_p21", DEFAULT]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {DEFAULT}")  # noqa: S608
+        assert cursor.fetchone()[0] == 0
+    assert AuditEvent.objects.count() == 12

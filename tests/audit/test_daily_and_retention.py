@@ -9,10 +9,11 @@ import pytest
 import time_machine
 from django.test import override_settings
 
+from audit.anchors import anchor_write
 from audit.chain import chain_verify
 from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor
 from audit.services import events_prune, export_daily_run
-from tests.audit.conftest import add_events
+from tests.audit.conftest import add_events, partitions_relayout
 
 pytestmark = pytest.mark.django_db
 
@@ -78,9 +79,13 @@ def test_it_does_nothing_without_a_directory(db):
         assert export_daily_run() == []
 
 
+# On PostgreSQL retention drops whole partitions (tests/audit/test_partitions.py), here of one day
+# each, and only below a signed anchor: the same events go as with SQLite's DELETE.
 @override_settings(TOLLGATE_AUDIT_RETENTION_DAYS=2)
-def test_retention_deletes_only_exported_events_and_keeps_the_chain_verifiable(export_dir):
+def test_retention_deletes_only_exported_events_and_keeps_the_chain_verifiable(export_dir, anchor_key):
+    partitions_relayout(24, ahead=6)
     events_over_days(6)
+    anchor_write()
     with time_machine.travel(datetime(2025, 3, 10, tzinfo=UTC), tick=False):
         assert events_prune() == 0, "nothing exported yet: nothing may be deleted"
     with time_machine.travel(datetime(2025, 3, 4, 2, tzinfo=UTC), tick=False):
@@ -97,8 +102,10 @@ def test_retention_deletes_only_exported_events_and_keeps_the_chain_verifiable(e
 
 
 @override_settings(TOLLGATE_AUDIT_RETENTION_DAYS=1, TOLLGATE_AUDIT_SINK_URL="http://127.0.0.1:9/")
-def test_retention_also_waits_for_the_sink(export_dir):
+def test_retention_also_waits_for_the_sink(export_dir, anchor_key):
+    partitions_relayout(5, ahead=15)
     events_over_days(3)
+    anchor_write()
     with time_machine.travel(datetime(2025, 3, 4, 2, tzinfo=UTC), tick=False):
         export_daily_run()
     AuditSinkCursor.objects.create(name="http", last_seq=10)

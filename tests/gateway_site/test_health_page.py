@@ -5,6 +5,7 @@ import time
 from datetime import date
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from audit.models import AuditExport
@@ -66,3 +67,16 @@ def test_the_page_lists_the_unpriced_models_seen(client, personas):
     assert "Unpriced models seen" in text and "mystery-model-7" in text and "local-llm" in text
     assert reverse("admin:budgets_modelprice_add") in text
     unpriced_seen_clear()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="partitions are PostgreSQL's")
+def test_the_page_lists_the_audit_partitions(client, personas):
+    from tests.audit.conftest import add_events, partitions_relayout
+
+    partitions_relayout(5, ahead=2)
+    add_events(7)
+    client.force_login(personas.admin)
+    text = client.get(reverse("gateway-health")).content.decode()
+    assert "Audit partitions" in text
+    assert "audit_auditevent_p6" in text and "6 to 10" in text
+    assert "audit_auditevent_default" in text
