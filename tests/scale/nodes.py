@@ -54,7 +54,8 @@ error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 
 http {{
-    log_format nodes '$upstream_addr $status $upstream_http_x_request_id $request_time';
+    # The request id, status and seconds, then the node(s) tried ("a, b" after a retry).
+    log_format nodes '$upstream_http_x_request_id $status $request_time $upstream_addr';
     access_log {prefix}/access.log nodes;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
@@ -150,14 +151,32 @@ def _stop_group(process: subprocess.Popen, *, timeout: float) -> None:
         pass
 
 
-def access_log_nodes(path: Path) -> dict[str, str]:
-    """Request id -> the node (host:port) that answered it, from nginx's access log."""
-    served = {}
+def access_log(path: Path) -> list[tuple[str, int, str]]:
+    """nginx's access log: (request id or "-", status, the node that answered: host:port)."""
+    entries = []
     for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[-2] != "-":
-            served[parts[-2]] = parts[-4].rstrip(",")  # after a retry, the last node named answered
-    return served
+        request_id, status, _seconds, upstreams = line.split(" ", 3)
+        # After a retry nginx names every node it tried; the last one answered.
+        entries.append((request_id, int(status), upstreams.split(",")[-1].strip()))
+    return entries
+
+
+def access_log_nodes(path: Path) -> dict[str, str]:
+    """Request id -> the node (host:port) that answered it."""
+    return {rid: node for rid, _status, node in access_log(path) if rid != "-"}
+
+
+def wait_balanced_to(balancer: SimpleNamespace, node: Node, *, timeout: float = 30.0) -> None:
+    """Until nginx sends requests to `node` again (after a restart: it left it out for fail_timeout)."""
+    address = f"127.0.0.1:{node.port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = len(access_log(balancer.access_log))
+        httpx.get(f"{balancer.url}/healthz", timeout=10)
+        if any(n == address and status == 200 for _rid, status, n in access_log(balancer.access_log)[seen:]):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nginx did not send requests to {node.name} within {timeout}s")
 
 
 # --- Gateway nodes ------------------------------------------------------------------------------

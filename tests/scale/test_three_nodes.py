@@ -24,7 +24,16 @@ from proxy.sandbox import expected_usage
 from tests.budgets.conftest import requires_postgres_and_redis
 from tests.faults.conftest import Load
 from tests.scale.conftest import BUDGET_BODY, BUDGET_LIMIT, BUDGET_RESERVE
-from tests.scale.nodes import access_log_nodes, chat, fire, issue_key, metric_value, revoke_key, scrape
+from tests.scale.nodes import (
+    access_log_nodes,
+    chat,
+    fire,
+    issue_key,
+    metric_value,
+    revoke_key,
+    scrape,
+    wait_balanced_to,
+)
 
 pytestmark = [pytest.mark.e2e, requires_postgres_and_redis, pytest.mark.django_db, pytest.mark.timeout(120)]
 
@@ -160,21 +169,17 @@ def test_a_node_killed_mid_load_loses_no_answered_request(cluster):
     victim = cluster.nodes[2]
     try:
         with Load(cluster.url, cluster.keys.load, clients=6, model="nodes-demo", timeout=10) as load:
-            deadline = time.monotonic() + 20
-            while sum(o.answered for o in load.between(0, time.monotonic())) < 30 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            answered_since(load, 0, at_least=20)
             killed = victim.kill()
             killed_at = time.monotonic()
-            while (sum(o.answered for o in load.between(killed_at, time.monotonic())) < 30
-                   and time.monotonic() < deadline):
-                time.sleep(0.05)
+            answered_since(load, killed_at, at_least=20)
         assert len(killed) == 1 + victim.workers, killed
         assert not victim.pids()
         before = [o for o in load.outcomes if o.started < killed_at]
         after = [o for o in load.outcomes if o.started >= killed_at]
-        assert sum(o.answered for o in before) >= 30, "the load did not get going"
-        # The two others serve on.
-        assert sum(o.answered for o in after) >= 30, Counter((o.status, o.code) for o in after)
+        assert sum(o.answered for o in before) >= 20, "the load did not get going"
+        # The two others serve on (non-200s are allowed: a request the killed node had taken).
+        assert sum(o.answered for o in after) >= 20, Counter((o.status, o.code) for o in after)
         answered = {o.request_id for o in load.outcomes if o.answered}
         counts = audited_once(answered)
         missing = sorted(rid for rid, n in counts.items() if n == 0)
@@ -183,4 +188,13 @@ def test_a_node_killed_mid_load_loses_no_answered_request(cluster):
         report = chain_verify()
         assert report.ok, report.problem
     finally:
-        victim.restart()  # for the tests that run after this one
+        # For the tests that run after this one: the node back, and nginx sending it requests.
+        victim.restart()
+        wait_balanced_to(cluster.nginx, victim)
+
+
+def answered_since(load: Load, start: float, *, at_least: int, timeout: float = 30.0) -> None:
+    """Until `at_least` requests started after `start` were answered (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while sum(o.answered for o in load.between(start, time.monotonic())) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
