@@ -58,4 +58,5 @@ def cluster(nginx_bin, redis_topology, server_database, django_db_blocker) -> It
         with three_nodes(env, sandbox_port=sandbox_port, nginx_bin=nginx_bin, workers=2) as running:
             yield SimpleNamespace(**vars(running), **vars(seeded), cache_prefix=prefix)
     finally:
-        redis_forget(settings.REDIS_URL, prefix)
+        if redis_topology.get("REDIS_URL"):  # a cluster of the module's own goes with it
+            redis_forget(redis_topology["REDIS_URL"], prefix)
