@@ -24,5 +24,6 @@ pytestmark = [*_marks, pytest.mark.skipif(not hasattr(settings, "TOLLGATE_REDIS_
 
 @pytest.fixture(scope="module")
 def redis_topology(redis_cluster: ClusterHandle) -> dict[str, str]:  # noqa: F811 -- the fixture above
-    """The nodes' shared state on the module's Redis Cluster."""
-    return redis_cluster.nodes_env()
+    """The nodes' shared state on the module's Redis Cluster; Celery's broker (which does not speak
+    Cluster) on this run's plain Redis."""
+    return {"CELERY_BROKER_URL": settings.REDIS_URL, **redis_cluster.nodes_env()}
