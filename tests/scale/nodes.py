@@ -38,6 +38,8 @@ NODE_SETTINGS = {
     "TOLLGATE_METRICS_TOKEN": METRICS_TOKEN,
     "TOLLGATE_TRUSTED_PROXIES": "127.0.0.1/32",
     "TOLLGATE_LOG_LEVEL": "warning",
+    # Each worker rereads the key cache's shared generation this often (the production default).
+    "TOLLGATE_AUTH_RECHECK_SECONDS": "1",
     "TOLLGATE_BREAKER_FAILURES": "3",
     "TOLLGATE_BREAKER_COOLDOWN_SECONDS": "120",
     "TOLLGATE_PROBE_SLOW_AFTER": "1000000",

@@ -25,6 +25,7 @@ from tests.budgets.conftest import requires_postgres_and_redis
 from tests.faults.conftest import Load
 from tests.scale.conftest import BUDGET_BODY, BUDGET_LIMIT, BUDGET_RESERVE
 from tests.scale.nodes import (
+    NODE_SETTINGS,
     access_log_nodes,
     chat,
     fire,
@@ -37,10 +38,11 @@ from tests.scale.nodes import (
 
 pytestmark = [pytest.mark.e2e, requires_postgres_and_redis, pytest.mark.django_db, pytest.mark.timeout(120)]
 
-# The key cache rechecks its generation every TOLLGATE_AUTH_RECHECK_SECONDS (1 s): a revoked key
-# stops within that on every worker. The bound below leaves a loaded CI machine room; the figure
-# itself is measured by the benchmark script.
-REVOCATION_BOUND_SECONDS = 3.0
+# Every worker rereads the key cache's generation every TOLLGATE_AUTH_RECHECK_SECONDS (1 s, the
+# nodes' setting), and the generation moves before the admin API answers the revocation: no
+# request sent more than that (and a margin) after the answer may be accepted, by any worker.
+RECHECK_SECONDS = float(NODE_SETTINGS["TOLLGATE_AUTH_RECHECK_SECONDS"])
+REVOCATION_BOUND_SECONDS = RECHECK_SECONDS + 0.5
 
 
 def audited_once(request_ids: set[str]) -> dict[str, int]:
@@ -95,21 +97,28 @@ def test_a_revoked_key_stops_working_on_every_node(cluster):
     issued = issue_key(cluster.url, cluster.api_token, cluster.revoke_consumer)
     key = issued["plaintext"]
     for node in cluster.nodes:
-        for _ in range(4):  # fresh connections: both workers of the node cache the key
+        for _ in range(4):  # fresh connections, dealt to both workers of the node: both cache it
             assert chat(node.url, key).status_code == 200
     revoke_key(cluster.url, cluster.api_token, issued["id"])
     revoked_at = time.monotonic()
     pending = {node.name: node for node in cluster.nodes}
-    refusals = Counter()
-    # Polled until each node refuses it three times in a row, within the bound.
-    while pending and time.monotonic() - revoked_at < REVOCATION_BOUND_SECONDS:
+    refusals: Counter = Counter()
+    accepted_late = []
+    # Each node is polled until it has refused the key three times in a row and every worker has
+    # had its recheck (two workers a node: one may refuse while the other's is still due). The
+    # deadline only stops a broken run; what is checked is when each request was sent.
+    while pending and time.monotonic() - revoked_at < 30:
         for name, node in list(pending.items()):
+            sent = time.monotonic() - revoked_at
             status = chat(node.url, key).status_code
+            if status == 200 and sent > REVOCATION_BOUND_SECONDS:
+                accepted_late.append((name, round(sent, 2)))
             refusals[name] = refusals[name] + 1 if status == 401 else 0
-            if refusals[name] >= 3:
+            if refusals[name] >= 3 and time.monotonic() - revoked_at >= REVOCATION_BOUND_SECONDS:
                 del pending[name]
         time.sleep(0.02)
-    assert not pending, f"still accepted {REVOCATION_BOUND_SECONDS} s after the revocation: {sorted(pending)}"
+    assert not accepted_late, f"accepted more than {REVOCATION_BOUND_SECONDS} s after the revocation: {accepted_late}"
+    assert not pending, f"still accepted 30 s after the revocation: {sorted(pending)}"
     for node in cluster.nodes:
         answers = [chat(node.url, key) for _ in range(4)]
         assert {r.status_code for r in answers} == {401}, node.name
