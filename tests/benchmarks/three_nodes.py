@@ -247,7 +247,11 @@ def main() -> None:
             report["revocation"] = [revocation_round(cluster) for _ in range(args.rounds)]
             report["breaker"] = breaker_run(cluster)
             report["kill"] = kill_run(cluster, cluster.keys.load)
-            report["per_node_requests"] = dict(Counter(access_log_nodes(cluster.nginx.access_log).values()))
+            names = {f"127.0.0.1:{node.port}": node.name for node in cluster.nodes}
+            report["per_node_requests"] = dict(sorted(Counter(
+                names.get(n, n) for n in access_log_nodes(cluster.nginx.access_log).values()).items()))
+            report["budget"]["per_node"] = dict(sorted((names.get(n, n), v)
+                                                       for n, v in report["budget"]["per_node"].items()))
             stopping = time.monotonic()
         report["stop_s"] = time.monotonic() - stopping
         verify_started = time.monotonic()
