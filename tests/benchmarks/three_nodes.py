@@ -260,6 +260,7 @@ def main() -> None:
                            "verify_s": time.monotonic() - verify_started}
     finally:
         redis_forget(settings.REDIS_URL, prefix)
+        redis_forget(settings.REDIS_URL, settings.CACHES["default"]["KEY_PREFIX"])  # this process's (the seed's)
         creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
     out = ROOT / "var" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
