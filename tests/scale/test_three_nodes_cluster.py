@@ -26,4 +26,4 @@ pytestmark = [*_marks, pytest.mark.skipif(not hasattr(settings, "TOLLGATE_REDIS_
 def redis_topology(redis_cluster: ClusterHandle) -> dict[str, str]:  # noqa: F811 -- the fixture above
     """The nodes' shared state on the module's Redis Cluster; Celery's broker (which does not speak
     Cluster) on this run's plain Redis."""
-    return {"CELERY_BROKER_URL": settings.REDIS_URL, **redis_cluster.nodes_env()}
+    return redis_cluster.nodes_env(celery_broker_url=settings.REDIS_URL)
