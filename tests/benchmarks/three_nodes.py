@@ -2,11 +2,12 @@
 load balancer").
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/2 \\
-        .venv/bin/python tests/benchmarks/three_nodes.py [--workers 2] [--seconds 5] [--rounds 5]
+        .venv/bin/python tests/benchmarks/three_nodes.py [--workers 2] [--seconds 5] [--rounds 5] [--redis-cluster]
 
 Starts what tests/scale/test_three_nodes.py starts (the sandbox provider, three nodes each a
 gunicorn master with uvicorn workers, Debian's nginx in front; one scratch PostgreSQL database,
-test_tollgate_<pid>, dropped afterwards; one Redis under a key prefix of its own), all on
+test_tollgate_<pid>, dropped afterwards; one Redis under a key prefix of its own, or with
+--redis-cluster a 3-master Redis Cluster started for the run), all on
 127.0.0.1, and prints:
 
 - throughput and latency through nginx (wrk, keep-alive clients), and how nginx spread it;
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,12 +216,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per node")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
     parser.add_argument("--rounds", type=int, default=5, help="revocations measured")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="the nodes' shared state on a Redis Cluster started for the run (tests/redis_cluster.py; "
+                             "Celery's broker stays on REDIS_URL)")
     args = parser.parse_args()
     binary = nginx_binary()
     if binary is None:
         raise SystemExit("nginx is not installed (apt-get install nginx)")
     if not settings.REDIS_URL or not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
         raise SystemExit("needs DATABASE_URL=postgres://... and REDIS_URL")
+    if args.redis_cluster and not hasattr(settings, "TOLLGATE_REDIS_CLUSTER_NODES"):
+        raise SystemExit("these settings do not speak Redis Cluster (TOLLGATE_REDIS_CLUSTER_NODES)")
 
     from audit.chain import chain_verify
     from proxy.bounds import estimate_prompt_tokens
@@ -227,13 +234,22 @@ def main() -> None:
     creation = connection.creation
     creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     prefix = f"tgnodesbench{os.getpid()}"
-    report: dict = {"workers_per_node": args.workers, "cores": os.cpu_count()}
+    report: dict = {"workers_per_node": args.workers, "cores": os.cpu_count(),
+                    "redis": "cluster (3 masters, 3 replicas)" if args.redis_cluster else "one server"}
+    stack = ExitStack()
     try:
+        topology = redis_topology_env(settings.REDIS_URL)
+        if args.redis_cluster:
+            from tests.redis_cluster import free_base_port, start_cluster
+
+            handle = start_cluster(Path(stack.enter_context(tempfile.TemporaryDirectory())), free_base_port())
+            stack.callback(handle.stop)
+            topology = handle.nodes_env(celery_broker_url=settings.REDIS_URL)
         sandbox_port = free_port()
         body = chat_body("nodes-budget")
         seeded = seed_nodes(sandbox_port, budget_limit=20 * (estimate_prompt_tokens(body) + body["max_tokens"]))
         env = server_env(DATABASE_URL=database_url_for(connection.settings_dict), TOLLGATE_CACHE_PREFIX=prefix,
-                         **redis_topology_env(settings.REDIS_URL))
+                         **topology)
         started = time.monotonic()
         with three_nodes(env, sandbox_port=sandbox_port, nginx_bin=binary, workers=args.workers) as running:
             report["start_s"] = time.monotonic() - started
@@ -259,6 +275,7 @@ def main() -> None:
         report["audit"] = {"ok": chain.ok, "checked": chain.checked, "problem": chain.problem,
                            "verify_s": time.monotonic() - verify_started}
     finally:
+        stack.close()
         redis_forget(settings.REDIS_URL, prefix)
         redis_forget(settings.REDIS_URL, settings.CACHES["default"]["KEY_PREFIX"])  # this process's (the seed's)
         creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
@@ -269,7 +286,8 @@ def main() -> None:
 
 
 def print_report(r: dict) -> None:
-    print(f"\nThree nodes behind nginx: {r['workers_per_node']} workers per node, {r['cores']} cores; "
+    print(f"\nThree nodes behind nginx: {r['workers_per_node']} workers per node, {r['cores']} cores, "
+          f"Redis: {r['redis']}; "
           f"started in {r['start_s']:.1f} s, stopped in {r['stop_s']:.1f} s\n")
     for c, t in r["throughput"].items():
         print(f"through nginx, c={c:<3} {t['rps']:7.0f} req/s  p50 {t['p50_ms']:6.1f} ms  p99 {t['p99_ms']:6.1f} ms"
