@@ -185,8 +185,8 @@ def wait_balanced_to(balancer: SimpleNamespace, node: Node, *, timeout: float = 
 
 
 def redis_topology_env(redis_url: str) -> dict[str, str]:
-    """How the nodes reach Redis, as environment. Today one plain Redis (REDIS_URL); a Redis
-    Cluster is a different mapping here, the nodes and the tests staying as they are."""
+    """How the nodes reach one plain Redis, as environment. On a Redis Cluster they get the
+    cluster's instead (tests/redis_cluster.py, nodes_env), the nodes and the checks unchanged."""
     return {"REDIS_URL": redis_url}
 
 
@@ -226,7 +226,7 @@ class Node:
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_up(self, timeout: float = 90.0) -> None:
-        """Until every worker has started (each writes a line), and the node answers /healthz."""
+        """Until the node answers /healthz and has forked all its workers."""
         deadline = time.monotonic() + timeout
         try:
             wait_until_up(f"{self.url}/healthz", timeout=timeout, process=self.process)
