@@ -158,6 +158,11 @@ def validate_routes(value: object) -> None:
         raise ValidationError("At most 1000 routes.")
 
 
+def routes_normalize(routes: list) -> list[str]:
+    """Sorted, stripped and without repeats: one spelling of a set of routes."""
+    return sorted({route.strip() for route in routes if isinstance(route, str)})
+
+
 class Budget(models.Model):
     """A limit on a team's, a consumer's or one key's tokens, requests or cost per period,
     on every route or only on those in `routes`.
@@ -213,7 +218,7 @@ class Budget(models.Model):
         # The one-owner rule is the check constraint, which full_clean validates too (and skips
         # when the form or file sets the owner itself, as an inline does).
         if isinstance(self.routes, list):
-            self.routes = sorted({route.strip() for route in self.routes if isinstance(route, str)})
+            self.routes = routes_normalize(self.routes)
 
     @property
     def owner_kind(self) -> str:
@@ -222,11 +227,11 @@ class Budget(models.Model):
 
     @property
     def owner_display(self) -> str:
-        if self.team_id is not None:
+        if self.team is not None:
             return f"team {self.team.name}"
-        if self.key_id is not None:
+        if self.key is not None:
             return f"key {self.key.prefix}"
-        return self.consumer.name if self.consumer_id is not None else "?"
+        return self.consumer.name if self.consumer is not None else "?"
 
     @property
     def limit_display(self) -> str:
