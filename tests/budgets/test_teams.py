@@ -9,7 +9,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.test import override_settings
 
 from budgets.admission import budget_reserve
 from budgets.holds import LimitExceeded
