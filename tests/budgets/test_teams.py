@@ -215,3 +215,37 @@ def test_route_limits_come_from_the_cached_entry_without_a_database_read(persona
         on_demo = async_to_sync(limits_for_key)(info, route="demo")
     assert [b.metric for b in on_opus.budgets] == ["tokens", "requests"]
     assert [b.metric for b in on_demo.budgets] == ["requests"]
+
+
+# --- Alerts and metrics name the team -------------------------------------------------------
+
+
+def test_a_team_budget_alert_names_the_team_and_its_routes(personas, team, settings, monkeypatch):
+    from django.core import mail
+
+    from budgets.alerts import budget_alert_send
+    from budgets.models import BudgetUsage
+    from budgets.periods import window_at
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    budget = Budget.objects.create(team=team, metric="tokens", limit=1000, mode="soft", alert_at_percent=50,
+                                   alert_email="finance@example.com", routes=["opus"])
+    window = window_at("day", "UTC", budget.created_at)
+    BudgetUsage.objects.create(budget=budget, period_start=window.period_start, starts_at=window.starts_at,
+                               ends_at=window.ends_at, used=600)
+    assert budget_alert_send(budget_id=budget.pk, period_start=window.period_start, now=budget.created_at)
+    assert mail.outbox[0].subject == "Tollgate budget alert: team research used 60% of its tokens budget"
+    assert "for routes opus" in mail.outbox[0].body
+
+
+def test_metrics_report_a_team_budget_once_under_the_team(personas, team):
+    from django.test import Client
+
+    Budget.objects.create(team=team, metric="tokens", limit=1000)
+    Budget.objects.create(consumer=personas.alice, metric="requests", limit=10)
+    body = Client().get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    limits = [line for line in body.splitlines() if line.startswith("tollgate_budget_limit{")]
+    assert len(limits) == 2, limits
+    assert any('consumer="research"' in line and 'scope="team"' in line and line.endswith(" 1000.0")
+               for line in limits), limits
+    assert any('consumer="alice-agent"' in line and 'scope="consumer"' in line for line in limits), limits
