@@ -17,6 +17,7 @@ from budgets.models import ApiKey, Budget, BudgetReservation, Consumer, Team
 from budgets.selectors import budget_usage_report, key_info_by_digest, limits_for_key
 from proxy.models import Deployment, ModelRoute
 from proxy.sandbox import expected_usage
+from tests.budgets.conftest import requires_redis
 from tests.budgets.test_admission import reserve_for
 from tests.proxy.client import chat
 
@@ -249,3 +250,47 @@ def test_metrics_report_a_team_budget_once_under_the_team(personas, team):
     assert any('consumer="research"' in line and 'scope="team"' in line and line.endswith(" 1000.0")
                for line in limits), limits
     assert any('consumer="alice-agent"' in line and 'scope="consumer"' in line for line in limits), limits
+
+
+@requires_redis
+def test_a_team_members_request_is_one_script_to_reserve_and_one_to_settle(personas, team, opus_route, monkeypatch,
+                                                                            django_assert_num_queries):
+    """Team and route budgets add no round trip: the team's hold rides in the same script, and a
+    cached key's admission reads nothing from the database."""
+    from budgets import counters as redis_counters
+    from proxy.admission import admit, price_usage, settle_start
+    from proxy.context import RequestContext
+    from proxy.errors import Caller
+    from proxy.routing import route_table
+
+    Budget.objects.create(consumer=personas.alice, metric="tokens", limit=10**9)
+    Budget.objects.create(consumer=personas.alice, metric="requests", limit=10**9, routes=["demo"])
+    Budget.objects.create(team=team, metric="tokens", limit=10**9)
+    scripts: list[int] = []
+    run = redis_counters.run
+
+    async def counted(script, keys, args):
+        scripts.append(len(keys) // 2 if script is not redis_counters.SEED else 0)
+        return await run(script, keys, args)
+
+    monkeypatch.setattr(redis_counters, "run", counted)
+    info = key_info_by_digest(key_digest(personas.alice_key))
+
+    async def reserve() -> RequestContext:
+        ctx = RequestContext(caller=Caller.OPENAI, endpoint="chat.completions")
+        ctx.key, ctx.route = info, (await route_table())["opus"]
+        await admit(ctx, {**HELLO, "model": "opus"})
+        return ctx
+
+    async def settle(ctx: RequestContext) -> None:
+        ctx.deployment, ctx.attempts, ctx.prompt_tokens, ctx.completion_tokens = ctx.route.deployments[0], 1, 10, 5
+        await price_usage(ctx)
+        await settle_start(ctx)
+
+    async_to_sync(settle)(async_to_sync(reserve)())  # loads the caches, seeds the windows
+    scripts.clear()
+    with django_assert_num_queries(0):
+        ctx = async_to_sync(reserve)()
+    assert [h.rule.owner for h in ctx.admission.holds] == ["consumer", "team"]  # not the demo-only budget
+    async_to_sync(settle)(ctx)  # (and the database copy: in tests with each request, else every 0.5 s)
+    assert scripts == [2, 2]  # RESERVE then SETTLE, each with both budgets' keys
