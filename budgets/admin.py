@@ -1,4 +1,4 @@
-"""Consumers, keys, budgets and rate limits in the admin (docs/admin.md).
+"""Teams, consumers, keys, budgets and rate limits in the admin (docs/admin.md).
 
 Keys are issued, rotated and revoked only through budgets.keys, the same
 functions the admin API calls; every admin action writes Django's admin log.
@@ -27,6 +27,7 @@ from budgets.models import (
     Consumer,
     ModelPrice,
     RateLimit,
+    Team,
     format_amount,
 )
 from budgets.selectors import budget_usage_report
@@ -66,11 +67,13 @@ class LinesField(forms.Field):
 
 # Who may use a key (budgets.binding), on the consumer and on each key.
 BINDING_FIELDS = ("allowed_networks", "allowed_user_agents")
+# JSON lists of strings, edited one per line: those and a budget's routes.
+LINES_FIELDS = (*BINDING_FIELDS, "routes")
 
 
 class BindingFieldsMixin:
     def formfield_for_dbfield(self, db_field, request, **kwargs):
-        if db_field.name in BINDING_FIELDS:
+        if db_field.name in LINES_FIELDS:
             return LinesField(required=False, label=db_field.verbose_name.capitalize(),
                               help_text=f"{db_field.help_text} One per line.")
         return super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
@@ -89,12 +92,33 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
-class BudgetInline(admin.TabularInline):
+class BudgetInline(BindingFieldsMixin, admin.TabularInline):
     model = Budget
     fk_name = "consumer"
     extra = 0
-    fields = ("metric", "limit", "period", "timezone", "mode", "alert_at_percent", "alert_email",
+    fields = ("metric", "limit", "period", "timezone", "mode", "routes", "alert_at_percent", "alert_email",
               "alert_webhook", "enabled")
+
+
+class TeamBudgetInline(BudgetInline):
+    fk_name = "team"
+
+
+class MemberInline(admin.TabularInline):
+    """A team's consumers; a consumer joins or leaves a team on its own page."""
+
+    model = Consumer
+    fk_name = "team"
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("name", "active", "description")
+    readonly_fields = fields
+    verbose_name = "member"
+    verbose_name_plural = "members (join or leave on the consumer's page)"
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 class RateLimitInline(admin.TabularInline):
@@ -109,11 +133,51 @@ def _audit_reader_only(request: HttpRequest) -> bool:
     return not request.user.has_perm("budgets.view_consumer") and is_audit_reader(request.user)
 
 
+def budget_usage_html(rows) -> str:
+    if not rows:
+        return "No budgets."
+    return format_html_join(
+        "\n", "{} <div class='help'>{}, {}, {} from {}{}: {} reserved, {} left; resets {}</div>",
+        ((usage_bar(label=f"{r.owner} {r.metric}", used=r.used, limit=r.limit, metric=r.metric),
+          r.mode, r.period, r.timezone, r.period_start, f", routes {', '.join(r.routes)}" if r.routes else "",
+          format_amount(r.metric, r.reserved), format_amount(r.metric, r.remaining), r.resets_at) for r in rows),
+    )
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Consumers that share budgets: each member's requests also hold the team's (docs/budgets.md#teams)."""
+
+    list_display = ("name", "active", "member_count", "budget_count", "created_at")
+    list_filter = ("active",)
+    search_fields = ("name",)
+    inlines = [MemberInline, TeamBudgetInline]
+    readonly_fields = ("created_at", "current_usage")
+
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).annotate(_member_count=Count("consumers", distinct=True),
+                                                      _budget_count=Count("budgets", distinct=True))
+
+    @admin.display(description="members", ordering="_member_count")
+    def member_count(self, obj: Team) -> int:
+        return obj._member_count  # type: ignore[attr-defined]  # annotated by get_queryset
+
+    @admin.display(description="budgets", ordering="_budget_count")
+    def budget_count(self, obj: Team) -> int:
+        return obj._budget_count  # type: ignore[attr-defined]  # annotated by get_queryset
+
+    @admin.display(description="usage this period")
+    def current_usage(self, obj: Team) -> str:
+        return "-" if obj.pk is None else budget_usage_html(budget_usage_report(team=obj))
+
+
 @admin.register(Consumer)
 class ConsumerAdmin(BindingFieldsMixin, admin.ModelAdmin):
-    list_display = ("name", "active", "audit_body_mode", "key_count", "budget_usage", "created_at")
-    list_filter = ("active", "audit_body_mode")
-    search_fields = ("name", "description")
+    list_display = ("name", "active", "team", "audit_body_mode", "key_count", "budget_usage", "created_at")
+    list_filter = ("active", "team", "audit_body_mode")
+    list_select_related = ("team",)
+    search_fields = ("name", "description", "team__name")
+    autocomplete_fields = ("team",)
     inlines = [ApiKeyInline, BudgetInline, RateLimitInline]
     readonly_fields = ("current_usage",)
     list_per_page = 50
@@ -140,19 +204,9 @@ class ConsumerAdmin(BindingFieldsMixin, admin.ModelAdmin):
             return ("name", "active", "audit_body_mode")
         return super().get_list_display(request)
 
-    @admin.display(description="usage this period")
+    @admin.display(description="usage this period (its keys' and its team's budgets too)")
     def current_usage(self, obj: Consumer) -> str:
-        if obj.pk is None:
-            return "-"
-        rows = budget_usage_report(consumer=obj)
-        if not rows:
-            return "No budgets."
-        return format_html_join(
-            "\n", "{} <div class='help'>{}, {}, {} from {}: {} reserved, {} left; resets {}</div>",
-            ((usage_bar(label=f"{r.owner} {r.metric}", used=r.used, limit=r.limit, metric=r.metric),
-              r.mode, r.period, r.timezone, r.period_start, format_amount(r.metric, r.reserved),
-              format_amount(r.metric, r.remaining), r.resets_at) for r in rows),
-        )
+        return "-" if obj.pk is None else budget_usage_html(budget_usage_report(consumer=obj))
 
     def get_queryset(self, request: HttpRequest):
         consumers = super().get_queryset(request).annotate(_key_count=Count("keys", distinct=True))
@@ -340,13 +394,20 @@ class ApiKeyAdmin(BindingFieldsMixin, admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "enabled")
-    list_filter = ("metric", "period", "mode", "enabled")
-    list_select_related = ("consumer", "key__consumer")
-    search_fields = ("consumer__name", "key__prefix")
-    autocomplete_fields = ("consumer",)
+class BudgetAdmin(BindingFieldsMixin, admin.ModelAdmin):
+    """A budget belongs to exactly one of a team, a consumer or a key; `routes` scopes it."""
+
+    list_display = ("__str__", "team", "consumer", "key", "metric", "limit", "period", "routes_display", "mode",
+                    "enabled")
+    list_filter = ("metric", "period", "mode", "enabled", "team")
+    list_select_related = ("team", "consumer", "key__consumer")
+    search_fields = ("team__name", "consumer__name", "key__prefix")
+    autocomplete_fields = ("team", "consumer")
     raw_id_fields = ("key",)
+
+    @admin.display(description="routes")
+    def routes_display(self, obj: Budget) -> str:
+        return ", ".join(obj.routes) if obj.routes else "every route"
 
 
 @admin.register(RateLimit)
@@ -362,7 +423,7 @@ class RateLimitAdmin(admin.ModelAdmin):
 class BudgetHistoryAdmin(admin.ModelAdmin):
     list_display = ("budget", "period_start", "metric", "limit", "used", "closed_at")
     list_filter = ("metric",)
-    list_select_related = ("budget__consumer", "budget__key")
+    list_select_related = ("budget__team", "budget__consumer", "budget__key")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -39,10 +39,13 @@ async def budget_reserve(
     """Admit a request against its rate limits and budgets, holding its worst case.
 
     `tokens` is the request's worst case (prompt estimate + max tokens), `cost` the
-    same in micro-dollars. Raises LimitExceeded (nothing stays held) or LimitsUnavailable.
+    same in micro-dollars; `limits` are those of the request's route (limits_for_key(route=...)):
+    the key's, its consumer's and its team's budgets are held together, all or none.
+    Raises LimitExceeded (nothing stays held) or LimitsUnavailable.
     """
     now = now or timezone.now()
-    admission = Admission(request_id=request_id, consumer_id=key.consumer_id, key_id=key.key_id, now=now)
+    admission = Admission(request_id=request_id, consumer_id=key.consumer_id, key_id=key.key_id, now=now,
+                          team_id=key.team_id)
     request_rules = [r for r in limits.rates if r.requests is not None]
     if request_rules and not counters.enabled():
         fallback.request_rates_check(request_rules, admission)  # in-process cache: no I/O
@@ -109,7 +112,7 @@ def budget_admit_unmetered(*, key: KeyInfo, limits: Limits, request_id: str,
     """Fail open: an admission that holds nothing but still charges the request when it settles."""
     now = now or timezone.now()
     admission = Admission(request_id=request_id, consumer_id=key.consumer_id, key_id=key.key_id,
-                          metered=False, now=now)
+                          metered=False, now=now, team_id=key.team_id)
     for rule in limits.budgets:
         admission.holds.append(Hold(rule=rule, window=window_at(rule.period, rule.timezone, now), amount=0))
     return admission

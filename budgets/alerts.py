@@ -64,7 +64,7 @@ def budget_alerts_due(*, now: datetime | None = None) -> list[tuple[int, date]]:
 def budget_alert_send(*, budget_id: int, period_start: date, now: datetime | None = None) -> bool:
     """Send a window's alert (email and/or webhook) at most once; True when this call sent it."""
     now = now or timezone.now()
-    budget = Budget.objects.select_related("consumer", "key__consumer").filter(pk=budget_id).first()
+    budget = Budget.objects.select_related("team", "consumer", "key__consumer").filter(pk=budget_id).first()
     if budget is None or budget.alert_at_percent is None:
         return False
     usage = BudgetUsage.objects.filter(budget=budget, period_start=period_start).first()
@@ -74,19 +74,22 @@ def budget_alert_send(*, budget_id: int, period_start: date, now: datetime | Non
     if BudgetUsage.objects.filter(pk=usage.pk, alert_sent_at__isnull=True).update(alert_sent_at=now) != 1:
         return False
     owner = (budget.consumer.name if budget.consumer is not None
-             else f"key {budget.key.prefix} of {budget.key.consumer.name}" if budget.key is not None else "?")
+             else f"key {budget.key.prefix} of {budget.key.consumer.name}" if budget.key is not None
+             else f"team {budget.team.name}" if budget.team is not None else "?")
+    routes = f" for routes {', '.join(budget.routes)}" if budget.routes else ""
     percent_used = usage.used * 100 // max(1, budget.limit)
     subject = f"Tollgate budget alert: {owner} used {percent_used}% of its {budget.metric} budget"
     text = (
         f"{owner} has used {format_amount(budget.metric, usage.used)} of its {budget.mode} {budget.metric} "
-        f"budget of {budget.limit_display} per {budget.period} ({budget.timezone}), period starting "
+        f"budget of {budget.limit_display} per {budget.period} ({budget.timezone}){routes}, period starting "
         f"{period_start.isoformat()} ({percent_used}%, alert threshold {budget.alert_at_percent}%)."
     )
     payload = {
         "event": "budget.alert", "budget_id": budget.pk, "owner": owner, "metric": budget.metric,
         "mode": budget.mode, "limit": budget.limit, "used": usage.used, "percent_used": percent_used,
         "alert_at_percent": budget.alert_at_percent, "period": budget.period,
-        "period_start": period_start.isoformat(), "timezone": budget.timezone, "message": text,
+        "period_start": period_start.isoformat(), "timezone": budget.timezone, "routes": budget.routes or [],
+        "message": text,
     }
     if budget.alert_email:
         try:

@@ -1,4 +1,4 @@
-"""Consumers, keys, budgets and rate limits in the admin REST API (docs/admin.md).
+"""Teams, consumers, keys, budgets and rate limits in the admin REST API (docs/admin.md).
 
 Writes go through the same services as the admin (key_issue, key_revoke, key_rotate);
 serializers run the models' own validation, so bad input is a 400 naming the field.
@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from budgets.binding import MAX_ENTRIES, validate_networks, validate_user_agents
 from budgets.keys import key_issue, key_revoke, key_rotate
-from budgets.models import ApiKey, Budget, Consumer, RateLimit
+from budgets.models import ApiKey, Budget, Consumer, RateLimit, Team, routes_normalize
 from budgets.selectors import budget_usage_report
 from gateway_site.lib.api_errors import ModelPermissions, ModelValidationMixin, query_int
 from gateway_site.lib.api_history import AdminHistoryMixin, history_added, history_changed
@@ -39,7 +39,18 @@ def user_agents_field() -> serializers.ListField:
         help_text='User-Agent prefixes (e.g. ["claude-cli/"], case-insensitive) it may be used by; empty: any.')
 
 
-# --- Consumers ----------------------------------------------------------------------------
+# --- Teams and consumers -------------------------------------------------------------------
+
+
+class TeamSerializer(ModelValidationMixin, serializers.ModelSerializer):
+    members: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(
+        source="consumers", many=True, read_only=True,
+        help_text="Its consumers' ids; a consumer joins or leaves with its own `team` field.")
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "active", "members", "created_at"]
+        read_only_fields = ["created_at"]
 
 
 class ConsumerSerializer(ModelValidationMixin, serializers.ModelSerializer):
@@ -49,8 +60,8 @@ class ConsumerSerializer(ModelValidationMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Consumer
-        fields = ["id", "name", "description", "active", "allowed_networks", "allowed_user_agents", "key_count",
-                  "created_at", "updated_at"]
+        fields = ["id", "name", "description", "active", "team", "allowed_networks", "allowed_user_agents",
+                  "key_count", "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
 
     def get_key_count(self, consumer: Consumer) -> int:
@@ -71,6 +82,25 @@ class BudgetUsageSerializer(serializers.Serializer):
     used = serializers.IntegerField()
     reserved = serializers.IntegerField()
     remaining = serializers.IntegerField()
+    routes = serializers.ListField(child=serializers.CharField(), help_text="Empty: every route.")
+
+
+class TeamViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
+    """Teams: consumers that share budgets. Deleting one deletes its budgets; its consumers stay, in no team."""
+
+    serializer_class = TeamSerializer
+    permission_classes = [ModelPermissions]
+    queryset = Team.objects.all()
+
+    def get_queryset(self):
+        return Team.objects.prefetch_related("consumers").order_by("name")
+
+    @extend_schema(responses=BudgetUsageSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def usage(self, request, pk=None):
+        """Each budget of the team in the current period: limit, used, reserved, remaining."""
+        rows = budget_usage_report(team=self.get_object())
+        return Response(BudgetUsageSerializer(rows, many=True).data)
 
 
 class ConsumerViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
@@ -85,16 +115,21 @@ class ConsumerViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
         search = self.request.query_params.get("search")
         if search:
             consumers = consumers.filter(name__icontains=search)
+        team = query_int(self.request, "team")
+        if team is not None:
+            consumers = consumers.filter(team_id=team)
         return consumers
 
-    @extend_schema(parameters=[OpenApiParameter("search", str, description="Part of the name.")])
+    @extend_schema(parameters=[OpenApiParameter("search", str, description="Part of the name."),
+                               OpenApiParameter("team", int, description="Only this team's members (its id).")])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
     @extend_schema(responses=BudgetUsageSerializer(many=True))
     @action(detail=True, methods=["get"])
     def usage(self, request, pk=None):
-        """Each budget of the consumer and its keys in the current period: limit, used, reserved, remaining."""
+        """Each budget of the consumer, its keys and its team in the current period: limit, used, reserved,
+        remaining."""
         rows = budget_usage_report(consumer=self.get_object())
         return Response(BudgetUsageSerializer(rows, many=True).data)
 
@@ -220,11 +255,18 @@ class ApiKeyViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
 
 
 class BudgetSerializer(ModelValidationMixin, serializers.ModelSerializer):
+    routes = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=1000,
+        help_text='Route names (models) it counts and limits, e.g. ["opus"]; empty: every route.')
+
     class Meta:
         model = Budget
-        fields = ["id", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "alert_at_percent",
-                  "alert_email", "alert_webhook", "enabled", "created_at", "updated_at"]
+        fields = ["id", "team", "consumer", "key", "metric", "limit", "period", "timezone", "mode", "routes",
+                  "alert_at_percent", "alert_email", "alert_webhook", "enabled", "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
+
+    def validate_routes(self, routes: list[str]) -> list[str]:
+        return routes_normalize(routes)
 
 
 class RateLimitSerializer(ModelValidationMixin, serializers.ModelSerializer):
@@ -242,22 +284,25 @@ _OWNER_FILTERS = [
 
 class _OwnedViewSet(AdminHistoryMixin, viewsets.ModelViewSet):
     permission_classes = [ModelPermissions]
+    owners: tuple[str, ...] = ("consumer", "key")
 
     def get_queryset(self):
-        rows = self.queryset.select_related("consumer", "key__consumer").order_by("id")
-        for name in ("consumer", "key"):
+        rows = self.queryset.select_related(*self.owners, "key__consumer").order_by("id")
+        for name in self.owners:
             value = query_int(self.request, name)
             if value is not None:
                 rows = rows.filter(**{f"{name}_id": value})
         return rows
 
 
-@extend_schema(parameters=_OWNER_FILTERS)
+@extend_schema(parameters=[*_OWNER_FILTERS, OpenApiParameter("team", int, description="Only this team's (its id).")])
 class BudgetViewSet(_OwnedViewSet):
-    """Budgets: tokens, requests or cost (micro-dollars) per day, week or month, of a consumer or one key."""
+    """Budgets: tokens, requests or cost (micro-dollars) per day, week or month, of a team, a consumer or one
+    key, on every route or only on `routes`."""
 
     serializer_class = BudgetSerializer
     queryset = Budget.objects.all()
+    owners = ("team", "consumer", "key")
 
 
 @extend_schema(parameters=_OWNER_FILTERS)

@@ -1,9 +1,10 @@
-"""The `consumers:` section of the configuration file (docs/configuration-as-code.md).
+"""The `teams:` and `consumers:` sections of the configuration file (docs/configuration-as-code.md).
 
 Keys are never part of it: they are issued with `manage.py issuekey` and shown once.
-A consumer's `budgets:` and `rate_limits:` and the top-level `prices:` section are
-below (docs/budgets.md), and so is its `audit:` body mode (docs/audit.md): it
-configures a consumer, so it lives with the consumers, and audit never imports budgets.
+A team's and a consumer's `budgets:`, a consumer's `team:` and `rate_limits:`, and the
+top-level `prices:` section are below (docs/budgets.md), and so is a consumer's `audit:`
+body mode (docs/audit.md): it configures a consumer, so it lives with the consumers,
+and audit never imports budgets.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from audit.models import BodyMode
 from budgets.binding import networks_problem, user_agents_problem
-from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit
+from budgets.models import Budget, Consumer, Metric, Mode, ModelPrice, Period, RateLimit, Team, routes_normalize
 from gateway_site.lib.configfile import (
     MISSING,
     ConfigError,
@@ -41,6 +42,20 @@ _NO_KEYS = (
 def _consumer_prune_note(consumer: Consumer, plan: Plan) -> str:
     count = consumer.keys.count()
     return f" (and its {count} key{'s' if count != 1 else ''})" if count else ""
+
+
+# Before consumers (order 30), which name their team.
+teams = section_register(
+    ModelSection(
+        key="teams",
+        label="team",
+        model=Team,
+        identity=Field("name", str, required=True),
+        fields=[Field("active", bool)],
+        order=25,
+        prune_note=lambda team, plan: " (and its budgets; its consumers stay, in no team)",
+    )
+)
 
 
 consumers = section_register(
@@ -80,19 +95,28 @@ def _non_negative(what: str):
     return lambda value: None if value >= 0 else f"{what} must be >= 0, got {value}"
 
 
-class ConsumerRows:
-    """A consumer's own `budgets:` or `rate_limits:` list (key-level rows are left alone).
+def _routes_problem(value: list) -> str | None:
+    if not all(isinstance(route, str) and route.strip() for route in value):
+        return 'routes must be a list of route names, e.g. [opus]; left out: every route'
+    return None
 
-    Rows are matched by `identity` (a budget by metric and period, a rate limit by what
-    it counts and its window) and updated in place, so editing a limit never resets the
-    usage counted so far. The list replaces the consumer's rows: rows not listed go.
+
+class OwnedRows:
+    """A team's or a consumer's own `budgets:`, or a consumer's `rate_limits:` list (key-level rows
+    are left alone).
+
+    Rows are matched by `identity` (a budget by metric, period and routes, a rate limit by
+    what it counts and its window) and updated in place, so editing a limit never resets the
+    usage counted so far. The list replaces the owner's rows: rows not listed go.
     """
 
-    def __init__(self, *, key: str, label: str, model, fields: list[Field]) -> None:
+    def __init__(self, *, key: str, label: str, model, fields: list[Field], owner: type[Team | Consumer]) -> None:
         self.key = key
         self.label = label
         self.model = model
         self.fields = fields_bind(model, fields)
+        self.owner_model = owner
+        self.owner: str = owner._meta.model_name or ""  # the row's foreign key: "consumer" or "team"
 
     # Subclasses: identity, file-to-model conversion and back.
     def identity(self, values: dict[str, Any]) -> tuple:
@@ -123,15 +147,17 @@ class ConsumerRows:
 
     @staticmethod
     def _name(ident: tuple) -> str:
-        return "/".join(str(part) for part in ident)
+        name = "/".join(str(part) for part in ident if not isinstance(part, tuple))
+        routes = [part for part in ident if isinstance(part, tuple) and part]
+        return name + "".join(f" on {', '.join(part)}" for part in routes)
 
-    def _current(self, obj: Consumer | None) -> dict[tuple, Any]:
+    def _current(self, obj: Team | Consumer | None) -> dict[tuple, Any]:
         if obj is None:
             return {}
-        rows = self.model.objects.filter(consumer=obj).order_by("id")
+        rows = self.model.objects.filter(**{self.owner: obj}).order_by("id")
         return {self.identity(self.from_row(row)): row for row in rows}
 
-    def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
+    def diff(self, *, item: Item, obj: Team | Consumer | None, value: Any, plan: Plan) -> None:
         wanted: list[Item] = [] if value is MISSING else value
         current = self._current(obj)
         wanted_ids = {w.extras["identity"] for w in wanted}
@@ -141,8 +167,8 @@ class ConsumerRows:
                          partial(self._delete, row.pk), where=item.where)
         for w in wanted:
             attrs = self.to_attrs(w.values)
-            model_clean(self.model(**attrs), where=w.where, what=self.label, keys={}, exclude=["consumer", "key"],
-                        full=False)
+            model_clean(self.model(**attrs), where=w.where, what=self.label, keys={},
+                        exclude=["team", "consumer", "key"], full=False)
             row = current.get(w.extras["identity"])
             if row is None:
                 shown = ", ".join(f"{k}={value_format(v)}" for k, v in self._shown(w.values).items())
@@ -160,8 +186,9 @@ class ConsumerRows:
         return {f.key: values[f.key] for f in self.fields
                 if f.required or f.always_export or values[f.key] != f.default}
 
-    def _create(self, consumer_name: str, w: Item) -> None:
-        row = self.model(consumer=Consumer.objects.get(name=consumer_name), **self.to_attrs(w.values))
+    def _create(self, owner_name: str, w: Item) -> None:
+        # By name: the owner may be created by this same plan.
+        row = self.model(**{self.owner: self.owner_model.objects.get(name=owner_name)}, **self.to_attrs(w.values))
         model_clean(row, where=w.where, what=self.label, keys={})
         row.save()
 
@@ -175,20 +202,22 @@ class ConsumerRows:
     def _delete(self, pk: int) -> None:
         self.model.objects.filter(pk=pk).delete()
 
-    def export(self, obj: Consumer) -> Any:
-        rows = self.model.objects.filter(consumer=obj).order_by("id")
+    def export(self, obj: Team | Consumer) -> Any:
+        rows = self.model.objects.filter(**{self.owner: obj}).order_by("id")
         rows = [FlowMap(self._shown(self.from_row(row))) for row in rows]
         return rows or MISSING
 
 
-class ConsumerBudgets(ConsumerRows):
-    def __init__(self) -> None:
-        super().__init__(key="budgets", label="budget", model=Budget, fields=[
+class OwnedBudgets(OwnedRows):
+    def __init__(self, owner: type[Team | Consumer]) -> None:
+        super().__init__(key="budgets", label="budget", model=Budget, owner=owner, fields=[
             Field("metric", str, required=True, choices=tuple(Metric.values)),
             Field("limit", float, required=True, check=_non_negative("limit")),
             Field("period", str, choices=tuple(Period.values), always_export=True),
             Field("timezone", str),
             Field("mode", str, choices=tuple(Mode.values)),
+            # Route names it counts and limits ("$50/day of opus"); left out: every route.
+            Field("routes", list, check=_routes_problem),
             Field("alert_at_percent", int, nullable=True),
             Field("alert_email", str),
             Field("alert_webhook", str),
@@ -196,6 +225,7 @@ class ConsumerBudgets(ConsumerRows):
         ])
 
     def check(self, values: dict[str, Any], where: str) -> None:
+        values["routes"] = routes_normalize(values["routes"])
         limit = values["limit"]
         if values["metric"] != Metric.COST_USD:
             if not float(limit).is_integer():
@@ -205,7 +235,8 @@ class ConsumerBudgets(ConsumerRows):
             values["limit"] = int(limit)
 
     def identity(self, values: dict[str, Any]) -> tuple:
-        return (values["metric"], values["period"])
+        # A budget of opus and one of every route may share a metric and a period.
+        return (values["metric"], values["period"], tuple(values["routes"]))
 
     def to_attrs(self, values: dict[str, Any]) -> dict[str, Any]:
         attrs = dict(values)
@@ -215,14 +246,15 @@ class ConsumerBudgets(ConsumerRows):
 
     def from_row(self, row: Budget) -> dict[str, Any]:
         values = {f.key: getattr(row, f.attr) for f in self.fields}
+        values["routes"] = routes_normalize(row.routes or [])
         if row.metric == Metric.COST_USD:
             values["limit"] = _micro_to_usd(row.limit)
         return values
 
 
-class ConsumerRateLimits(ConsumerRows):
+class ConsumerRateLimits(OwnedRows):
     def __init__(self) -> None:
-        super().__init__(key="rate_limits", label="rate limit", model=RateLimit, fields=[
+        super().__init__(key="rate_limits", label="rate limit", model=RateLimit, owner=Consumer, fields=[
             Field("requests", int, nullable=True),
             Field("tokens", int, nullable=True),
             Field("window_seconds", int, always_export=True),
@@ -245,8 +277,61 @@ class ConsumerRateLimits(ConsumerRows):
         return {f.key: getattr(row, f.attr) for f in self.fields}
 
 
-consumers.add_key(ConsumerBudgets())
+# --- team: the team a consumer belongs to (docs/budgets.md#teams) --------------------
+
+
+class ConsumerTeam:
+    """A consumer's `team:` key, the name of a team in the file or the database; left out: no team."""
+
+    key = "team"
+
+    def parse(self, value: Any, *, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: team must be a team's name, got {value_describe(value)}")
+        return value
+
+    @staticmethod
+    def _known(plan: Plan) -> tuple[set[str], str]:
+        in_file = plan.names("teams")
+        if plan.prune and in_file is not None:
+            return in_file, "not in the file, so --prune would delete it"
+        if "db_team_names" not in plan.cache:
+            plan.cache["db_team_names"] = set(Team.objects.values_list("name", flat=True))
+        return (in_file or set()) | plan.cache["db_team_names"], "neither in the file nor in the database"
+
+    def diff(self, *, item: Item, obj: Consumer | None, value: Any, plan: Plan) -> None:
+        wanted = None if value is MISSING else value
+        if wanted is not None:
+            known, why = self._known(plan)
+            if wanted not in known:
+                raise ConfigError(f"{item.where}: consumer {item.name!r} names unknown team {wanted!r} ({why})")
+        have = obj.team.name if obj is not None and obj.team is not None else None
+        if wanted == have:
+            return
+        if wanted is None:
+            text = f"team of {item.name}: {have} → none"
+        elif have is None:
+            text = f"team of {item.name}: {wanted}"
+        else:
+            text = f"team of {item.name}: {have} → {wanted}"
+        plan.add("~" if obj is not None else "+", text, partial(self._set, item.name, wanted), where=item.where)
+
+    @staticmethod
+    def _set(consumer_name: str, team_name: str | None) -> None:
+        # By name: either may be created by this same plan.
+        consumer = Consumer.objects.get(name=consumer_name)
+        consumer.team = None if team_name is None else Team.objects.get(name=team_name)
+        consumer.save(update_fields=["team"])  # save(): post_save drops every worker's key and limits entries
+
+    def export(self, obj: Consumer) -> Any:
+        return MISSING if obj.team is None else obj.team.name
+
+
+# In this order in an export: a consumer's team, then its budgets and rate limits.
+consumers.add_key(ConsumerTeam())
+consumers.add_key(OwnedBudgets(Consumer))
 consumers.add_key(ConsumerRateLimits())
+teams.add_key(OwnedBudgets(Team))
 
 
 # --- audit: a consumer's audit body mode (docs/audit.md) ----------------------------

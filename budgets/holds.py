@@ -27,7 +27,10 @@ class BudgetRule:
     timezone: str
     hard: bool
     alert_at_percent: int | None
-    owner: str  # "consumer" or "key"
+    owner: str  # "team", "consumer" or "key"
+    # The routes (models) whose requests it counts; None: every route. The proxy drops the
+    # others from a request's limits before admission (selectors.Limits.for_route).
+    routes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +112,12 @@ class Admission:
         return f"t{self.team_id}" if self.team_id is not None else f"c{self.consumer_id}"
 
     def owner_value(self, owner: str) -> str:
-        """The counter key part of a rule's owner: this key or this consumer."""
-        return f"k{self.key_id}" if owner == "key" else f"c{self.consumer_id}"
+        """The counter key part of a rule's owner: this key, this consumer or its team."""
+        if owner == "key":
+            return f"k{self.key_id}"
+        if owner == "team" and self.team_id is not None:
+            return f"t{self.team_id}"
+        return f"c{self.consumer_id}"
 
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* for the tightest requests limit and the tightest tokens limit."""
@@ -151,7 +158,7 @@ def format_duration(seconds: int) -> str:
 
 
 def _owner_word(owner: str) -> str:
-    return "API key" if owner == "key" else "consumer"
+    return {"key": "API key", "team": "team"}.get(owner, "consumer")
 
 
 def refuse_requests(rule: RateRule, reset: int, admission: Admission) -> LimitExceeded:
@@ -170,9 +177,12 @@ def refuse_budget(hold: Hold, total: int, admission: Admission) -> LimitExceeded
     admission.refused = True
     now = admission.now or timezone.now()
     reset = hold.window.seconds_left(now)
+    routes = ""
+    if rule.routes:
+        routes = f" for route{'s' if len(rule.routes) > 1 else ''} {', '.join(sorted(rule.routes))}"
     message = (
         f"Budget exceeded: this {_owner_word(rule.owner)}'s {rule.metric} budget of "
-        f"{format_amount(rule.metric, rule.limit)} per {rule.period} ({rule.timezone}) has "
+        f"{format_amount(rule.metric, rule.limit)} per {rule.period} ({rule.timezone}){routes} has "
         f"{format_amount(rule.metric, max(0, rule.limit - total))} left, and this request may use up to "
         f"{format_amount(rule.metric, hold.amount)}. The budget resets at "
         f"{hold.window.ends_at.isoformat()}."

@@ -13,12 +13,29 @@ name_validator = RegexValidator(
 )
 
 
+class Team(models.Model):
+    """Consumers that share budgets: a request of any member holds the team's budgets too,
+    in the same atomic reservation as its consumer's and key's (docs/budgets.md#teams)."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    active = models.BooleanField(default=True, help_text="An inactive team's consumers' keys are refused.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Consumer(models.Model):
-    """A team, service or agent that calls the gateway; budgets and keys hang off it."""
+    """A service or agent that calls the gateway; budgets and keys hang off it."""
 
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
     active = models.BooleanField(default=True, help_text="Inactive consumers' keys are refused.")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="consumers",
+                             help_text="Its requests are also charged to the team's budgets.")
     # Kept here, not in the audit app, so that it comes with the key lookup that every
     # request makes anyway (budgets.selectors.KeyInfo) and reaches the audit record on
     # the request: the audit log never has to ask budgets about a consumer. NULL (not "")
@@ -132,13 +149,30 @@ def _one_owner_constraint(name: str) -> models.CheckConstraint:
     )
 
 
+def validate_routes(value: object) -> None:
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError('Give a list of route names, e.g. ["opus"]; empty: every route.')
+    if len(value) > 1000:
+        raise ValidationError("At most 1000 routes.")
+
+
+def routes_normalize(routes: list) -> list[str]:
+    """Sorted, stripped and without repeats: one spelling of a set of routes."""
+    return sorted({route.strip() for route in routes if isinstance(route, str)})
+
+
 class Budget(models.Model):
-    """A limit on a consumer's (or one key's) tokens, requests or cost per period.
+    """A limit on a team's, a consumer's or one key's tokens, requests or cost per period,
+    on every route or only on those in `routes`.
 
     Usage is counted per period window (BudgetUsage), so a new period starts at
     zero by construction, whether or not the reset job ran.
     """
 
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+                             help_text="Set this instead of the consumer to limit every consumer of a team together.")
     consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.CASCADE,
                                  related_name="budgets")
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
@@ -157,6 +191,10 @@ class Budget(models.Model):
     )
     alert_email = models.EmailField(blank=True)
     alert_webhook = models.URLField(blank=True, max_length=500)
+    routes = models.JSONField(
+        default=list, blank=True, validators=[validate_routes],
+        help_text="Route names (models) this budget counts and limits, e.g. opus; empty: every route.",
+    )
     enabled = models.BooleanField(default=True)
     # `timezone` above is a field: reach the module through its other name here.
     created_at = models.DateTimeField(default=_now, editable=False)
@@ -164,12 +202,36 @@ class Budget(models.Model):
 
     class Meta:
         ordering = ["consumer__name", "metric", "period", "id"]
-        constraints = [_one_owner_constraint("budget_has_one_owner")]
+        constraints = [models.CheckConstraint(
+            condition=(models.Q(team__isnull=False, consumer__isnull=True, key__isnull=True)
+                       | models.Q(team__isnull=True, consumer__isnull=False, key__isnull=True)
+                       | models.Q(team__isnull=True, consumer__isnull=True, key__isnull=False)),
+            name="budget_has_one_owner",
+            violation_error_message="Give exactly one owner: a team, a consumer or a key.",
+        )]
 
     def __str__(self) -> str:
-        owner = (self.consumer.name if self.consumer is not None else f"key {self.key.prefix}" if self.key is not None
-                 else "?")
-        return f"{owner}: {self.limit_display} {self.metric} per {self.period} ({self.mode})"
+        routes = f" on {', '.join(self.routes)}" if self.routes else ""
+        return f"{self.owner_display}: {self.limit_display} {self.metric} per {self.period}{routes} ({self.mode})"
+
+    def clean(self) -> None:
+        # The one-owner rule is the check constraint, which full_clean validates too (and skips
+        # when the form or file sets the owner itself, as an inline does).
+        if isinstance(self.routes, list):
+            self.routes = routes_normalize(self.routes)
+
+    @property
+    def owner_kind(self) -> str:
+        """team, consumer or key."""
+        return "team" if self.team_id is not None else "key" if self.key_id is not None else "consumer"
+
+    @property
+    def owner_display(self) -> str:
+        if self.team is not None:
+            return f"team {self.team.name}"
+        if self.key is not None:
+            return f"key {self.key.prefix}"
+        return self.consumer.name if self.consumer is not None else "?"
 
     @property
     def limit_display(self) -> str:

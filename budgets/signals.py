@@ -1,4 +1,4 @@
-"""Keep the workers' key caches honest: any change to a key or consumer invalidates them."""
+"""Keep the workers' key caches honest: any change to a key, consumer or team invalidates them."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -6,7 +6,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from budgets.models import ApiKey, Budget, Consumer, ModelPrice, RateLimit
+from budgets.models import ApiKey, Budget, Consumer, ModelPrice, RateLimit, Team
 from gateway_site.lib.localcache import LocalCache
 
 key_cache = LocalCache(
@@ -21,8 +21,7 @@ def key_cache_invalidate() -> None:
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
-@receiver([post_save, post_delete], sender=Consumer)
-def _on_key_or_consumer_change(sender, **kwargs) -> None:
+def _on_key_change(sender, **kwargs) -> None:
     transaction.on_commit(key_cache_invalidate)
 
 
@@ -52,6 +51,17 @@ def price_cache_invalidate() -> None:
 def _on_limits_change(sender, **kwargs) -> None:
     # This process at once (admin and tests), every worker once committed.
     limits_cache.clear_local()
+    transaction.on_commit(limits_cache_invalidate)
+
+
+@receiver([post_save, post_delete], sender=Consumer)
+@receiver([post_save, post_delete], sender=Team)
+def _on_consumer_or_team_change(sender, **kwargs) -> None:
+    # A key's entry carries its consumer's team (and whether both are active), and its limits
+    # entry the team's budgets: a consumer joining or leaving a team, or a team deleted (its
+    # members' team set to NULL by SQL, no signal of theirs), drops both, everywhere.
+    limits_cache.clear_local()
+    transaction.on_commit(key_cache_invalidate)
     transaction.on_commit(limits_cache_invalidate)
 
 

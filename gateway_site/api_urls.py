@@ -5,7 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 import gateway_site.api_schema  # noqa: F401 -- registers the audit views' OpenAPI descriptions
 from audit.api import AuditEventViewSet, UsageViewSet
-from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet
+from budgets.api import ApiKeyViewSet, BudgetViewSet, ConsumerViewSet, RateLimitViewSet, TeamViewSet
 from gateway_site.api_history import AdminHistoryViewSet
 from proxy.api import DeploymentViewSet, ModelRouteViewSet, ProviderViewSet
 
@@ -13,6 +13,7 @@ router = DefaultRouter()
 # Accept every path with or without its trailing slash (`/api/admin/audit-events/export?...`).
 router.trailing_slash = "/?"
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
+router.register("teams", TeamViewSet, basename="team")
 router.register("consumers", ConsumerViewSet, basename="consumer")
 router.register("keys", ApiKeyViewSet, basename="key")
 router.register("budgets", BudgetViewSet, basename="budget")

@@ -65,7 +65,7 @@ class StateCollector:
         yield family
 
     def _budgets(self) -> Iterator[GaugeMetricFamily]:
-        from budgets.models import Budget, Consumer
+        from budgets.models import Budget, Consumer, Team
         from budgets.selectors import budget_usage_report
 
         labels = ["consumer", "budget", "metric", "period", "scope"]
@@ -80,8 +80,16 @@ class StateCollector:
             owners.add(consumer_id or key_consumer_id)
         for consumer in Consumer.objects.filter(pk__in=owners).order_by("name"):
             for row in budget_usage_report(consumer=consumer):
+                if row.owner.startswith("team "):
+                    continue  # once, under its team (below), not under each member
                 values = [consumer.name, str(row.budget_id), row.metric, row.period,
                           "consumer" if row.owner == "consumer" else "key"]
+                remaining.add_metric(values, row.remaining)
+                limit.add_metric(values, row.limit)
+        # A team's budgets: the team's name in the consumer label, scope "team".
+        for team in Team.objects.filter(budgets__enabled=True).distinct().order_by("name"):
+            for row in budget_usage_report(team=team):
+                values = [team.name, str(row.budget_id), row.metric, row.period, "team"]
                 remaining.add_metric(values, row.remaining)
                 limit.add_metric(values, row.limit)
         yield remaining

@@ -71,7 +71,9 @@ async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
     ctx.max_output_tokens = bound.tokens
     ctx.prompt_estimate = prompt = estimate_prompt_tokens(body)
     ctx.reserved_tokens = prompt + bound.total
-    limits = await limits_for_key(ctx.key)
+    # Only the budgets of this route: a route-scoped one ("$50/day of opus") neither holds nor
+    # charges a request on another route (filtered in memory from the key's cached limits).
+    limits = await limits_for_key(ctx.key, route=ctx.route.model)
     if limits.empty:
         return
     cost = 0

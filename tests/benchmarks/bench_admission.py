@@ -5,7 +5,9 @@
 
 Creates a scratch database (test_tollgate_<pid>, dropped afterwards) and a Redis key
 prefix of its own, gives one consumer the full set of limits (a tokens, a requests and
-a cost budget, requests and tokens per minute), and runs proxy.admission's `admit` and
+a cost budget, requests and tokens per minute), and a member of a team the same plus the
+team's tokens budget (held in the same script) and a budget scoped to another route
+(filtered out in memory), and runs proxy.admission's `admit` and
 `settle` the way the request path does: one request at a time (latency) and with
 `--concurrency` requests in flight (throughput of one event loop). It prints
 microseconds per request, and the same for a consumer without limits as a baseline.
@@ -47,7 +49,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def _seed():
     from budgets.keys import key_issue
-    from budgets.models import Budget, Consumer, ModelPrice, RateLimit
+    from budgets.models import Budget, Consumer, ModelPrice, RateLimit, Team
     from proxy.models import Deployment, ModelRoute, Provider
 
     provider = Provider.objects.create(name="bench", kind="sandbox", base_url="http://127.0.0.1:9/v1")
@@ -55,14 +57,21 @@ def _seed():
     Deployment.objects.create(route=route, provider=provider, upstream_model="gpt-4o-mini")
     ModelPrice.objects.get_or_create(model="gpt-4o-mini", defaults={"input_per_million": 150_000,
                                                                     "output_per_million": 600_000})
-    limited = Consumer.objects.create(name="bench-limited")
     huge = 10**15
-    for metric, period in (("tokens", "day"), ("requests", "day"), ("cost_usd", "month")):
-        Budget.objects.create(consumer=limited, metric=metric, limit=huge, period=period)
-    RateLimit.objects.create(consumer=limited, requests=10**9, window_seconds=60)
-    RateLimit.objects.create(consumer=limited, tokens=2 * 10**9, window_seconds=60)
+    team = Team.objects.create(name="bench-team")
+    Budget.objects.create(team=team, metric="tokens", limit=huge, period="day")
+    keys = []
+    for name, in_team in (("bench-limited", None), ("bench-member", team)):
+        limited = Consumer.objects.create(name=name, team=in_team)
+        for metric, period in (("tokens", "day"), ("requests", "day"), ("cost_usd", "month")):
+            Budget.objects.create(consumer=limited, metric=metric, limit=huge, period=period)
+        RateLimit.objects.create(consumer=limited, requests=10**9, window_seconds=60)
+        RateLimit.objects.create(consumer=limited, tokens=2 * 10**9, window_seconds=60)
+        if in_team is not None:
+            Budget.objects.create(consumer=limited, metric="tokens", limit=huge, routes=["other-route"])
+        keys.append(key_issue(consumer=limited).plaintext)
     free = Consumer.objects.create(name="bench-free")
-    return key_issue(consumer=limited).plaintext, key_issue(consumer=free).plaintext
+    return keys[0], keys[1], key_issue(consumer=free).plaintext
 
 
 async def _one(key_info, route, deployment, body) -> tuple[float, float]:
@@ -122,11 +131,12 @@ def main() -> None:
     creation = connection.creation
     test_name = creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     try:
-        limited_key, free_key = _seed()
+        limited_key, member_key, free_key = _seed()
         results = {
             "database": connection.vendor,
             "counters": "redis" if settings.REDIS_URL else "database",
             "limits: 3 budgets + 2 rate limits": asyncio.run(_measure(limited_key, args.requests, args.concurrency)),
+            "team member: same + team + route": asyncio.run(_measure(member_key, args.requests, args.concurrency)),
             "no limits (baseline)": asyncio.run(_measure(free_key, args.requests, args.concurrency)),
         }
     finally:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from budgets.models import ApiKey
+from budgets.models import ApiKey, Budget, Team
 from tests.gateway_site.admin_api.conftest import token_client
 
 pytestmark = pytest.mark.django_db
-RESOURCES = ["consumers", "keys", "budgets", "rate-limits", "providers", "routes", "deployments"]
+RESOURCES = ["teams", "consumers", "keys", "budgets", "rate-limits", "providers", "routes", "deployments"]
 
 
 @pytest.mark.parametrize("resource", [*RESOURCES, "usage", "audit-events"])
@@ -75,10 +75,13 @@ def test_bad_input_is_a_400_naming_the_field(as_admin, with_credentials, path, b
 
 def test_a_budget_with_two_owners_or_none_is_a_400(as_admin, personas):
     key = ApiKey.objects.get(consumer=personas.bob)
-    for owners in ({"consumer": personas.bob.pk, "key": key.pk}, {}):
+    team = Team.objects.create(name="research")
+    for owners in ({"consumer": personas.bob.pk, "key": key.pk}, {"team": team.pk, "consumer": personas.bob.pk},
+                   {"team": team.pk, "key": key.pk}, {}):
         response = as_admin.post("/api/admin/budgets/", {"metric": "tokens", "limit": 5, **owners}, format="json")
         assert response.status_code == 400
-        assert "either a consumer or a key" in response.json()["error"]["message"]
+        assert "exactly one owner: a team, a consumer or a key" in response.json()["error"]["message"]
+    assert not Budget.objects.exists()
     response = as_admin.post("/api/admin/rate-limits/", {"consumer": personas.bob.pk, "requests": 1, "tokens": 1},
                              format="json")
     assert response.status_code == 400 and "requests or tokens" in response.json()["error"]["message"]
