@@ -65,5 +65,7 @@ def test_a_real_worker_exports_days_and_ships_events(server_database, tmp_path):
     days = [today.date() - timedelta(days=2), today.date() - timedelta(days=1)]
     assert list(AuditExport.objects.order_by("day").values_list("day", "rows")) == [(d, 6) for d in days]
     assert (tmp_path / f"audit-{days[0].isoformat()}.manifest.json").exists()
-    assert sorted(e["seq"] for e in collector.received) == list(range(1, 13))
-    assert AuditSinkCursor.objects.get().last_seq == 12
+    assert sorted(e["seq"] for e in collector.received) == list(AuditEvent.objects.order_by("seq").values_list(
+        "seq", flat=True))
+    assert sorted(e["lane_seq"] for e in collector.received) == list(range(1, 13))  # one writer: one lane
+    assert AuditSinkCursor.objects.get(lane=0).last_seq == 12
