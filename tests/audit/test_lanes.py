@@ -24,9 +24,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def in_lane(monkeypatch):
+def in_lane(monkeypatch, settings):
     """append(lane, records): the writer's path, with the lane chosen by the test (one connection cannot
     show SKIP LOCKED at work; test_lanes_postgres does, with several)."""
+    settings.TOLLGATE_AUDIT_LANES = 4
     def append(lane: int, pending: list) -> None:
         def locked() -> AuditChainHead:
             lane_heads_ensure()
