@@ -151,6 +151,7 @@ class ChainReport:
     problem: str = ""
     request_id: str = ""
     lane: int | None = None
+    lanes: int = 0  # lanes walked
 
     @property
     def ok(self) -> bool:
@@ -173,7 +174,7 @@ def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> Ch
     if stray is not None:
         return ChainReport(checked, stray[0], f"event {stray[0]} is in lane {stray[1]}, which has no head "
                            f"(row inserted)", stray[2], stray[1])
-    return ChainReport(checked)
+    return ChainReport(checked, lanes=len(heads))
 
 
 def _lane_verify(head: AuditChainHead, *, since: datetime | None, chunk_size: int) -> ChainReport:

@@ -69,7 +69,7 @@ def test_each_lane_is_a_chain_of_its_own_and_seq_grows_along_it(three_lanes):
     assert AuditEvent.objects.count() == len(set(AuditEvent.objects.values_list("seq", flat=True))) == 15
     report = chain_verify()
     assert report.ok and report.checked == 15, report.problem
-    assert "15 events verified" in verify()
+    assert "15 events verified (against no anchor) in 4 lanes" in verify()
 
 
 def test_a_row_deleted_in_one_lane_is_caught(three_lanes):
