@@ -200,3 +200,33 @@ def test_the_pruned_marker_for_a_dropped_range_of_seq(three_lanes):
     assert {h.lane: h.pruned_seq for h in AuditChainHead.objects.filter(pk__lte=3)} == expected
     report = chain_verify()
     assert report.ok, report.problem
+
+
+def test_the_sink_delivers_each_lane_by_its_own_cursor(in_lane, monkeypatch):
+    """A lane may commit an event with a smaller seq after another lane's larger ones were shipped
+    (each drew its seq, then committed on its own): a cursor per lane still delivers it."""
+    from django.test import override_settings
+
+    from audit.models import AuditSinkCursor
+    from audit.sinks import sink_flush
+    from tests.audit.test_sink import Collector
+    from tests.servers import free_port
+
+    collector = Collector(free_port())
+    collector.start()
+    try:
+        with override_settings(TOLLGATE_AUDIT_SINK_URL=f"http://127.0.0.1:{collector.port}/logs",
+                               TOLLGATE_AUDIT_SINK_BATCH_SIZE=2, TOLLGATE_AUDIT_SINK_RETRIES=0):
+            real_seqs = services._seqs
+            monkeypatch.setattr(services, "_seqs", lambda count: [1000 + i for i in range(count)])
+            in_lane(1, records(3, consumer="late-drawn-early"))  # as if drawn after lane 0's next ones
+            monkeypatch.setattr(services, "_seqs", real_seqs)
+            assert sink_flush(max_seconds=20) == 3
+            in_lane(0, records(2, consumer="drawn-small"))
+            assert AuditEvent.objects.filter(lane=0).order_by("seq").last().seq < 1000
+            assert sink_flush(max_seconds=20) == 2
+            assert sink_flush(max_seconds=20) == 0
+    finally:
+        collector.stop()
+    assert sorted(e["seq"] for e in collector.received) == sorted(AuditEvent.objects.values_list("seq", flat=True))
+    assert dict(AuditSinkCursor.objects.values_list("lane", "last_seq")) == {0: 2, 1: 3, 2: 0, 3: 0}
