@@ -205,9 +205,13 @@ def test_the_pruned_marker_for_a_dropped_range_of_seq(three_lanes):
 def test_the_sink_delivers_each_lane_by_its_own_cursor(in_lane, monkeypatch):
     """A lane may commit an event with a smaller seq after another lane's larger ones were shipped
     (each drew its seq, then committed on its own): a cursor per lane still delivers it."""
+    from django.db import connection
     from django.test import override_settings
 
     from audit.models import AuditSinkCursor
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite draws seq under its one write lock: no lane commits a smaller seq later")
     from audit.sinks import sink_flush
     from tests.audit.test_sink import Collector
     from tests.servers import free_port
