@@ -178,6 +178,8 @@ def test_retention_prunes_each_lane_and_keeps_each_verifiable(in_lane, tmp_path,
         in_lane(1, records(2, start=day + timedelta(days=d, hours=5), step=timedelta(hours=1)))
     with time_machine.travel(datetime(2025, 3, 5, 2, tzinfo=UTC), tick=False):
         export_daily_run()
+    manifest = orjson.loads((tmp_path / "audit-2025-03-04.manifest.json").read_bytes())
+    assert [(h["lane"], h["seq"]) for h in manifest["chain_heads"]] == [(0, 12), (1, 8), (2, 0), (3, 0)]
     with time_machine.travel(datetime(2025, 3, 5, tzinfo=UTC), tick=False):
         assert events_prune() == 10  # the first two days of both lanes
     heads = {h.lane: h for h in AuditChainHead.objects.filter(pk__lte=2)}
