@@ -236,3 +236,13 @@ def test_the_sink_delivers_each_lane_by_its_own_cursor(in_lane, monkeypatch):
         collector.stop()
     assert sorted(e["seq"] for e in collector.received) == sorted(AuditEvent.objects.values_list("seq", flat=True))
     assert dict(AuditSinkCursor.objects.values_list("lane", "last_seq")) == {0: 2, 1: 3, 2: 0, 3: 0}
+
+
+def test_since_checks_each_lane_from_its_first_event_at_that_time(three_lanes):
+    # The second round of writes started 3 minutes in: lane 0's events 3..6, lane 1's 3..4, lane 2's 4..5.
+    since = datetime(2025, 3, 1, 0, 3, tzinfo=UTC)
+    report = chain_verify(since=since)
+    assert report.ok and report.checked == 4 + 2 + 2, report.problem
+    AuditEvent.objects.filter(lane=1, lane_seq=2).delete()  # the one the first checked event links to
+    report = chain_verify(since=since)
+    assert not report.ok and report.lane == 1 and "missing" in report.problem
