@@ -50,8 +50,11 @@ class ExportForm(forms.Form):
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("time", "request_id", "consumer_name", "key_prefix", "route", "provider", "endpoint",
-                    "status", "error_class", "prompt_tokens", "completion_tokens", "cost_display", "latency_ms")
-    list_filter = ("status", "endpoint", "error_class", "provider", "body_mode", "time")
+                    "status", "error_class", "prompt_tokens", "completion_tokens", "cache_read_tokens",
+                    "cache_write_tokens", "reasoning_tokens", "cost_display", "latency_ms")
+    # usage_source and format list their choices; a filter on `lane` would list its values with one
+    # more SELECT DISTINCT over the table on every page.
+    list_filter = ("status", "endpoint", "error_class", "provider", "body_mode", "usage_source", "format", "time")
     search_fields = ("=request_id", "=consumer_name", "=key_prefix", "=route")
     date_hierarchy = "time"
     show_full_result_count = False  # COUNT(*) over millions of rows on every page is not worth it
@@ -124,7 +127,7 @@ class AuditExportAdmin(ReadOnlyAdmin):
 
 @admin.register(AuditSinkCursor)
 class AuditSinkCursorAdmin(ReadOnlyAdmin):
-    list_display = ("name", "last_seq", "delivered", "last_error", "updated_at")
+    list_display = ("name", "lane", "last_seq", "delivered", "last_error", "updated_at")
 
 
 

@@ -29,7 +29,8 @@ from audit.models import GENESIS_HASH, AuditAnchor, AuditChainHead, AuditEvent
 
 logger = logging.getLogger(__name__)
 
-# One chain today; the heads list is ready for one per writer lane (DESIGN §4).
+# The name of the chain in an anchor's heads; each head also names its lane (absent: lane 0,
+# as anchors written before lanes have it).
 LANE = "main"
 
 
@@ -86,14 +87,15 @@ def anchor_write(*, now: datetime | None = None) -> Anchor:
     """Record anchor N+1 over the current heads, then copy it to the export directory and sink."""
     key = private_key()
     with transaction.atomic():
-        head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(pk=1)
+        # Every lane's head at one moment (a cross-anchor: the lanes are tied together here).
+        heads = list(AuditChainHead.objects.order_by("id")) or [AuditChainHead(pk=1)]
         last = AuditAnchor.objects.order_by("-number").first()
         number = (last.number if last else 0) + 1
         body = {
             "number": number,
             "time": (now or timezone.now()).isoformat(),
-            "heads": [{"chain": LANE, "seq": head.seq, "hash": head.hash, "mac": head.mac,
-                       "key_id": head.key_id}],
+            "heads": [{"chain": LANE, "lane": head.lane, "seq": head.seq, "hash": head.hash, "mac": head.mac,
+                       "key_id": head.key_id} for head in heads],
             "previous": last.digest if last else GENESIS_HASH,
         }
         payload = canonical(body)
@@ -176,6 +178,7 @@ def anchors_check(anchors: list[Anchor], *, public_key: Ed25519PublicKey | None)
         return report
     unsigned = 0
     previous = GENESIS_HASH
+    lanes: dict[int, int] = {}  # each lane's place in the last anchor seen
     for number in range(1, max(by_number) + 1):
         found = by_number.get(number)
         if found is None:
@@ -187,6 +190,7 @@ def anchors_check(anchors: list[Anchor], *, public_key: Ed25519PublicKey | None)
             report.problems.append(
                 f"anchor {number} does not name anchor {number - 1}'s digest (chain of anchors broken)")
         previous = anchor.digest
+        report.problems += _lanes_kept(anchor, lanes)
         if not anchor.signature:
             unsigned += 1
             if public_key is not None:
@@ -205,7 +209,7 @@ def anchors_check(anchors: list[Anchor], *, public_key: Ed25519PublicKey | None)
 
 
 def anchored_until(*, scan: int = 50) -> int:
-    """The highest event that a genuine signed anchor vouches for on every lane (0: none).
+    """The highest seq at or below which a genuine signed anchor vouches for every event (0: none).
 
     Genuine: its digest matches and its signature verifies with this installation's anchor key.
     Retention removes only rows at or below it, so what it removes was anchored outside the database."""
@@ -222,26 +226,74 @@ def anchored_until(*, scan: int = 50) -> int:
             public.verify(bytes.fromhex(anchor.signature), payload)
         except (InvalidSignature, ValueError):
             continue
-        heads = anchor.body.get("heads") or []
-        return min((int(head["seq"]) for head in heads), default=0)
+        return _covered_seq(anchor)
     return 0
 
 
-def chain_against_anchor(anchor: Anchor) -> list[str]:
-    """Whether the stored heads and rows still contain what the anchor recorded."""
+def _covered_seq(anchor: Anchor) -> int:
+    """The highest seq at or below which every event is covered by the anchor's lane heads (0: none).
+
+    An anchor names each lane's head by lane_seq; seq grows along every lane, so an event at or
+    below the seq of every lane's anchored head is covered. A lane empty when anchored (lane_seq 0)
+    covers nothing and is skipped; a lane whose anchored event retention already removed bounds the
+    result by its first later event, if any.
+    """
+    bound: int | None = None
+    for head in anchor.body.get("heads") or []:
+        lane, lane_seq = int(head.get("lane", 0)), int(head["seq"])
+        if lane_seq == 0:
+            continue
+        lane_events = AuditEvent.objects.filter(lane=lane)
+        seq = lane_events.filter(lane_seq=lane_seq).values_list("seq", flat=True).first()
+        if seq is None:
+            later = lane_events.filter(lane_seq__gt=lane_seq).order_by("lane_seq").values_list(
+                "seq", flat=True).first()
+            if later is None:
+                continue
+            seq = later - 1
+        bound = seq if bound is None else min(bound, seq)
+    return bound or 0
+
+
+def _lanes_kept(anchor: Anchor, lanes: dict[int, int]) -> list[str]:
+    """Every lane of the anchors before is in this one, at the same place or further (no lane
+    dropped or truncated between two anchors); updates `lanes` with this anchor's places."""
     problems = []
-    head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(pk=1)
+    places: dict[int, int] = {}
     for anchored in anchor.body.get("heads", []):
-        seq, hash_ = int(anchored["seq"]), str(anchored["hash"])
+        try:
+            places[int(anchored.get("lane", 0))] = int(anchored["seq"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"anchor {anchor.number} holds an unreadable head")
+    for lane, place in lanes.items():
+        if lane not in places:
+            problems.append(f"anchor {anchor.number} lacks lane {lane}, which anchors before it held (lane dropped)")
+        elif places[lane] < place:
+            problems.append(f"anchor {anchor.number} has lane {lane} at event {places[lane]}, below event {place} "
+                            f"of an anchor before it (lane truncated)")
+    lanes.update(places)
+    return problems
+
+
+def chain_against_anchor(anchor: Anchor) -> list[str]:
+    """Whether the stored lane heads and rows still contain what the anchor recorded: no lane rewound
+    or truncated (its head below the anchored one, or the anchored event gone or replaced)."""
+    problems = []
+    heads = {head.lane: head for head in AuditChainHead.objects.all()}
+    for anchored in anchor.body.get("heads", []):
+        lane, seq, hash_ = int(anchored.get("lane", 0)), int(anchored["seq"]), str(anchored["hash"])
+        head = heads.get(lane) or AuditChainHead(pk=lane + 1)
         if head.seq < seq:
-            problems.append(f"the chain head is at event {head.seq}, below event {seq} recorded by anchor "
+            problems.append(f"the head of lane {lane} is at event {head.seq}, below event {seq} recorded by anchor "
                             f"{anchor.number} (chain rewound)")
         if seq == 0 or seq < head.pruned_seq:
             continue  # nothing anchored yet, or pruned by retention
         stored = (head.pruned_hash if seq == head.pruned_seq else
-                  AuditEvent.objects.filter(seq=seq).values_list("hash", flat=True).first())
+                  AuditEvent.objects.filter(lane=lane, lane_seq=seq).values_list("hash", flat=True).first())
         if stored is None:
-            problems.append(f"event {seq}, recorded by anchor {anchor.number}, is missing (rows deleted)")
+            problems.append(f"event {seq} of lane {lane}, recorded by anchor {anchor.number}, is missing "
+                            f"(rows deleted)")
         elif not hmac.compare_digest(stored, hash_):
-            problems.append(f"event {seq} is not the one anchor {anchor.number} recorded (row replaced)")
+            problems.append(f"event {seq} of lane {lane} is not the one anchor {anchor.number} recorded "
+                            f"(row replaced)")
     return problems

@@ -1,9 +1,19 @@
-"""The hash chain: each event's HMAC covers its values and the previous event's hash.
+"""The hash chain: each event's HMAC covers its values and the previous event's hash in its lane.
 
-An edited row no longer matches its own hash; a deleted row leaves a gap in `seq`
-and breaks the next row's link; an inserted row cannot carry a valid HMAC without
-the chain key, and the chain head (updated in the same transaction as every
-append) names the last event, so rows removed or added at the end show as well.
+An edited row no longer matches its own hash; a deleted row leaves a gap in its lane's
+`lane_seq` and breaks the next row's link; an inserted row cannot carry a valid HMAC
+without the chain key, and each lane's head (updated in the same transaction as every
+append to the lane) names the lane's last event, so rows removed or added at the end
+show as well. The signed anchors (audit.anchors) record every lane's head at once.
+
+Lanes (issue #18): the chain is split into TOLLGATE_AUDIT_LANES lanes with a head each,
+so concurrent writers lock different rows instead of queueing on one. `seq` stays the
+primary key, unique over all lanes and growing with time (a sequence on PostgreSQL);
+`lane_seq` is the place in the lane. Rows written before lanes are lane 0.
+
+Format versions (issue #16): version 1 (NULL in `format`) hashes CHAIN_FIELDS_V1, with
+usage_source only when it holds a value (OPTIONAL_TAIL); version 2 hashes every column of
+CHAIN_FIELDS, the format, lane and token classes included, so none of them can be edited.
 """
 from __future__ import annotations
 
@@ -19,16 +29,24 @@ from django.conf import settings
 
 from audit.models import AuditChainHead, AuditEvent
 
-# Every stored column except the hash itself, in a fixed order.
-CHAIN_FIELDS: tuple[str, ...] = (
+# The columns format version 1 hashes, in a fixed order.
+CHAIN_FIELDS_V1: tuple[str, ...] = (
     "seq", "prev_hash", "time", "request_id", "consumer_id", "consumer_name", "key_prefix", "route",
     "provider", "upstream_model", "endpoint", "status", "error_class", "prompt_tokens", "completion_tokens",
     "cost_micros", "latency_us", "ttft_us", "attempts", "client_ip", "user_agent", "body_mode",
     "request_body", "response_body", "usage_source",
 )
-# Columns added after rows were first chained: hashed only when they hold a value, so a row written
-# before a column existed (NULL in it) keeps the hash it was sealed with.
+# Version 1: columns added after rows were first chained, hashed only when they hold a value, so a
+# row written before a column existed (NULL in it) keeps the hash it was sealed with.
 OPTIONAL_TAIL = 1
+# Token classes (issue #16): parts of prompt_tokens and completion_tokens, as the provider billed them.
+TOKEN_FIELDS: tuple[str, ...] = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                                 "reasoning_tokens")
+# Every stored column except key_id and the hash itself: what version 2 hashes, in the order rows
+# are written (audit.services): version 1's, the token classes, then format, lane and lane_seq.
+CHAIN_FIELDS: tuple[str, ...] = (*CHAIN_FIELDS_V1, *TOKEN_FIELDS, "format", "lane", "lane_seq")
+FORMAT = 2  # the version new rows are written with
+_FORMAT, _LANE, _LANE_SEQ = (CHAIN_FIELDS.index(f) for f in ("format", "lane", "lane_seq"))
 
 
 def _legacy_key(secret_key: str) -> bytes:
@@ -78,19 +96,19 @@ def _legacy_candidates(ring: dict[str | None, bytes]) -> list[bytes]:
     return list(dict.fromkeys([ring[None], *(k for i, k in ring.items() if i is not None)]))
 
 
-def head_mac(seq: int, last_hash: str, key_id: str | None, *, key: bytes) -> str:
-    """The chain head's MAC over its seq, last hash and key id: a head moved back by
-    someone without the key no longer matches."""
-    payload = orjson.dumps(["tollgate-audit-head", seq, last_hash, key_id])
+def head_mac(seq: int, last_hash: str, key_id: str | None, *, key: bytes, lane: int = 0) -> str:
+    """A lane head's MAC over its seq, last hash, key id and lane: a head moved back by
+    someone without the key no longer matches. (Lane 0's payload is the one-chain head's.)"""
+    payload = orjson.dumps(["tollgate-audit-head", seq, last_hash, key_id, *([lane] if lane else [])])
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
-def head_fields(seq: int, last_hash: str) -> dict:
-    """The columns of a chain head moved to (seq, last_hash), MAC included: write them all
+def head_fields(seq: int, last_hash: str, *, lane: int = 0) -> dict:
+    """The columns of a lane head moved to (seq, last_hash), MAC included: write them all
     in the transaction that appends the rows."""
     key_id, key = chain_signing_key()
     return {"seq": seq, "hash": last_hash, "key_id": key_id,
-            "mac": head_mac(seq, last_hash, key_id, key=key)}
+            "mac": head_mac(seq, last_hash, key_id, key=key, lane=lane)}
 
 
 def head_problem(head: AuditChainHead) -> str:
@@ -100,8 +118,9 @@ def head_problem(head: AuditChainHead) -> str:
     key = chain_keyring().get(head.key_id)
     if key is None:
         return f"the chain head was sealed with key {head.key_id}, which is not configured"
-    if not hmac.compare_digest(head.mac, head_mac(head.seq, head.hash, head.key_id, key=key)):
-        return f"the chain head (event {head.seq}) does not match its MAC (head moved without the key)"
+    if not hmac.compare_digest(head.mac, head_mac(head.seq, head.hash, head.key_id, key=key, lane=head.lane)):
+        return (f"the chain head of lane {head.lane} (event {head.seq}) does not match its MAC "
+                f"(head moved without the key)")
     return ""
 
 
@@ -112,12 +131,15 @@ def _canonical(value: object) -> object:
 
 
 def event_hash(values: tuple, *, key: bytes | None = None) -> str:
-    """The HMAC-SHA256 of an event's CHAIN_FIELDS values (prev_hash included)."""
-    if len(values) == len(CHAIN_FIELDS):
+    """The HMAC-SHA256 of an event's values (prev_hash included): CHAIN_FIELDS_V1's for a
+    version 1 row (its optional tail hashed only when set), CHAIN_FIELDS' for version 2."""
+    if len(values) == len(CHAIN_FIELDS_V1):
         cut = len(values)
-        while cut > len(CHAIN_FIELDS) - OPTIONAL_TAIL and values[cut - 1] is None:
+        while cut > len(CHAIN_FIELDS_V1) - OPTIONAL_TAIL and values[cut - 1] is None:
             cut -= 1
         values = values[:cut]
+    elif len(values) != len(CHAIN_FIELDS):
+        raise ValueError(f"an event has {len(CHAIN_FIELDS_V1)} or {len(CHAIN_FIELDS)} chained values")
     payload = orjson.dumps([_canonical(v) for v in values])
     return hmac.new(key or chain_key(), payload, hashlib.sha256).hexdigest()
 
@@ -128,6 +150,8 @@ class ChainReport:
     broken_seq: int | None = None
     problem: str = ""
     request_id: str = ""
+    lane: int | None = None
+    lanes: int = 0  # lanes walked
 
     @property
     def ok(self) -> bool:
@@ -135,82 +159,122 @@ class ChainReport:
 
 
 def chain_verify(*, since: datetime | None = None, chunk_size: int = 5000) -> ChainReport:
-    """Walk the chain (from `since`, or from its start) and report the first break."""
-    head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(pk=1)
+    """Walk every lane of the chain (from `since`, or from its start) and report the first break."""
+    heads = list(AuditChainHead.objects.order_by("id"))
+    if not any(head.id == 1 for head in heads):
+        heads.insert(0, AuditChainHead(pk=1))  # lane 0: rows from before lanes, or a fresh log
+    checked = 0
+    for head in heads:
+        report = _lane_verify(head, since=since, chunk_size=chunk_size)
+        checked += report.checked
+        if not report.ok:
+            return ChainReport(checked, report.broken_seq, report.problem, report.request_id, head.lane)
+    lanes = [head.lane for head in heads]
+    stray = AuditEvent.objects.exclude(lane__in=lanes).order_by("seq").values_list("seq", "lane", "request_id").first()
+    if stray is not None:
+        return ChainReport(checked, stray[0], f"event {stray[0]} is in lane {stray[1]}, which has no head "
+                           f"(row inserted)", stray[2], stray[1])
+    return ChainReport(checked, lanes=len(heads))
+
+
+def _lane_verify(head: AuditChainHead, *, since: datetime | None, chunk_size: int) -> ChainReport:
+    lane = head.lane
     problem = head_problem(head)
     if problem:
         return ChainReport(0, head.seq, problem)
     ring = chain_keyring()
     legacy = _legacy_candidates(ring)
-    end_seq = head.seq
+    events = AuditEvent.objects.filter(lane=lane)
+    end = head.seq
     if since is None:
-        start_seq, expected_prev = head.pruned_seq + 1, head.pruned_hash
+        start, expected_prev = head.pruned_seq + 1, head.pruned_hash
     else:
-        first = AuditEvent.objects.filter(time__gte=since, seq__lte=end_seq).order_by("seq").values_list(
-            "seq", flat=True).first()
+        first = events.filter(time__gte=since, lane_seq__lte=end).order_by("lane_seq").values_list(
+            "lane_seq", flat=True).first()
         if first is None:
             return ChainReport(checked=0)
-        start_seq = first
-        before = AuditEvent.objects.filter(seq=first - 1).values_list("hash", flat=True).first()
+        start = first
+        before = events.filter(lane_seq=first - 1).values_list("hash", flat=True).first()
         if before is not None:
             expected_prev = before
         elif first - 1 == head.pruned_seq:
             expected_prev = head.pruned_hash
         else:
             return ChainReport(checked=0, broken_seq=first, problem=(
-                f"event {first - 1}, just before the first checked event, is missing (row deleted)"))
-    rows = (AuditEvent.objects.filter(seq__gte=start_seq, seq__lte=end_seq).order_by("seq")
+                f"event {first - 1} of lane {lane}, just before the first checked event, is missing (row deleted)"))
+    rows = (events.filter(lane_seq__gte=start, lane_seq__lte=end).order_by("lane_seq", "seq")
             .values_list(*CHAIN_FIELDS, "key_id", "hash").iterator(chunk_size=chunk_size))
-    expected_seq = start_seq
+    expected = start
     checked = 0
-    keyed = False
+    keyed = versioned = False
+    last_seq = 0
     for row in rows:
-        seq, prev_hash, request_id = row[0], row[1], row[3]
-        if seq != expected_seq:
+        seq, prev_hash, request_id, place = row[0], row[1], row[3], row[_LANE_SEQ]
+        if place < expected:
+            return ChainReport(checked, seq, f"event {seq} repeats place {place} of lane {lane} (row inserted)",
+                               request_id)
+        if place != expected:
             return ChainReport(checked, seq, (
-                f"events {expected_seq}..{seq - 1} are missing before event {seq} (rows deleted)"), request_id)
+                f"events {expected}..{place - 1} of lane {lane} are missing before event {seq} (rows deleted)"),
+                request_id)
         if prev_hash != expected_prev:
             return ChainReport(checked, seq, (
-                f"event {seq} does not link to event {seq - 1} (a row was replaced, inserted or deleted)"),
-                request_id)
+                f"event {seq} does not link to the event before it in lane {lane} "
+                f"(a row was replaced, inserted or deleted)"), request_id)
+        fmt = row[_FORMAT] or 1
+        if fmt == 1:
+            # Version 1 rows are lane 0's history from before lanes and versions: they come first,
+            # and their place is their seq (which their hash covers).
+            if versioned or lane != 0 or place != seq:
+                return ChainReport(checked, seq, f"event {seq} claims format version 1 in lane {lane} at place "
+                                   f"{place} (row forged)", request_id)
+        elif fmt != FORMAT:
+            return ChainReport(checked, seq, f"event {seq} has an unknown format version {fmt}", request_id)
+        versioned = versioned or fmt != 1
+        if seq <= last_seq:
+            return ChainReport(checked, seq, f"event {seq} follows event {last_seq} in lane {lane} (reordered)",
+                               request_id)
+        last_seq = seq
         key_id = row[-2]
         if key_id is None and keyed:
             # Legacy rows only precede keyed ones; a later one was forged with the old key.
             return ChainReport(checked, seq, f"event {seq} claims the legacy key after keyed events (row forged)",
                                request_id)
         keyed = keyed or key_id is not None
-        if not _row_matches(row, key_id, ring, legacy):
+        values = row[:len(CHAIN_FIELDS_V1)] if fmt == 1 else row[:len(CHAIN_FIELDS)]
+        if not _row_matches(values, row[-1], key_id, ring, legacy):
             return ChainReport(checked, seq, f"event {seq}'s values do not match its hash (row edited or forged)",
                                request_id)
         expected_prev = row[-1]
-        expected_seq += 1
+        expected += 1
         checked += 1
-    if expected_seq - 1 != end_seq and end_seq >= start_seq:
-        return ChainReport(checked, expected_seq, (
-            f"the chain head names event {end_seq}, but the events end at {expected_seq - 1} (rows deleted)"))
-    if end_seq >= start_seq and expected_prev != head.hash:
-        return ChainReport(checked, end_seq, f"event {end_seq} is not the one the chain head recorded")
-    extra = AuditEvent.objects.filter(seq__gt=end_seq).order_by("seq").values_list("seq", "request_id").first()
-    if extra is not None and not _appended_since(head, extra[0]):
-        return ChainReport(checked, extra[0], f"event {extra[0]} lies beyond the chain head (row inserted)",
-                           extra[1])
+    if expected - 1 != end and end >= start:
+        return ChainReport(checked, expected, (
+            f"the head of lane {lane} names its event {end}, but the lane ends at {expected - 1} (rows deleted)"))
+    if end >= start and expected_prev != head.hash:
+        return ChainReport(checked, end, f"event {end} of lane {lane} is not the one its head recorded")
+    extra = events.filter(lane_seq__gt=end).order_by("lane_seq").values_list("seq", "lane_seq", "request_id").first()
+    if extra is not None and not _appended_since(head, extra[1]):
+        return ChainReport(checked, extra[0], f"event {extra[0]} lies beyond the head of lane {lane} (row inserted)",
+                           extra[2])
     return ChainReport(checked)
 
 
-def _row_matches(row: tuple, key_id: str | None, ring: dict[str | None, bytes], legacy: list[bytes]) -> bool:
+def _row_matches(values: tuple, stored: str, key_id: str | None, ring: dict[str | None, bytes],
+                 legacy: list[bytes]) -> bool:
     keys = legacy if key_id is None else [ring[key_id]] if key_id in ring else []
     for i, key in enumerate(keys):
-        if hmac.compare_digest(event_hash(row[:-2], key=key), row[-1]):
+        if hmac.compare_digest(event_hash(values, key=key), stored):
             if i:  # the next legacy row most likely used the same key: try it first
                 legacy.insert(0, legacy.pop(i))
             return True
     return False
 
 
-def _appended_since(head: AuditChainHead, seq: int) -> bool:
-    """Whether an event past the head we read was legitimately appended meanwhile."""
-    current = AuditChainHead.objects.filter(pk=1).values_list("seq", flat=True).first() or 0
-    return seq <= current and current > head.seq
+def _appended_since(head: AuditChainHead, lane_seq: int) -> bool:
+    """Whether an event past the lane head we read was legitimately appended meanwhile."""
+    current = AuditChainHead.objects.filter(pk=head.pk).values_list("seq", flat=True).first() or 0
+    return lane_seq <= current and current > head.seq
 
 
 def iter_chunks(iterable: Iterator, size: int) -> Iterator[list]:

@@ -1,6 +1,8 @@
 """CSV and JSONL exports of audit events, streamed in constant memory.
 
-Both formats carry the same records with the same field names. Rows are read
+Both formats carry the same records with the same field names. The lanes of the chain
+are merged in time order (the request's arrival, then seq); each record carries its
+lane, lane_seq and prev_hash, so a lane's chain can be followed within an export. Rows are read
 with a database cursor in chunks (`iterator(chunk_size=...)`) and encoded chunk
 by chunk, so memory does not grow with the number of rows exported.
 """
@@ -33,6 +35,12 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("error_class", "error_class"),
     ("prompt_tokens", "prompt_tokens"),
     ("completion_tokens", "completion_tokens"),
+    # Token classes (issue #16): parts of prompt_tokens (cache reads and writes) and of
+    # completion_tokens (reasoning); empty in rows sealed before them (format 1).
+    ("cache_read_tokens", "cache_read_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
+    ("cache_write_1h_tokens", "cache_write_1h_tokens"),
+    ("reasoning_tokens", "reasoning_tokens"),
     ("usage_source", "usage_source"),
     ("cost_usd", "cost_micros"),
     ("latency_ms", "latency_us"),
@@ -44,6 +52,9 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("request_body", "request_body"),
     ("response_body", "response_body"),
     ("seq", "seq"),
+    ("lane", "lane"),
+    ("lane_seq", "lane_seq"),
+    ("format", "format"),
     ("prev_hash", "prev_hash"),
     ("hash", "hash"),
 )

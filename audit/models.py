@@ -18,18 +18,32 @@ class UsageSource(models.TextChoices):
     ESTIMATED = "estimated", "estimated: usage never came (disconnect, cut, timeout)"
 
 
+class ChainFormat(models.IntegerChoices):
+    """Which columns an event's hash covers (audit.chain); NULL in `format` is version 1."""
+
+    V1 = 1, "1: the columns of issue #15, usage_source only when set"
+    V2 = 2, "2: every column, token classes and lane included"
+
+
 class AuditEvent(models.Model):
     """One request that reached a proxy endpoint, answered or refused.
 
     Names things by value (ids and names, not foreign keys), so an event outlives
-    and never changes with the consumer, key, route or provider it names. `seq`
-    is the event's place in the hash chain: contiguous, assigned under the chain
-    head's lock, so `hash` = HMAC(prev_hash + this row's values) links every event
-    to the one before it. On PostgreSQL the table is partitioned by ranges of `seq`
-    (audit.partitions), which keeps `seq` alone the primary key.
+    and never changes with the consumer, key, route or provider it names. The hash
+    chain is split into lanes (issue #18): `lane_seq` is the event's place in its
+    lane, contiguous and assigned under that lane's head lock, so `hash` =
+    HMAC(prev_hash + this row's values) links every event to the one before it in
+    its lane. `seq` is unique across lanes and grows with time (a PostgreSQL sequence,
+    drawn under the lane's lock), but has gaps; rows written before lanes are lane 0
+    with lane_seq = seq. On PostgreSQL the table is partitioned
+    by ranges of `seq` (audit.partitions), which keeps `seq` alone the primary key.
     """
 
     seq = models.BigIntegerField(primary_key=True)
+    lane = models.PositiveSmallIntegerField(default=0)
+    lane_seq = models.BigIntegerField(help_text="Place in the lane's chain: 1, 2, 3... without gaps.")
+    # NULL: version 1 (rows sealed before versions existed); see ChainFormat and audit.chain.
+    format = models.PositiveSmallIntegerField(null=True, blank=True, choices=ChainFormat.choices)
     time = models.DateTimeField(help_text="When the request arrived.")
     request_id = models.CharField(max_length=64, db_index=True)
     consumer_id = models.BigIntegerField(null=True, blank=True)
@@ -54,6 +68,12 @@ class AuditEvent(models.Model):
     # they never came (a client that left, a stream cut, a timeout). Empty before issue #16.
     # NULL, not "": the audit chain hashes this column only when it holds a value (audit.chain).
     usage_source = models.CharField(max_length=16, null=True, blank=True, choices=UsageSource.choices)  # noqa: DJ001
+    # Token classes (issue #16), parts of prompt_tokens (cache reads and writes) and of
+    # completion_tokens (reasoning), as the provider billed them; NULL in version 1 rows.
+    cache_read_tokens = models.IntegerField(null=True, blank=True)
+    cache_write_tokens = models.IntegerField(null=True, blank=True, help_text="Default (5-minute) cache writes.")
+    cache_write_1h_tokens = models.IntegerField(null=True, blank=True, help_text="One-hour cache writes.")
+    reasoning_tokens = models.IntegerField(null=True, blank=True)
     request_body = models.TextField(blank=True)
     response_body = models.TextField(blank=True)
     prev_hash = models.CharField(max_length=64)
@@ -66,6 +86,9 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["time"], name="audit_event_time"),
             models.Index(fields=["consumer_name", "time"], name="audit_event_consumer_time"),
+            # Not unique: a partitioned table's unique indexes must hold the partition key (seq).
+            # The lane's head lock keeps lane_seq unique; audit_verify checks it.
+            models.Index(fields=["lane", "lane_seq"], name="audit_event_lane_seq"),
         ]
         permissions = [("export_auditevent", "Can export audit events")]
 
@@ -78,15 +101,16 @@ class AuditEvent(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """The single row that serialises chain extension, and where the chain starts.
+    """The head of one lane of the chain (id = lane + 1), and where that lane starts.
 
-    Writers lock it (SELECT ... FOR UPDATE) for the length of one batch. Retention
-    moves `pruned_seq`/`pruned_hash` forward, so verification can still check
-    that the oldest remaining event links to the last deleted one.
+    A writer locks one lane's head (SELECT ... FOR UPDATE SKIP LOCKED: the first free
+    lane) for the length of one batch. `seq` is the lane's last `lane_seq`. Retention
+    moves `pruned_seq`/`pruned_hash` forward, so verification can still check that the
+    oldest remaining event of the lane links to the last deleted one.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
-    seq = models.BigIntegerField(default=0)
+    seq = models.BigIntegerField(default=0, help_text="The lane's last lane_seq.")
     hash = models.CharField(max_length=64, default=GENESIS_HASH)
     pruned_seq = models.BigIntegerField(default=0)
     pruned_hash = models.CharField(max_length=64, default=GENESIS_HASH)
@@ -96,7 +120,11 @@ class AuditChainHead(models.Model):
     mac = models.CharField(max_length=64, blank=True, default="")
 
     def __str__(self) -> str:
-        return f"audit chain head at {self.seq}"
+        return f"audit chain head of lane {self.lane} at {self.seq}"
+
+    @property
+    def lane(self) -> int:
+        return self.id - 1
 
 
 class AuditAnchor(models.Model):
@@ -137,16 +165,21 @@ class AuditExport(models.Model):
 
 
 class AuditSinkCursor(models.Model):
-    """How far a sink has delivered: every event with seq <= last_seq was acknowledged."""
+    """How far a sink has delivered one lane: every event of the lane with lane_seq <= last_seq
+    was acknowledged (lanes commit independently, so one cursor over `seq` could skip a row)."""
 
-    name = models.CharField(max_length=50, unique=True)
+    name = models.CharField(max_length=50)
+    lane = models.PositiveSmallIntegerField(default=0)
     last_seq = models.BigIntegerField(default=0)
     delivered = models.BigIntegerField(default=0)
     last_error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "lane"], name="audit_sink_cursor_lane")]
+
     def __str__(self) -> str:
-        return f"{self.name} at {self.last_seq}"
+        return f"{self.name} lane {self.lane} at {self.last_seq}"
 
 
 class UsageDimension(models.TextChoices):

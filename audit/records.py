@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from audit.chain import TOKEN_FIELDS
 from audit.models import AuditEvent, BodyMode
 from audit.redaction import Redactor, redact_cut, redactor
 from audit.storable import (
@@ -55,6 +56,12 @@ class AuditRecord:
     request_body: Any = None  # the parsed JSON request, bytes or text
     response_body: Any = None  # bytes sent to the client (already cut by capture_limit)
     usage_source: str | None = None  # "provider" | "estimated" | None (no usage)
+    # Token classes (issue #16), plain ints (audit imports nothing of budgets): parts of
+    # prompt_tokens (cache reads, 5-minute and 1-hour cache writes) and of completion_tokens (reasoning).
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # Literal secrets to redact wherever they appear (e.g. the provider credential).
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -103,7 +110,8 @@ def _body_mode(value: Any) -> str:
 
 
 def event_values(record: AuditRecord) -> tuple:
-    """A record's column values in CHAIN_FIELDS order after seq and prev_hash: every text made
+    """A record's column values in CHAIN_FIELDS order after seq and prev_hash, up to the token classes
+    (audit.services adds format, lane and lane_seq): every text made
     storable, redacted and cut to its column, every number in its column's range, every body
     serialized (or a marker saying why it could not be). Never raises: a record that cannot be
     converted at all is stored in its reduced form (`reduced_values`)."""
@@ -149,8 +157,8 @@ def _event_values(record: AuditRecord) -> tuple:
         body_mode,
         request_body,
         response_body,
-        # NULL when there was no usage: the chain hashes this column only when it holds a value.
         record.usage_source if record.usage_source in ("provider", "estimated") else None,
+        *(storable_int(getattr(record, name), low=0, high=INT32_MAX, default=None) for name in TOKEN_FIELDS),
     )
 
 
@@ -193,4 +201,5 @@ def reduced_values(record: AuditRecord, *, reason: str) -> tuple:
         text("client_ip", "client_ip"),
         "", BodyMode.NONE, note, "",
         None,  # usage_source
+        None, None, None, None,  # token classes
     )

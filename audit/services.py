@@ -4,8 +4,10 @@ AuditRecord (from audit.records) is re-exported: the proxy hands its records ove
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -27,7 +29,7 @@ from django.db.models import F, Max, Min
 from django.utils import timezone
 
 from audit.anchors import anchored_until
-from audit.chain import CHAIN_FIELDS, chain_signing_key, event_hash, head_fields
+from audit.chain import CHAIN_FIELDS, FORMAT, chain_signing_key, event_hash, head_fields
 from audit.exports import FIELD_NAMES, export_chunks
 from audit.models import AuditChainHead, AuditEvent, AuditExport, AuditSinkCursor
 from audit.partitions import partition_drop, partition_newest, partitioned, partitions_list
@@ -38,22 +40,73 @@ from audit.storable import clean_text
 logger = logging.getLogger(__name__)
 
 
-def _chain_head_locked() -> AuditChainHead:
-    """The chain head, locked until the end of the transaction (created if missing)."""
+SEQUENCE = "audit_event_seq"  # PostgreSQL: where every lane draws `seq` (created by migration 0008)
+_NEXTVAL = f"SELECT nextval('{SEQUENCE}') FROM generate_series(1, %s)"  # noqa: S608 (a constant name)
+_local = threading.local()
+_lane_picks = itertools.count()
+
+
+def _preferred_lane() -> int:
+    """The lane this thread waits for when every lane is busy: spread over processes and threads."""
+    pick = getattr(_local, "pick", None)
+    if pick is None:
+        pick = _local.pick = os.getpid() + next(_lane_picks)
+    return pick % settings.TOLLGATE_AUDIT_LANES
+
+
+def lane_heads_ensure() -> None:
+    """Create the heads of the configured lanes that do not exist yet (idempotent)."""
+    AuditChainHead.objects.bulk_create([AuditChainHead(pk=lane + 1) for lane in range(settings.TOLLGATE_AUDIT_LANES)],
+                                       ignore_conflicts=True)
+
+
+def _lane_locked() -> AuditChainHead:
+    """The first lane head no other transaction holds, locked until the end of the transaction
+    (SKIP LOCKED: a writer never queues behind another while a lane is free); when all are busy,
+    this thread's preferred lane, waited for. Heads are created if missing."""
     if connection.vendor == "sqlite":
         # Write first: a deferred transaction that reads before writing fails at
         # once (SQLITE_BUSY_SNAPSHOT) when another process committed meanwhile,
         # while one that starts by writing waits for the lock (busy timeout).
         AuditChainHead.objects.filter(pk=1).update(seq=F("seq"))
-    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:
-        AuditChainHead.objects.bulk_create([AuditChainHead(pk=1)], ignore_conflicts=True)
-        head = AuditChainHead.objects.select_for_update().get(pk=1)
-    return head
+    heads = AuditChainHead.objects.filter(pk__lte=settings.TOLLGATE_AUDIT_LANES).order_by("pk")
+    for _ in range(2):
+        head = heads.select_for_update(skip_locked=True).first() or \
+            AuditChainHead.objects.select_for_update().filter(pk=_preferred_lane() + 1).first()
+        if head is not None:
+            return head
+        lane_heads_ensure()
+    raise RuntimeError("audit: no chain head to lock")
+
+
+def _seqs(count: int) -> list[int]:
+    """`count` new values of `seq`, ascending; call with a lane locked, so that seq grows along each lane.
+    PostgreSQL draws them from a sequence (no lock; a rolled back batch leaves a gap); SQLite, which
+    holds its one write lock here, continues from the largest."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_NEXTVAL, [count])
+            return sorted(row[0] for row in cursor.fetchall())
+        table = connection.ops.quote_name(AuditEvent._meta.db_table)
+        cursor.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table}")  # noqa: S608 (the model's table name)
+        last = cursor.fetchone()[0]
+    return list(range(last + 1, last + 1 + count))
+
+
+def seq_sequence_sync() -> None:
+    """Move PostgreSQL's `seq` sequence past the largest stored seq (after rows were inserted by hand
+    or restored without it); nothing on SQLite."""
+    if connection.vendor != "postgresql":
+        return
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT setval('{SEQUENCE}', GREATEST(COALESCE((SELECT MAX(seq) FROM {table}), 0), "  # noqa: S608
+                       f"(SELECT last_value FROM {SEQUENCE}), 1))")
 
 
 _COLUMNS = (*CHAIN_FIELDS, "key_id", "hash")
 _TIME = CHAIN_FIELDS.index("time")
+_LANE_SEQ = CHAIN_FIELDS.index("lane_seq")
 
 
 def _insert(rows: list[tuple]) -> None:
@@ -76,13 +129,14 @@ def _insert(rows: list[tuple]) -> None:
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)  # noqa: S608
 
 
-def _chain(values: list[tuple], seq: int, prev: str) -> list[tuple]:
-    """Sealed rows: each row's seq and prev_hash, then its values, then its own hash."""
+def _chain(values: list[tuple], seqs: list[int], lane: int, place: int, prev: str) -> list[tuple]:
+    """Sealed rows of one lane, in _COLUMNS order: each row's seq and prev_hash, its values, its
+    format, lane and place in the lane, then the key id and its own hash."""
     key_id, key = chain_signing_key()
     rows = []
-    for row in values:
-        seq += 1
-        chained = (seq, prev, *row)
+    for row, seq in zip(values, seqs, strict=True):
+        place += 1
+        chained = (seq, prev, *row, FORMAT, lane, place)
         prev = event_hash(chained, key=key)
         rows.append((*chained, key_id, prev))
     return rows
@@ -93,10 +147,11 @@ def _append(values: list[tuple], progress: list[str]) -> None:
         if not settings.TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        head = _chain_head_locked()
-        rows = _chain(values, head.seq, head.hash)
+        head = _lane_locked()
+        rows = _chain(values, _seqs(len(values)), head.lane, head.seq, head.hash)
         _insert(rows)
-        AuditChainHead.objects.filter(pk=1).update(**head_fields(rows[-1][0], rows[-1][-1]))
+        AuditChainHead.objects.filter(pk=head.pk).update(
+            **head_fields(rows[-1][_LANE_SEQ], rows[-1][-1], lane=head.lane))
         progress.append("committing")
 
 
@@ -108,10 +163,13 @@ def _sql() -> dict[str, str]:
     placeholders = ", ".join(["%s"] * len(_COLUMNS))
     # Table and column names come from the models; every value is a bound parameter.
     return {
-        "head": f"SELECT seq, hash FROM {head} WHERE id = 1 FOR UPDATE",  # noqa: S608
+        "free": f"SELECT id, seq, hash FROM {head} WHERE id <= %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",  # noqa: S608
+        "wait": f"SELECT id, seq, hash FROM {head} WHERE id = %s FOR UPDATE",  # noqa: S608
+        "seqs": _NEXTVAL,
         "insert": f"INSERT INTO {table} ({columns}) VALUES ",  # noqa: S608
         "row": f"({placeholders})",
-        "move": f"UPDATE {head} SET seq = %(seq)s, hash = %(hash)s, key_id = %(key_id)s, mac = %(mac)s WHERE id = 1",  # noqa: S608
+        "move": f"UPDATE {head} SET seq = %(seq)s, hash = %(hash)s, key_id = %(key_id)s, mac = %(mac)s "  # noqa: S608
+                f"WHERE id = %(id)s",
     }
 
 
@@ -120,10 +178,11 @@ _VALUES_ROWS = 2
 
 
 def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
-    """`_append` on PostgreSQL in two round trips instead of six (psycopg's pipeline mode): BEGIN
-    and the head's lock go out together; once the head is known, the rows, the head's move and
-    COMMIT (a larger batch is copied first). For the writer thread, which holds no transaction.
-    False if the head row does not exist yet (`_append` creates it)."""
+    """`_append` on PostgreSQL in two round trips instead of seven (psycopg's pipeline mode): BEGIN,
+    the first free lane's lock and the new seqs go out together; once the head is known, the rows,
+    the head's move and COMMIT (a larger batch is copied first). When every lane is busy, one more
+    round trip waits for this thread's lane. For the writer thread, which holds no transaction.
+    False if the lane heads do not exist yet (`_append` creates them)."""
     import psycopg
 
     sql = _sql()
@@ -131,24 +190,33 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
     raw = connection.connection
     with connection.wrap_database_errors:
         try:
-            with psycopg.Cursor(raw) as cursor:
+            with psycopg.Cursor(raw) as cursor, psycopg.Cursor(raw) as numbers:
                 with raw.pipeline():
                     cursor.execute("BEGIN")
                     if not settings.TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT:
                         cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                    cursor.execute(sql["head"])
+                    cursor.execute(sql["free"], [settings.TOLLGATE_AUDIT_LANES])
+                    numbers.execute(sql["seqs"], [len(values)])
+                head = cursor.fetchone()
+                if head is None:
+                    # Every lane busy: wait for ours, and draw seqs once it is held (seq grows along a lane).
+                    with raw.pipeline():
+                        cursor.execute(sql["wait"], [_preferred_lane() + 1])
+                        numbers.execute(sql["seqs"], [len(values)])
                     head = cursor.fetchone()
                 if head is None:
                     cursor.execute("ROLLBACK")
                     return False
-                rows = _chain(values, *head)
+                lane_id, place, prev = head
+                rows = _chain(values, sorted(row[0] for row in numbers.fetchall()), lane_id - 1, place, prev)
                 if len(rows) > _VALUES_ROWS:
                     _insert(rows)  # COPY, on this connection and in this transaction
                 with raw.pipeline():
                     if len(rows) <= _VALUES_ROWS:
                         cursor.execute(sql["insert"] + ", ".join([sql["row"]] * len(rows)),
                                        [value for row in rows for value in row])
-                    cursor.execute(sql["move"], head_fields(rows[-1][0], rows[-1][-1]))
+                    cursor.execute(sql["move"], {"id": lane_id, **head_fields(rows[-1][_LANE_SEQ], rows[-1][-1],
+                                                                                lane=lane_id - 1)})
                     progress.append("committing")
                     cursor.execute("COMMIT")
         except BaseException:
@@ -164,8 +232,8 @@ def _append_pipelined(values: list[tuple], progress: list[str]) -> bool:
 def _append_committed(values: list[tuple]) -> None:
     """Append values to the chain in one transaction; returns once they are committed.
 
-    Concurrent writers (other processes) wait on the chain head's row lock, so
-    `seq` order is commit order. A stale pooled connection (the database
+    Concurrent writers take different lanes (a writer waits only when every lane is
+    held), so `lane_seq` order is commit order within a lane. A stale pooled connection (the database
     restarted) is replaced once, but only for a failure before the commit began:
     a failed commit may have succeeded, and retrying it could duplicate events.
     """
@@ -218,8 +286,9 @@ def events_append_each(records: list[AuditRecord]) -> list[Exception | None]:
     value (DataError, IntegrityError, or a value the driver cannot encode), the batch is split
     in halves and each half retried, down to the row at fault, which is then written in its
     reduced form (`reduced_values`): no request loses its row, or gets an error, because of
-    another's. Each retry chains its rows anew under the head's lock, so `seq` and `prev_hash`
-    stay contiguous. An outage (OperationalError, InterfaceError: the database is down or the
+    another's. Each retry chains its rows anew under a lane head's lock (any free lane: a
+    retry may land in another lane than the first try), so each lane's `lane_seq` and
+    `prev_hash` stay contiguous. An outage (OperationalError, InterfaceError: the database is down or the
     connection lost) is every row's: each row not yet committed gets that error, as before.
     """
     values = [event_values(record) for record in records]
@@ -291,7 +360,8 @@ def export_day(day: date, *, directory: Path, fmt: str) -> AuditExport:
     path = directory / f"audit-{day.isoformat()}.{fmt}"
     sha256 = _write_atomically(path, export_chunks(events, fmt, stats=stats))
     bounds = events.aggregate(first=Min("seq"), last=Max("seq"))
-    head = AuditChainHead.objects.filter(pk=1).values("seq", "hash").first() or {"seq": 0, "hash": ""}
+    heads = list(AuditChainHead.objects.order_by("id").values("id", "seq", "hash"))
+    head = next((h for h in heads if h["id"] == 1), {"seq": 0, "hash": ""})
     manifest = {
         "day": day.isoformat(),
         "file": path.name,
@@ -300,8 +370,9 @@ def export_day(day: date, *, directory: Path, fmt: str) -> AuditExport:
         "sha256": sha256,
         "first_seq": bounds["first"],
         "last_seq": bounds["last"],
-        "chain_head_seq": head["seq"],
+        "chain_head_seq": head["seq"],  # lane 0's, as before lanes
         "chain_head_hash": head["hash"],
+        "chain_heads": [{"lane": h["id"] - 1, "seq": h["seq"], "hash": h["hash"]} for h in heads],
         "fields": list(FIELD_NAMES),
         "created_at": timezone.now().isoformat(),
     }
@@ -352,23 +423,13 @@ def _exported_until() -> datetime | None:
     return datetime.combine(last + timedelta(days=1), dtime.min, tzinfo=UTC)
 
 
-def _chain_rows_removed(*, through: int) -> None:
-    """Record what the chain needs to know about events 1..`through` before they are removed, in the
-    caller's transaction: where the chain now starts (the last removed event's seq and hash), so
-    verification still checks that the oldest remaining event links to it. Nothing if already past."""
-    last = AuditEvent.objects.filter(seq=through).values_list("hash", flat=True).first()
-    if last is None:
-        raise RuntimeError(f"audit retention: event {through} is missing; run audit_verify")
-    AuditChainHead.objects.filter(pk=1, pruned_seq__lt=through).update(pruned_seq=through, pruned_hash=last)
-
-
 def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
     """Remove events older than the retention period that were exported (and shipped); returns the count.
 
-    Removes a prefix of the chain (by seq) and moves the chain's start with it (`_chain_rows_removed`),
-    so audit_verify still checks that the oldest remaining event links to the last removed one.
-    PostgreSQL drops whole partitions, once a signed anchor covers them too (`_partitions_prune`);
-    SQLite deletes rows in chunks.
+    Removes a prefix of each lane and moves the lane's start marker with it (`lane_prune_mark`), so
+    audit_verify still checks that the oldest remaining event of each lane links to the last removed
+    one. PostgreSQL drops whole partitions, once a signed anchor covers them too (`_partitions_prune`);
+    SQLite deletes rows in chunks, lane by lane.
     """
     days = settings.TOLLGATE_AUDIT_RETENTION_DAYS
     if not days:
@@ -379,39 +440,53 @@ def events_prune(*, now: datetime | None = None, chunk: int = 5000) -> int:
         logger.warning("audit retention: nothing deleted, no daily export has been written yet")
         return 0
     bound = min(bound, exported)
-    head = AuditChainHead.objects.filter(pk=1).first()
-    if head is None:
-        return 0
-    stop = head.seq + 1
-    if settings.TOLLGATE_AUDIT_SINK_URL:
-        shipped = AuditSinkCursor.objects.filter(name="http").values_list("last_seq", flat=True).first() or 0
-        stop = min(stop, shipped + 1)
     if partitioned():
-        return _partitions_prune(bound=bound, stop=stop)
-    keep_from = AuditEvent.objects.filter(time__gte=bound).order_by("seq").values_list("seq", flat=True).first()
-    if keep_from is not None:
-        stop = min(stop, keep_from)
+        return _partitions_prune(bound=bound)
+    return sum(_lane_prune(head, bound=bound, chunk=chunk) for head in AuditChainHead.objects.order_by("id"))
+
+
+def _shipped_lane_seq(lane: int) -> int | None:
+    """The last event of the lane the sink has acknowledged; None without a sink."""
+    if not settings.TOLLGATE_AUDIT_SINK_URL:
+        return None
+    return AuditSinkCursor.objects.filter(name="http", lane=lane).values_list("last_seq", flat=True).first() or 0
+
+
+def _lane_prune(head: AuditChainHead, *, bound: datetime, chunk: int) -> int:
+    events = AuditEvent.objects.filter(lane=head.lane)
+    keep_from = events.filter(time__gte=bound).order_by("lane_seq").values_list("lane_seq", flat=True).first()
+    stop = keep_from if keep_from is not None else head.seq + 1
+    shipped = _shipped_lane_seq(head.lane)
+    if shipped is not None:
+        stop = min(stop, shipped + 1)
     deleted = 0
     start = head.pruned_seq
     while start + 1 < stop:
         end = min(stop - 1, start + chunk)
         with transaction.atomic():
-            _chain_rows_removed(through=end)
-            deleted += AuditEvent.objects.filter(seq__gt=start, seq__lte=end).delete()[0]
+            lane_prune_mark(lane=head.lane, through=end)
+            deleted += events.filter(lane_seq__gt=start, lane_seq__lte=end).delete()[0]
         start = end
     return deleted
 
 
-def _partitions_prune(*, bound: datetime, stop: int) -> int:
-    """Drop each partition whose events are all older than `bound`, below `stop` and below the newest
-    signed anchor, oldest first; returns the number of events dropped. Each drop and the chain's new
-    start commit together. (A partition's newest time is one probe of its time index, where finding
+def _partitions_prune(*, bound: datetime) -> int:
+    """Drop each partition whose events are all older than `bound`, shipped, and below the newest
+    signed anchor, oldest first; returns the number of events dropped. Each drop and the lanes' new
+    starts commit together. (A partition's newest time is one probe of its time index, where finding
     the first event to keep, as the DELETE path does, would read every older one.)"""
     anchored = anchored_until()
-    if anchored < stop - 1:
-        (logger.warning if anchored == 0 else logger.info)(
-            "audit retention: events after %d wait for a signed anchor (TOLLGATE_AUDIT_ANCHOR_KEY_FILE)", anchored)
-    stop = min(stop, anchored + 1)
+    stop = anchored + 1
+    for head in AuditChainHead.objects.order_by("id"):
+        shipped = _shipped_lane_seq(head.lane)
+        if shipped is None:
+            break
+        unshipped = AuditEvent.objects.filter(lane=head.lane, lane_seq__gt=shipped).order_by(
+            "lane_seq").values_list("seq", flat=True).first()
+        if unshipped is not None:
+            stop = min(stop, unshipped)
+    if anchored == 0:
+        logger.warning("audit retention: nothing dropped, no signed anchor yet (TOLLGATE_AUDIT_ANCHOR_KEY_FILE)")
     dropped = 0
     for partition in partitions_list():
         if partition.is_default or partition.high is None or partition.high > stop:
@@ -419,18 +494,33 @@ def _partitions_prune(*, bound: datetime, stop: int) -> int:
         newest = partition_newest(partition)
         if newest is not None and newest >= bound:
             break
-        removed = 0
         try:
             with transaction.atomic():
-                pruned = AuditChainHead.objects.filter(pk=1).values_list("pruned_seq", flat=True).first() or 0
-                last = partition.high - 1
-                if last > pruned:
-                    _chain_rows_removed(through=last)
-                    # seq is contiguous: the partition held every event from its start (or the old start) to `last`.
-                    removed = last - max(pruned, (partition.low or 1) - 1)
+                removed = AuditEvent.objects.filter(seq__lt=partition.high).filter(
+                    **({"seq__gte": partition.low} if partition.low is not None else {})).count()
+                lanes_prune_mark_below(seq=partition.high)
                 partition_drop(partition)
         except OperationalError as exc:  # the lock timeout: a long read holds the table; next run
             logger.warning("audit retention: partition %s not dropped this time: %s", partition.name, exc)
             break
         dropped += removed
     return dropped
+
+
+def lane_prune_mark(*, lane: int, through: int) -> None:
+    """Record that lane `lane` now starts after its event `through`: call it in the transaction that
+    removes that event and every one before it in the lane (rows deleted, or a partition dropped),
+    so verification links the lane's oldest remaining event to the removed one's hash."""
+    hash_ = AuditEvent.objects.filter(lane=lane, lane_seq=through).values_list("hash", flat=True).first()
+    if hash_ is None:
+        raise RuntimeError(f"audit retention: event {through} of lane {lane} is missing; run audit_verify")
+    AuditChainHead.objects.filter(pk=lane + 1, pruned_seq__lt=through).update(pruned_seq=through, pruned_hash=hash_)
+
+
+def lanes_prune_mark_below(*, seq: int) -> None:
+    """`lane_prune_mark` for every lane before the events with seq < `seq` are removed at once (a
+    dropped partition): seq grows along each lane, so they are a prefix of every lane."""
+    for head in AuditChainHead.objects.order_by("id"):
+        last = AuditEvent.objects.filter(lane=head.lane, seq__lt=seq).aggregate(last=Max("lane_seq"))["last"]
+        if last is not None and last > head.pruned_seq:
+            lane_prune_mark(lane=head.lane, through=last)

@@ -1,13 +1,15 @@
 """The HTTP sink: ship audit events to an external collector, like APISIX's http-logger.
 
-Events are read from the table in chain order after a cursor (the last seq the
-collector acknowledged) and POSTed as a JSON array of export records, at most
-TOLLGATE_AUDIT_SINK_BATCH_SIZE per request. A batch that fails is retried with
-exponential backoff; if the collector stays down, the cursor does not move and
-the events wait for the next run, so nothing is dropped. The cursor moves only
-after a 2xx, with a conditional UPDATE, so two flushers cannot both advance it;
-each batch carries `X-Tollgate-Batch: <first_seq>-<last_seq>` (and each event
-its `seq`) for collectors that deduplicate.
+Events are read lane by lane, in chain order after a cursor per lane (the last
+lane_seq the collector acknowledged: lanes commit independently, so a cursor over
+`seq` could pass a row still being committed in another lane), and POSTed as a JSON
+array of export records, at most TOLLGATE_AUDIT_SINK_BATCH_SIZE per request, all of
+one lane. A batch that fails is retried with exponential backoff; if the collector
+stays down, the cursor does not move and the events wait for the next run, so
+nothing is dropped. A cursor moves only after a 2xx, with a conditional UPDATE, so
+two flushers cannot both advance it; each batch carries `X-Tollgate-Batch:
+<first_seq>-<last_seq>` and `X-Tollgate-Lane` (and each event its `seq`, `lane` and
+`lane_seq`) for collectors that deduplicate.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from django.core.cache import cache
 from django.db.models import F
 
 from audit.exports import EXPORT_COLUMNS, export_record
-from audit.models import AuditEvent, AuditSinkCursor
+from audit.models import AuditChainHead, AuditEvent, AuditSinkCursor
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,10 @@ class SinkError(Exception):
         self.permanent = permanent
 
 
-def _post(client: httpx.Client, url: str, payload: bytes, batch_id: str) -> None:
+def _post(client: httpx.Client, url: str, payload: bytes, batch_id: str, lane: int | None = None) -> None:
     headers = {"content-type": "application/json", "x-tollgate-batch": batch_id}
+    if lane is not None:
+        headers["x-tollgate-lane"] = str(lane)
     if settings.TOLLGATE_AUDIT_SINK_AUTHORIZATION:
         headers["authorization"] = settings.TOLLGATE_AUDIT_SINK_AUTHORIZATION
     try:
@@ -72,36 +76,51 @@ def sink_flush(*, max_seconds: float = 50.0, sleep: Callable[[float], None] = ti
 
 
 def _flush(url: str, *, max_seconds: float, sleep: Callable[[float], None]) -> int:
-    cursor, _ = AuditSinkCursor.objects.get_or_create(name=SINK_NAME)
     deadline = time.monotonic() + max_seconds
+    delivered = 0
+    lanes = AuditChainHead.objects.order_by("id").values_list("id", flat=True)
+    with httpx.Client(timeout=settings.TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS) as client:
+        for lane in [head_id - 1 for head_id in lanes]:
+            cursor, _ = AuditSinkCursor.objects.get_or_create(name=SINK_NAME, lane=lane)
+            sent, caught_up = _flush_lane(client, url, cursor, deadline=deadline, sleep=sleep)
+            delivered += sent
+            if not caught_up:
+                break
+    return delivered
+
+
+def _flush_lane(client: httpx.Client, url: str, cursor: AuditSinkCursor, *, deadline: float,
+                sleep: Callable[[float], None]) -> tuple[int, bool]:
+    """Deliver one lane's pending events; the count, and whether the lane is caught up."""
     retries = settings.TOLLGATE_AUDIT_SINK_RETRIES
     backoff = settings.TOLLGATE_AUDIT_SINK_BACKOFF_SECONDS
     delivered = 0
-    with httpx.Client(timeout=settings.TOLLGATE_AUDIT_SINK_TIMEOUT_SECONDS) as client:
-        while time.monotonic() < deadline:
-            rows = list(AuditEvent.objects.filter(seq__gt=cursor.last_seq).order_by("seq")
-                        .values_list(*EXPORT_COLUMNS)[: settings.TOLLGATE_AUDIT_SINK_BATCH_SIZE])
-            if not rows:
+    while time.monotonic() < deadline:
+        rows = list(AuditEvent.objects.filter(lane=cursor.lane, lane_seq__gt=cursor.last_seq).order_by("lane_seq")
+                    .values_list(*EXPORT_COLUMNS)[: settings.TOLLGATE_AUDIT_SINK_BATCH_SIZE])
+        if not rows:
+            return delivered, True
+        records = [export_record(row) for row in rows]
+        first, last = records[0]["seq"], records[-1]["seq"]
+        payload = orjson.dumps(records)
+        for attempt in range(retries + 1):
+            try:
+                _post(client, url, payload, f"{first}-{last}", cursor.lane)
                 break
-            records = [export_record(row) for row in rows]
-            first, last = records[0]["seq"], records[-1]["seq"]
-            payload = orjson.dumps(records)
-            for attempt in range(retries + 1):
-                try:
-                    _post(client, url, payload, f"{first}-{last}")
-                    break
-                except SinkError as exc:
-                    error = exc
-                    logger.warning("audit sink: batch %s-%s, attempt %d: %s", first, last, attempt + 1, exc)
-                    if exc.permanent or attempt == retries:
-                        AuditSinkCursor.objects.filter(pk=cursor.pk).update(last_error=str(error)[:1000])
-                        return delivered
-                    sleep(min(backoff * 2**attempt, 60.0))
-            moved = AuditSinkCursor.objects.filter(pk=cursor.pk, last_seq=cursor.last_seq).update(
-                last_seq=last, delivered=F("delivered") + len(records), last_error="")
-            if moved != 1:
-                logger.warning("audit sink: cursor moved under us; stopping this run")
-                break
-            cursor.last_seq = last
-            delivered += len(records)
-    return delivered
+            except SinkError as exc:
+                error = exc
+                logger.warning("audit sink: lane %d batch %s-%s, attempt %d: %s", cursor.lane, first, last,
+                               attempt + 1, exc)
+                if exc.permanent or attempt == retries:
+                    AuditSinkCursor.objects.filter(pk=cursor.pk).update(last_error=str(error)[:1000])
+                    return delivered, False
+                sleep(min(backoff * 2**attempt, 60.0))
+        place = records[-1]["lane_seq"]
+        moved = AuditSinkCursor.objects.filter(pk=cursor.pk, last_seq=cursor.last_seq).update(
+            last_seq=place, delivered=F("delivered") + len(records), last_error="")
+        if moved != 1:
+            logger.warning("audit sink: cursor moved under us; stopping this run")
+            return delivered, False
+        cursor.last_seq = place
+        delivered += len(records)
+    return delivered, False

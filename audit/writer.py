@@ -5,8 +5,9 @@ transaction holding its row has committed; only then is its answer released.
 Records that arrive while the previous batch is being committed (or within
 `TOLLGATE_AUDIT_BATCH_WINDOW_MS` of the first one; 0 by default, since a commit
 takes longer than the gap between requests under load anyway) share one
-transaction, so under load the cost of a commit, its fsync and the chain head's
-lock is shared by the whole batch instead of paid per request. The insert itself runs in a thread: the
+transaction, so under load the cost of a commit, its fsync and a lane head's
+lock is shared by the whole batch instead of paid per request; the writers of other
+workers and nodes hold other lanes meanwhile (audit.chain, issue #18). The insert itself runs in a thread: the
 event loop never blocks on the database.
 
 Each request gets its own outcome (issue #15): a row the database refuses because of its values

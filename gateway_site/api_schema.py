@@ -10,7 +10,8 @@ from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiViewEx
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 
-_INTEGER = ("consumer_id", "status", "prompt_tokens", "completion_tokens", "attempts", "seq")
+_INTEGER = ("consumer_id", "status", "prompt_tokens", "completion_tokens", "attempts", "seq", "lane", "lane_seq",
+            "format", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 _NUMBER = ("cost_usd", "latency_ms", "ttft_ms")
 
 

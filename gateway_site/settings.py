@@ -238,6 +238,11 @@ TOLLGATE_AUDIT_BATCH_MAX = envint("TOLLGATE_AUDIT_BATCH_MAX", 500, minimum=1)
 # still survive a killed gateway worker, but the last ~0.6 s of them can be lost
 # if the database server itself crashes. On (the default): nothing is lost.
 TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT = envbool("TOLLGATE_AUDIT_SYNCHRONOUS_COMMIT", True)
+# Lanes of the hash chain (issue #18): each has its own head, and a writer takes the first
+# lane no other writer holds, so writers do not queue behind one row. SQLite locks the whole
+# database for a write anyway: one lane there. Lowering it later is safe (old lanes still verify).
+TOLLGATE_AUDIT_LANES = envint("TOLLGATE_AUDIT_LANES", 1 if _db["ENGINE"].endswith("sqlite3") else 4,
+                              minimum=1)
 # Key of the HMAC that chains events and seals the chain head (or ..._FILE). Required
 # unless DEBUG: a key derived from SECRET_KEY would be one more thing that secret unlocks.
 # Rows carry the id of the key that sealed them; after a change, list the earlier keys in

@@ -45,6 +45,13 @@ def _cost_micros(ctx: RequestContext) -> int:
     return 0
 
 
+def _token_classes(ctx: RequestContext) -> dict[str, int | None]:
+    """The token classes the cost was priced from (issue #16); None for a request without usage."""
+    has_usage = ctx.prompt_tokens is not None or ctx.completion_tokens is not None
+    return {name: getattr(ctx, name) if has_usage else None for name in
+            ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")}
+
+
 def audit_record(ctx: RequestContext, *, body_mode: str) -> AuditRecord:
     elapsed = ctx.elapsed()
     deployment = ctx.deployment
@@ -75,6 +82,7 @@ def audit_record(ctx: RequestContext, *, body_mode: str) -> AuditRecord:
         request_body=ctx.request_body,
         response_body=ctx.response_body,
         usage_source=ctx.usage_source,
+        **_token_classes(ctx),
         secrets=secrets,
     )
 

@@ -51,3 +51,40 @@ def anchor_key(tmp_path, settings) -> None:
     key_file = tmp_path / "anchor-key.pem"
     key_file.write_bytes(private_key_new())
     settings.TOLLGATE_AUDIT_ANCHOR_KEY_FILE = str(key_file)
+
+
+@pytest.fixture(autouse=True)
+def seq_from_one(request):
+    """Each test's events start at seq 1, as they did before lanes: PostgreSQL's `seq` sequence
+    is not rolled back with a test's transaction (nor reset by the flush of a transactional test)."""
+    names = set(request.fixturenames)
+    if request.node.get_closest_marker("django_db") is None and not names & {"db", "transactional_db"}:
+        return
+    request.getfixturevalue("_django_db_helper")
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setval('audit_event_seq', COALESCE((SELECT MAX(seq) FROM audit_auditevent), 0) + 1,"
+                           " false)")
+
+
+def add_v1_events(n: int, **kwargs) -> None:
+    """n events sealed as the gateway did before format versions and lanes (issues #16, #18): format
+    version 1's columns and hash (audit.chain.CHAIN_FIELDS_V1), one chain whose place is seq."""
+    from audit.chain import CHAIN_FIELDS_V1, chain_signing_key, event_hash, head_fields
+    from audit.models import AuditChainHead
+    from audit.records import event_values
+    from audit.services import seq_sequence_sync
+
+    key_id, key = chain_signing_key()
+    head, _ = AuditChainHead.objects.get_or_create(pk=1)
+    seq, prev = head.seq, head.hash
+    for record in records(n, **kwargs):
+        seq += 1
+        values = (seq, prev, *event_values(record)[:len(CHAIN_FIELDS_V1) - 2])
+        prev = event_hash(values, key=key)
+        AuditEvent.objects.create(**dict(zip(CHAIN_FIELDS_V1, values, strict=True)), lane=0, lane_seq=seq,
+                                  key_id=key_id, hash=prev)
+    AuditChainHead.objects.filter(pk=1).update(**head_fields(seq, prev))
+    seq_sequence_sync()

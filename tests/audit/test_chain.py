@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from audit.chain import CHAIN_FIELDS, chain_key, chain_verify, event_hash
+from audit.chain import CHAIN_FIELDS, CHAIN_FIELDS_V1, chain_key, chain_verify, event_hash
 from audit.models import AuditChainHead, AuditEvent
-from tests.audit.conftest import add_events
+from tests.audit.conftest import add_events, add_v1_events
 
 pytestmark = pytest.mark.django_db
 
@@ -102,17 +102,54 @@ def test_it_verifies_an_empty_log(db):
 
 
 def test_rows_sealed_before_usage_source_existed_still_verify():
-    """usage_source (issue #16) is hashed only when it holds a value: a row sealed by a gateway that
-    did not know the column (NULL in it) keeps its hash; a row that has one cannot have it edited."""
-    add_events(3, usage_source="estimated")
-    add_events(2)
+    """usage_source (issue #16) is hashed only when it holds a value in a format 1 row: a row sealed by
+    a gateway that did not know the column (NULL in it) keeps its hash; a row that has one cannot have
+    it edited."""
+    add_v1_events(3, usage_source="estimated")
+    add_v1_events(2)
     old = AuditEvent.objects.get(seq=5)
-    assert old.usage_source is None
+    assert old.usage_source is None and old.format is None
     # The hash an older gateway computed: the same values without the column.
-    values = [getattr(old, f) for f in CHAIN_FIELDS if f != "usage_source"]
+    values = [getattr(old, f) for f in CHAIN_FIELDS_V1 if f != "usage_source"]
     payload = orjson.dumps([v.astimezone(UTC).isoformat(timespec="microseconds") if isinstance(v, datetime) else v
                             for v in values])
     assert old.hash == hmac.new(chain_key(), payload, hashlib.sha256).hexdigest()
     assert chain_verify().ok
     AuditEvent.objects.filter(seq=2).update(usage_source="provider")
     assert chain_verify().broken_seq == 2
+
+
+def test_format_1_rows_verify_next_to_format_2_rows_in_one_lane():
+    add_v1_events(4)
+    add_events(3, cache_read_tokens=900, cache_write_tokens=50, cache_write_1h_tokens=0, reasoning_tokens=7)
+    add_v1_events(0)
+    rows = list(AuditEvent.objects.order_by("seq").values_list("format", "lane", "lane_seq", "cache_read_tokens"))
+    assert rows == [(None, 0, 1, None), (None, 0, 2, None), (None, 0, 3, None), (None, 0, 4, None),
+                    (2, 0, 5, 900), (2, 0, 6, 900), (2, 0, 7, 900)]
+    report = chain_verify()
+    assert report.ok and report.checked == 7, report.problem
+    assert AuditEvent.objects.get(lane_seq=5).prev_hash == AuditEvent.objects.get(lane_seq=4).hash
+
+
+@pytest.mark.parametrize("column", ["cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                                    "reasoning_tokens", "lane_seq", "format"])
+def test_editing_a_format_2_column_breaks_verification(column):
+    add_events(5, cache_read_tokens=900, cache_write_tokens=50, cache_write_1h_tokens=10, reasoning_tokens=7)
+    assert chain_verify().ok
+    third = AuditEvent.objects.get(lane_seq=3)
+    # lane_seq 3 -> 30 leaves a gap; format 2 -> 1 (or NULL) would have the row checked by format 1's rule.
+    AuditEvent.objects.filter(pk=third.pk).update(**{column: {"lane_seq": 30, "format": None}.get(column, 1)})
+    report = chain_verify()
+    assert not report.ok
+    assert report.broken_seq in (third.seq, third.seq + 1)
+
+
+def test_a_format_2_row_downgraded_to_format_1_with_a_format_1_hash_is_caught():
+    """Someone without the key cannot recompute either hash; with a format 1 hash under a guessed key
+    the row is still an edited one, and a format 1 row after a format 2 row is refused outright."""
+    add_events(3)
+    row = AuditEvent.objects.get(lane_seq=2)
+    values = tuple(getattr(row, f) for f in CHAIN_FIELDS_V1)
+    AuditEvent.objects.filter(pk=row.pk).update(format=None, hash=event_hash(values, key=chain_key()))
+    report = chain_verify()
+    assert report.broken_seq == row.seq and "forged" in report.problem

@@ -10,7 +10,7 @@ from django.db import connection
 from audit import services
 from audit.chain import CHAIN_FIELDS, chain_verify
 from audit.models import AuditChainHead, AuditEvent
-from audit.services import _VALUES_ROWS, AuditRecord, events_append
+from audit.services import _VALUES_ROWS, AuditRecord, events_append, lane_heads_ensure
 
 pytestmark = pytest.mark.django_db(transaction=True)  # outside any transaction, as the writer thread runs
 
@@ -23,8 +23,8 @@ def postgres_only():
 
 @pytest.fixture
 def pipelined_only(monkeypatch):
-    """The chain head exists, so every append must take the pipelined path, never the ORM's."""
-    AuditChainHead.objects.get_or_create(pk=1)
+    """The lane heads exist, so every append must take the pipelined path, never the ORM's."""
+    lane_heads_ensure()
 
     def orm_append(*args):
         raise AssertionError("the ORM path was taken")
@@ -61,8 +61,14 @@ def test_concurrent_writers_extend_one_unbroken_chain(pipelined_only):
     assert not errors
     expected = 3 * sum(sizes[i % len(sizes)] for i in range(15))
     assert AuditEvent.objects.count() == expected
-    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, expected + 1))
-    assert AuditChainHead.objects.get(pk=1).seq == expected
+    # Spread over lanes: each lane's places run 1..n without a gap, and its head names its last.
+    places: dict[int, list[int]] = {}
+    for lane, place in AuditEvent.objects.order_by("seq").values_list("lane", "lane_seq"):
+        places.setdefault(lane, []).append(place)
+    heads = dict(AuditChainHead.objects.values_list("id", "seq"))
+    for lane, seen in places.items():
+        assert seen == list(range(1, len(seen) + 1))
+        assert heads[lane + 1] == len(seen)
     report = chain_verify()
     assert report.ok and report.checked == expected
 

@@ -60,7 +60,9 @@ def poison(monkeypatch):
 def check_batch(tags: list[str]) -> None:
     rows = list(AuditEvent.objects.order_by("seq"))
     assert [row.request_id for row in rows] == [f"req_{tag}" for tag in tags], "one row each, in arrival order"
-    assert [row.seq for row in rows] == list(range(1, len(tags) + 1))
+    # A refused batch leaves gaps in seq (drawn from a sequence), none in the lane's places.
+    assert [row.lane_seq for row in rows] == list(range(1, len(tags) + 1))
+    assert {row.lane for row in rows} == {0}
     assert AuditChainHead.objects.get(pk=1).seq == len(tags)
     report = chain_verify()
     assert report.ok and report.checked == len(tags), report.problem

@@ -59,11 +59,12 @@ class Command(BaseCommand):
         if not chain.ok:
             where = f" (request {chain.request_id})" if chain.request_id else ""
             raise CommandError(
-                f"Audit chain broken at event {chain.broken_seq}{where}: {chain.problem}. "
+                f"Audit chain broken at event {chain.broken_seq}{where} in lane {chain.lane}: {chain.problem}. "
                 f"{chain.checked} events before it verified.",
                 returncode=2,
             )
         problems = chain_against_anchor(report.newest) if report.newest else []
         if problems:
             raise CommandError(f"Audit chain broken against {newest}: " + "; ".join(problems) + ".", returncode=2)
-        self.stdout.write(f"Audit chain intact: {chain.checked} events verified (against {newest}).")
+        self.stdout.write(f"Audit chain intact: {chain.checked} events verified (against {newest}) in "
+                          f"{chain.lanes} lane{'s' if chain.lanes != 1 else ''}.")

@@ -35,10 +35,10 @@ from tests.audit.conftest import records  # noqa: E402
 
 FILL = """INSERT INTO audit_auditevent (seq, time, request_id, consumer_name, key_prefix, route, provider,
     upstream_model, endpoint, error_class, cost_micros, latency_us, attempts, client_ip, user_agent, body_mode,
-    request_body, response_body, prev_hash, hash)
+    request_body, response_body, prev_hash, hash, lane, lane_seq)
   SELECT g, now() - interval '1 second' * (%(top)s - g), 'req_' || g, 'alice-agent', 'tg-abcdefg', 'demo',
     'sandbox', 'sandbox-model', 'chat.completions', '', 1234, 52000, 1, '127.0.0.1', 'bench', 'metadata', '', '',
-    repeat('a', 64), repeat('b', 64)
+    repeat('a', 64), repeat('b', 64), 0, g
   FROM generate_series(%(first)s, %(top)s) g"""
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=2000)
     args = parser.parse_args()
     rows = args.rows
-    call_command("migrate", "audit", "0007", verbosity=0)
+    call_command("migrate", "audit", "0008", verbosity=0)  # before partitioning
     sql("TRUNCATE audit_auditevent, audit_auditchainhead")
     plain_append = appends(args.appends)
     sql("TRUNCATE audit_auditevent, audit_auditchainhead")

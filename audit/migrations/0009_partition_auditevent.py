@@ -89,7 +89,7 @@ def unpartition(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0007_event_usage_source'),
+        ('audit', '0008_chain_format_lanes'),
     ]
 
     operations = [
