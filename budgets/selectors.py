@@ -5,8 +5,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -16,6 +14,7 @@ from budgets.holds import BudgetRule, RateRule
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
 from budgets.periods import window_at
 from budgets.signals import limits_cache
+from gateway_site.lib import redisclient
 from gateway_site.lib.db import run_db
 
 
@@ -131,9 +130,7 @@ def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> l
     most the requests being settled); without it, the database rows.
     """
     now = now or timezone.now()
-    redis_client = None
-    if settings.REDIS_URL:
-        redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    redis_client = redisclient.sync_client() if redisclient.configured() else None
     rows = []
     budgets = Budget.objects.filter(Q(consumer=consumer) | Q(key__consumer=consumer)).select_related("key")
     for budget in budgets.order_by("id"):
@@ -144,7 +141,8 @@ def budget_usage_report(*, consumer: Consumer, now: datetime | None = None) -> l
         if redis_client is not None:
             try:
                 live_used, live_reserved = redis_client.hmget(
-                    counters.budget_keys(budget.pk, window.period_start)[0], "used", "reserved")
+                    counters.budget_keys(counters.budget_slot(budget), budget.pk, window.period_start)[0],
+                    "used", "reserved")
             except Exception:
                 live_used = live_reserved = None
             if live_used is not None:
