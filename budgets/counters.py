@@ -244,7 +244,7 @@ async def run(script: str, keys: list[str], args: list) -> list:
     limit = redisclient.concurrency_limit()
     if limit is None:
         return await runner(keys=keys, args=args)  # type: ignore[operator]
-    async with limit:
+    async with limit, redisclient.guarded(redis_client):
         return await runner(keys=keys, args=args)  # type: ignore[operator]
 
 

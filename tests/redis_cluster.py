@@ -74,9 +74,16 @@ class ClusterHandle:
     def startup_nodes(self) -> str:
         return ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
-    def nodes_env(self) -> dict[str, str]:
-        """The environment a gateway process needs to keep its shared state on this cluster."""
-        return {"TOLLGATE_REDIS_CLUSTER_NODES": self.startup_nodes, "REDIS_URL": ""}
+    def nodes_env(self, *, celery_broker_url: str | None = None) -> dict[str, str]:
+        """The environment a gateway process needs to keep its shared state on this cluster. Celery
+        cannot use a cluster as its broker: tasks run in the calling process unless a broker is named
+        (RabbitMQ, amqp://guest@127.0.0.1:5672//, or a plain Redis)."""
+        env = {"TOLLGATE_REDIS_CLUSTER_NODES": self.startup_nodes, "REDIS_URL": ""}
+        if celery_broker_url:
+            env.update(CELERY_BROKER_URL=celery_broker_url, CELERY_TASK_ALWAYS_EAGER="0")
+        else:
+            env.update(CELERY_TASK_ALWAYS_EAGER="1")
+        return env
 
     def client(self) -> redis.RedisCluster:
         """A sync cluster client (decoded strings); close it when done."""
