@@ -30,6 +30,7 @@ from budgets import counters
 from budgets.holds import redis_slot
 from budgets.keys import key_issue, key_revoke
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
+from gateway_site.lib.sharedcache import cache
 from proxy.admission import estimate_prompt_tokens
 from proxy.sandbox import expected_usage
 from tests.faults.conftest import Load, wait_for
@@ -202,6 +203,19 @@ def test_a_revoked_key_stops_working_on_both_gateways(gateways):
         committed(lambda: key_revoke(key=ApiKey.objects.get(consumer=owner.consumer)))
     for url in gateways.urls:
         wait_for(lambda url=url: chat(url, owner.key).status_code == 401, timeout=10, interval=0.2)
+
+
+def test_the_cache_spreads_its_keys_over_the_cluster(gateways):
+    names = [f"cache-test:{n}" for n in range(30)]
+    with on_cluster(gateways.cluster):
+        cache.set_many({name: {"n": n} for n, name in enumerate(names)}, timeout=60)
+        assert cache.get_many([*names, "cache-test:missing"]) == {name: {"n": n} for n, name in enumerate(names)}
+        assert cache.add("cache-test:counter", 1) and not cache.add("cache-test:counter", 5)
+        assert cache.incr("cache-test:counter", 2) == 3
+        cache.delete_many(names)
+        assert cache.get_many(names) == {}
+        stored = [f"{PREFIX_CACHE}:1:{name}" for name in names]
+    assert len({gateways.cluster.master_of_key(key) for key in stored}) == 3  # every master held some
 
 
 def breaker_states(url: str) -> dict[str, float]:
