@@ -383,7 +383,8 @@ async def settle(admission: Admission, charges: list[int], tokens: int) -> None:
         args.append(tokens - token_hold.amount if admission.metered else tokens)
     try:
         result = await run(SETTLE, keys, args)
-    except UNAVAILABLE_ERRORS:
+    except UNAVAILABLE_ERRORS as exc:
+        outage.failed(exc)  # a failover seen at settle also re-seeds the budgets afterwards
         # Redis went away (before or after admitting): the database mirror still gets the
         # charge, and a restarted Redis is seeded from it; a metered hold expires by itself.
         logger.warning("request %s: settling in Redis failed; charged to the database copy",
