@@ -30,7 +30,9 @@ from budgets import counters
 from budgets.holds import redis_slot
 from budgets.keys import key_issue, key_revoke
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
+from budgets.selectors import budget_usage_report
 from gateway_site.lib.sharedcache import cache
+from gateway_site.status import redis_check
 from proxy.admission import estimate_prompt_tokens
 from proxy.sandbox import expected_usage
 from tests.faults.conftest import Load, wait_for
@@ -193,6 +195,14 @@ def test_budgets_hold_across_two_gateways_under_concurrent_requests(gateways):
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {"budget_exceeded"}
     wait_for(lambda: BudgetUsage.objects.filter(budget=owner.budget, used=served * actual).exists(), timeout=10)
     assert live_usage(gateways.cluster, owner.budget) == (served * actual, 0)
+    # What reads the live counters outside a request finds them on the cluster too: the usage
+    # report (admin, API, metrics) and the reset job; and the health page reaches the cluster.
+    with on_cluster(gateways.cluster):
+        [row] = budget_usage_report(consumer=owner.consumer)
+        assert (row.used, row.reserved) == (served * actual, 0)
+        assert counters.live_used_reader()(owner.budget, row.period_start) == served * actual
+        check = redis_check()
+        assert check is not None and check.ok, check
 
 
 def test_a_revoked_key_stops_working_on_both_gateways(gateways):
