@@ -44,11 +44,18 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 def topology() -> str:
     """'cluster', 'sentinel', 'single', or '' when no Redis is configured (the embedded default)."""
-    if getattr(settings, "TOLLGATE_REDIS_CLUSTER_NODES", None):
-        return "cluster"
-    if getattr(settings, "TOLLGATE_REDIS_SENTINELS", None):
-        return "sentinel"
-    return "single" if settings.REDIS_URL else ""
+    global _topology
+    if _topology is None:
+        if settings.TOLLGATE_REDIS_CLUSTER_NODES:
+            _topology = "cluster"
+        elif settings.TOLLGATE_REDIS_SENTINELS:
+            _topology = "sentinel"
+        else:
+            _topology = "single" if settings.REDIS_URL else ""
+    return _topology
+
+
+_topology: str | None = None  # read once per process (and again when tests change the settings)
 
 
 def configured() -> bool:
@@ -77,34 +84,23 @@ def _timeouts() -> dict[str, Any]:
             "socket_connect_timeout": options.get("socket_connect_timeout", 2)}
 
 
-def _signature() -> tuple:
-    # Tests change these settings; a client built for other settings is not reused.
-    return (topology(), settings.REDIS_URL, tuple(getattr(settings, "TOLLGATE_REDIS_CLUSTER_NODES", ()) or ()),
-            tuple(getattr(settings, "TOLLGATE_REDIS_SENTINELS", ()) or ()),
-            getattr(settings, "TOLLGATE_REDIS_SENTINEL_SERVICE", ""))
-
-
 def _auth() -> dict[str, Any]:
-    password = getattr(settings, "TOLLGATE_REDIS_PASSWORD", None)
+    password = settings.TOLLGATE_REDIS_PASSWORD
     return {"password": password} if password else {}
 
 
 # --- async: one client per event loop --------------------------------------------------------
 
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, Any]] = \
-    weakref.WeakKeyDictionary()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 
 def async_client() -> Any:
     """This event loop's client (redis.asyncio.Redis or RedisCluster), with at most
     TOLLGATE_REDIS_MAX_CONNECTIONS connections per server."""
     loop = asyncio.get_running_loop()
-    signature = _signature()
-    cached = _async_clients.get(loop)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    client = _async_build(signature[0])
-    _async_clients[loop] = (signature, client)
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = _async_build(topology())
     return client
 
 
@@ -131,7 +127,7 @@ def _sentinel_nodes() -> list[tuple[str, int]]:
 
 
 def _sentinel_kwargs() -> dict[str, Any]:
-    password = getattr(settings, "TOLLGATE_REDIS_SENTINEL_PASSWORD", None)
+    password = settings.TOLLGATE_REDIS_SENTINEL_PASSWORD
     return {**_timeouts(), **({"password": password} if password else {})}
 
 
@@ -174,16 +170,15 @@ _semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaph
 
 # --- sync: one client per process --------------------------------------------------------------
 
-_sync: tuple[tuple, Any] | None = None
+_sync: Any = None
 
 
 def sync_client() -> Any:
     """The process's client (redis.Redis or RedisCluster, thread-safe), for everything off the event loop."""
     global _sync
-    signature = _signature()
-    if _sync is not None and _sync[0] == signature:
-        return _sync[1]
-    kind = signature[0]
+    if _sync is not None:
+        return _sync
+    kind = topology()
     if kind == "cluster":
         nodes = parse_nodes("TOLLGATE_REDIS_CLUSTER_NODES", settings.TOLLGATE_REDIS_CLUSTER_NODES)
         client: Any = redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **_timeouts(),
@@ -196,13 +191,16 @@ def sync_client() -> Any:
     else:
         raise ImproperlyConfigured("no Redis is configured (REDIS_URL, TOLLGATE_REDIS_CLUSTER_NODES or "
                                    "TOLLGATE_REDIS_SENTINELS)")
-    _sync = (signature, client)
+    _sync = client
     return client
 
 
 @receiver(setting_changed)
 def _settings_changed(*, setting: str, **kwargs) -> None:
-    global _sync
+    # Tests that change where Redis is get clients for the new settings.
+    global _sync, _topology
     if setting in ("REDIS_URL", "TOLLGATE_REDIS_CLUSTER_NODES", "TOLLGATE_REDIS_SENTINELS",
-                   "TOLLGATE_REDIS_SENTINEL_SERVICE", "CACHES"):
-        _sync = None
+                   "TOLLGATE_REDIS_SENTINEL_SERVICE", "TOLLGATE_REDIS_PASSWORD", "CACHES"):
+        _sync, _topology = None, None
+        _async_clients.clear()
+        _semaphores.clear()
