@@ -220,7 +220,9 @@ def budget_keys(slot: str, budget_id: int, period_start: date) -> tuple[str, str
 
 def budget_slot(budget: Budget) -> str:
     """The hash tag of a budget's counters outside a request (reports, the reset job): the slot
-    every admission that reaches the budget uses (budgets.holds.redis_slot)."""
+    every admission that reaches the budget uses (budgets.holds.redis_slot). With teams, a budget
+    of a consumer in a team, of its keys, or of the team itself takes the team's tag, as
+    Admission.slot does: derive it here, from the same fields."""
     if budget.consumer_id is not None:
         return redis_slot(consumer_id=budget.consumer_id)
     assert budget.key is not None  # a budget belongs to a consumer or to a key
