@@ -172,6 +172,13 @@ if _REDIS_REPLICATED and not envstr("CELERY_BROKER_URL") and envstr("CELERY_TASK
     raise ImproperlyConfigured(
         "with TOLLGATE_REDIS_CLUSTER_NODES or TOLLGATE_REDIS_SENTINELS, set CELERY_BROKER_URL (amqp://..., a plain "
         "redis://..., or sentinel://...) or CELERY_TASK_ALWAYS_EAGER=1 (tasks in the calling process)")
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    # kombu's Sentinel transport: the same sentinels (or others) and the master's name.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": envstr("CELERY_BROKER_SENTINEL_SERVICE",
+                                                             TOLLGATE_REDIS_SENTINEL_SERVICE)}
+    if not CELERY_BROKER_TRANSPORT_OPTIONS["master_name"]:
+        raise ImproperlyConfigured("a sentinel:// CELERY_BROKER_URL needs CELERY_BROKER_SENTINEL_SERVICE "
+                                   "(or TOLLGATE_REDIS_SENTINEL_SERVICE)")
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"

@@ -50,7 +50,7 @@ def test_other_consumers_spread_over_the_slots():
 
 def load_settings(monkeypatch, **env: str) -> dict:
     for name in ("REDIS_URL", "TOLLGATE_REDIS_CLUSTER_NODES", "TOLLGATE_REDIS_SENTINELS", "CELERY_BROKER_URL",
-                 "CELERY_TASK_ALWAYS_EAGER", "TOLLGATE_REDIS_SENTINEL_SERVICE"):
+                 "CELERY_TASK_ALWAYS_EAGER", "TOLLGATE_REDIS_SENTINEL_SERVICE", "CELERY_BROKER_SENTINEL_SERVICE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -67,8 +67,10 @@ def test_settings_name_the_cache_backend_of_each_topology(monkeypatch):
     assert cluster["CACHES"]["default"]["BACKEND"] == "gateway_site.lib.rediscache.RedisCache"
     assert cluster["CELERY_TASK_ALWAYS_EAGER"] is False
     sentinel = load_settings(monkeypatch, TOLLGATE_REDIS_SENTINELS="10.0.0.1:26379",
-                             TOLLGATE_REDIS_SENTINEL_SERVICE="tollgate", CELERY_TASK_ALWAYS_EAGER="1")
+                             TOLLGATE_REDIS_SENTINEL_SERVICE="tollgate",
+                             CELERY_BROKER_URL="sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379")
     assert sentinel["CACHES"]["default"]["BACKEND"] == "gateway_site.lib.rediscache.RedisCache"
+    assert sentinel["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"master_name": "tollgate"}
 
 
 @pytest.mark.parametrize("env, message", [

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import TypeVar
 
@@ -29,8 +31,10 @@ from audit.models import AuditEvent
 from budgets import counters
 from budgets.holds import redis_slot
 from budgets.keys import key_issue, key_revoke
-from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit
+from budgets.models import ApiKey, Budget, BudgetHistory, BudgetUsage, Consumer, RateLimit
+from budgets.periods import window_at
 from budgets.selectors import budget_usage_report
+from gateway_site.celery import app as celery_app
 from gateway_site.lib.sharedcache import cache
 from gateway_site.status import redis_check
 from proxy.admission import estimate_prompt_tokens
@@ -38,7 +42,14 @@ from proxy.sandbox import expected_usage
 from tests.faults.conftest import Load, wait_for
 from tests.faults.seed import PREFIX, UPSTREAM_KEY, seed
 from tests.redis_cluster import ClusterHandle, redis_cluster  # noqa: F401 - the module's cluster fixture
-from tests.servers import free_port, gateway_command, sandbox_command, server_env, subprocess_server
+from tests.servers import (
+    celery_worker,
+    free_port,
+    gateway_command,
+    sandbox_command,
+    server_env,
+    subprocess_server,
+)
 
 # Not transactional: a transactional test's flush would take the gateways' routes away. What the
 # gateways must see is written through committed() instead.
@@ -77,8 +88,10 @@ def gateways(server_database, django_db_blocker, redis_cluster: ClusterHandle) -
             started = [pool.submit(server.__enter__) for server in servers]
         for server in servers:
             stack.push(server.__exit__)  # a server whose start failed has nothing to stop
-        for future in started:
-            future.result()
+        processes = [future.result() for future in started]
+        # Stopped side by side too: all are told to stop before the stack waits for each.
+        for process in processes:
+            stack.callback(process.terminate)
         yield SimpleNamespace(urls=[f"http://127.0.0.1:{port}" for port in ports], key=seeded.key,
                               cluster=redis_cluster)
 
@@ -276,3 +289,37 @@ def test_a_master_failing_over_is_refused_then_served_with_counters_intact(gatew
     wait_for(lambda: BudgetUsage.objects.get(budget=owner.budget).used == audited, timeout=10)
     used, _reserved = live_usage(cluster, owner.budget)
     assert used == audited
+
+
+RABBITMQ = "amqp://guest@127.0.0.1:5672//"
+
+
+def rabbitmq_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ does not answer on 127.0.0.1:5672")
+def test_a_celery_worker_on_rabbitmq_closes_periods_with_the_cluster_s_figures(gateways, server_database):
+    """Celery cannot use the cluster as its broker; with RabbitMQ, its jobs still read the cluster."""
+    owner = new_consumer("celery")
+    window = window_at("day", "UTC", timezone.now() - timedelta(days=1))
+    committed(lambda: BudgetUsage.objects.create(budget=owner.budget, period_start=window.period_start,
+                                                 starts_at=window.starts_at, ends_at=window.ends_at, used=100))
+    # The cluster is ahead of the database copy (charges of a worker killed before its mirror wrote them).
+    client = gateways.cluster.client()
+    with override_settings(CACHES={"default": {**settings.CACHES["default"], "KEY_PREFIX": PREFIX_CACHE}}):
+        key = counters.budget_keys(counters.budget_slot(owner.budget), owner.budget.pk, window.period_start)[0]
+    client.hset(key, "used", 150)
+    client.close()
+    queue = f"tgcluster{os.getpid()}"
+    env = server_env(DATABASE_URL=server_database, TOLLGATE_CACHE_PREFIX=PREFIX_CACHE, TOLLGATE_CELERY_QUEUE=queue,
+                     **gateways.cluster.nodes_env(celery_broker_url=RABBITMQ))
+    with celery_worker(env):
+        with celery_app.connection_for_write(RABBITMQ) as connection:
+            celery_app.send_task("budgets.tasks.budget_reset", queue=queue, connection=connection)
+        wait_for(lambda: BudgetHistory.objects.filter(budget=owner.budget).exists(), timeout=30, interval=0.2)
+    assert BudgetHistory.objects.get(budget=owner.budget).used == 150
