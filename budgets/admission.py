@@ -3,7 +3,7 @@
 budget_reserve holds a request's worst case against its budgets and rate limits;
 budget_settle charges what it really used and releases the holds, also after failures
 and disconnects. Counters change only by atomic operations: Redis Lua scripts when
-REDIS_URL is set (budgets.counters), else conditional UPDATEs checked by row count and
+Redis is configured (budgets.counters), else conditional UPDATEs checked by row count and
 the in-process cache (budgets.fallback). This module only decides which, and in what order.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ async def budget_reserve(
         index = int(now_ts // rate.window_seconds)
         admission.token_holds.append(TokenHold(
             rule=rate,
-            key=counters.token_window_key(rate.id, admission.owner_value(rate.owner), index),
+            key=counters.token_window_key(admission.slot, rate.id, admission.owner_value(rate.owner), index),
             amount=tokens,
             resets_in=int((index + 1) * rate.window_seconds - now_ts + 0.999),
         ))

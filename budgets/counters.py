@@ -9,31 +9,47 @@ holds by expiry time, so a hold whose worker died is released by the next reserv
 Below the scripts, the Redis side of admission: `reserve` and `settle` build a request's
 keys and arguments from its Admission and read the script's answer back into it
 (budgets.admission decides when to call them).
+
+Every key one script touches carries the admission's hash tag (`{c<consumer>}`, or
+`{t<team>}` for a consumer in a team: Admission.slot), so on a Redis Cluster the script
+runs on one node, atomically, as on a single server. A budget's counters are always
+reached with the same tag (budget_slot); moving a consumer to another team moves its
+counters to new keys, which are seeded again from the database (docs/deployment.md).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
-from django_ratelimit import ALL
-from django_ratelimit.core import EXPIRATION_FUDGE, _get_window, _make_cache_key
+from django_ratelimit.core import EXPIRATION_FUDGE, _get_window
 
-from budgets.holds import Admission, Hold, LimitsUnavailable, RateRule, refuse_budget, refuse_requests, refuse_tokens
+from budgets.holds import (
+    Admission,
+    Hold,
+    LimitsUnavailable,
+    RateRule,
+    redis_slot,
+    refuse_budget,
+    refuse_requests,
+    refuse_tokens,
+)
 from budgets.periods import Window
 from budgets.usage import window_rows
+from gateway_site.lib import redisclient
 from gateway_site.lib.db import run_db
-from gateway_site.lib.sharedcache import cache
+
+if TYPE_CHECKING:
+    from budgets.models import Budget
 
 logger = logging.getLogger("tollgate.budgets")
 
 # Per budget i (KEYS 2i-1 = hash, 2i = holds), then per token window j (KEYS 2n+j), then
-# per request-rate window k (KEYS 2n+m+k: django-ratelimit's own counter keys).
+# per request-rate window k (KEYS 2n+m+k).
 # ARGV: now, hold expiry, request id, n budgets, m token windows, p request windows, then
 # per budget (limit or -1 for soft, amount, key ttl), per token window (limit, amount,
 # ttl), per request window (limit, ttl).
@@ -179,51 +195,46 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('HGET', KEYS[1], 'used')
 """
 
-# The Redis errors that mean "the shared counters cannot be reached".
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+# The Redis errors that mean "the shared counters cannot be reached" (any topology).
+UNAVAILABLE_ERRORS = redisclient.UNAVAILABLE_ERRORS
 
 
 def enabled() -> bool:
-    return bool(settings.REDIS_URL)
+    return redisclient.configured()
 
 
-def client() -> aioredis.Redis:
+def client() -> Any:
     """This worker's Redis client, bound to the running event loop (one per worker in production)."""
-    loop = asyncio.get_running_loop()
-    redis_client = _clients.get(loop)
-    if redis_client is None:
-        options = settings.CACHES["default"].get("OPTIONS", {})
-        # A bounded pool: a burst of concurrent requests waits briefly for one of a
-        # few dozen connections instead of opening hundreds (each a Redis client,
-        # and each a chance to time out while the machine is saturated).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            max_connections=settings.TOLLGATE_REDIS_MAX_CONNECTIONS,
-            timeout=5,
-            socket_timeout=options.get("socket_timeout", 2),
-            socket_connect_timeout=options.get("socket_connect_timeout", 2),
-        )
-        redis_client = aioredis.Redis(connection_pool=pool)
-        _clients[loop] = redis_client
-    return redis_client
+    return redisclient.async_client()
 
 
 def _prefix() -> str:
     return settings.CACHES["default"].get("KEY_PREFIX") or "tg"
 
 
-def budget_keys(budget_id: int, period_start: date) -> tuple[str, str]:
-    base = f"{_prefix()}:budget:{budget_id}:{period_start.isoformat()}"
+def budget_keys(slot: str, budget_id: int, period_start: date) -> tuple[str, str]:
+    """A budget window's hash and its holds, under the hash tag of the admissions that reach it."""
+    base = f"{_prefix()}:budget:{{{slot}}}:{budget_id}:{period_start.isoformat()}"
     return base, base + ":holds"
 
 
-def token_window_key(rate_id: int, owner: str, window_index: int) -> str:
-    return f"{_prefix()}:tokens:{rate_id}:{owner}:{window_index}"
+def budget_slot(budget: Budget) -> str:
+    """The hash tag of a budget's counters outside a request (reports, the reset job): the slot
+    every admission that reaches the budget uses (budgets.holds.redis_slot). With teams, a budget
+    of a consumer in a team, of its keys, or of the team itself takes the team's tag, as
+    Admission.slot does: derive it here, from the same fields."""
+    if budget.team_id is not None:
+        return redis_slot(consumer_id=0, team_id=budget.team_id)
+    consumer = budget.consumer if budget.consumer_id is not None else budget.key.consumer  # type: ignore[union-attr]
+    assert consumer is not None  # a budget has exactly one owner: a team, a consumer or a key
+    return redis_slot(consumer_id=consumer.pk, team_id=consumer.team_id)
 
 
-_scripts: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, object]] = weakref.WeakKeyDictionary()
+def token_window_key(slot: str, rate_id: int, owner: str, window_index: int) -> str:
+    return f"{_prefix()}:tokens:{{{slot}}}:{rate_id}:{owner}:{window_index}"
+
+
+_scripts: weakref.WeakKeyDictionary[Any, dict[str, object]] = weakref.WeakKeyDictionary()
 
 
 async def run(script: str, keys: list[str], args: list) -> list:
@@ -233,23 +244,60 @@ async def run(script: str, keys: list[str], args: list) -> list:
     runner = registered.get(script)
     if runner is None:
         runner = registered[script] = redis_client.register_script(script)
-    return await runner(keys=keys, args=args)  # type: ignore[operator]
+    limit = redisclient.concurrency_limit()
+    if limit is None:
+        return await runner(keys=keys, args=args)  # type: ignore[operator]
+    async with limit, redisclient.guarded(redis_client):
+        return await runner(keys=keys, args=args)  # type: ignore[operator]
+
+
+class _Outage:
+    """This process's view of the counters' availability, for the failover rules.
+
+    On a Cluster or Sentinel, an outage shorter than TOLLGATE_REDIS_FAILOVER_SECONDS is taken
+    for a failover and refused even when failing open. A failover may lose writes the old
+    master had acknowledged (replication is asynchronous): afterwards each budget this process
+    reaches is seeded again from the database once (SEED only ever raises `used`), so a
+    charge lost with the old master is restored from the database copy.
+    """
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.reseed = False
+        self.verified: set[str] = set()
+
+    def failed(self, exc: BaseException) -> LimitsUnavailable:
+        now = time.monotonic()
+        replicated = redisclient.replicated()
+        if self.since is None:
+            self.since = now
+            if replicated:
+                self.reseed, self.verified = True, set()
+        failover = replicated and now - self.since < settings.TOLLGATE_REDIS_FAILOVER_SECONDS
+        return LimitsUnavailable(f"{exc.__class__.__name__}: {exc}", failover=failover)
+
+    def answered(self) -> None:
+        self.since = None
+
+
+outage = _Outage()
 
 
 # --- The Redis side of admission ------------------------------------------------------------
 
 
 def request_window(rule: RateRule, admission: Admission) -> tuple[str, int]:
-    """django-ratelimit's own cache key and window end for this rule and owner.
+    """The counter key and window end of this rule and owner, for requests per window.
 
     On Redis the script increments these keys itself, in the same round trip as the
     budgets: calling django-ratelimit (sync, three round trips) from a thread cost
-    2-6 ms per request here. The counters stay django-ratelimit's: `get_usage` reads them.
+    2-6 ms per request here. The windows are django-ratelimit's (the same staggered ends as
+    without Redis, where budgets.fallback calls it); the key is ours, with the admission's
+    hash tag, and only the script reads it (the counts reach the x-ratelimit-* headers).
     """
     value = admission.owner_value(rule.owner)
-    rate = (rule.requests, rule.window_seconds)
     window = _get_window(value, rule.window_seconds)
-    return cache.make_key(_make_cache_key(rule.ratelimit_group, window, rate, value, ALL)), window
+    return f"{_prefix()}:requests:{{{admission.slot}}}:{rule.id}:{value}:{window}", window
 
 
 async def reserve(admission: Admission, now: datetime, request_rules: list[RateRule]) -> None:
@@ -260,8 +308,9 @@ async def reserve(admission: Admission, now: datetime, request_rules: list[RateR
     keys: list[str] = []
     args: list = [f"{now.timestamp():.3f}", f"{now.timestamp() + settings.TOLLGATE_RESERVATION_TTL_SECONDS:.3f}",
                   admission.request_id, len(admission.holds), len(admission.token_holds), len(request_rules)]
+    slot = admission.slot
     for hold in admission.holds:
-        keys.extend(budget_keys(hold.rule.id, hold.window.period_start))
+        keys.extend(budget_keys(slot, hold.rule.id, hold.window.period_start))
         args += [hold.rule.limit if hold.rule.hard else -1, hold.amount, _budget_key_ttl(hold.window, now)]
     for token_hold in admission.token_holds:
         keys.append(token_hold.key)
@@ -273,17 +322,23 @@ async def reserve(admission: Admission, now: datetime, request_rules: list[RateR
         window_ends.append(window_end)
         args += [rule.requests, rule.window_seconds + EXPIRATION_FUDGE]
     try:
+        if outage.reseed:
+            for i, hold in enumerate(admission.holds):
+                if keys[2 * i] not in outage.verified:
+                    await _seed(hold, slot, now)
+                    outage.verified.add(keys[2 * i])
         for _attempt in range(len(admission.holds) + 1):
             result = await run(RESERVE, keys, args)
             status, index = int(result[0]), int(result[1])
             if status == 3:
-                await _seed(admission.holds[index - 1], now)
+                await _seed(admission.holds[index - 1], slot, now)
                 continue
             break
         else:
             raise LimitsUnavailable("the budget counters could not be seeded")
     except UNAVAILABLE_ERRORS as exc:
-        raise LimitsUnavailable(str(exc)) from exc
+        raise outage.failed(exc) from exc
+    outage.answered()
     now_ts = int(now.timestamp())
     if status == 4:
         rule = request_rules[index - 1]
@@ -311,10 +366,11 @@ def _budget_key_ttl(window: Window, now: datetime) -> int:
     return max(60, int((window.ends_at - now).total_seconds()) + 7 * 86400)
 
 
-async def _seed(hold: Hold, now: datetime) -> None:
-    """Start a window's Redis counter from the database (new window, or Redis lost its data)."""
+async def _seed(hold: Hold, slot: str, now: datetime) -> None:
+    """Start a window's Redis counter from the database (new window, or Redis lost its data),
+    or raise it to the database's figure (after a failover lost charges)."""
     used = await run_db(window_rows(hold).values_list("used", flat=True).first)
-    key, _ = budget_keys(hold.rule.id, hold.window.period_start)
+    key, _ = budget_keys(slot, hold.rule.id, hold.window.period_start)
     await run(SEED, [key], [used or 0, _budget_key_ttl(hold.window, now)])
 
 
@@ -323,14 +379,15 @@ async def settle(admission: Admission, charges: list[int], tokens: int) -> None:
     keys: list[str] = []
     args: list = [admission.request_id, len(admission.holds), len(admission.token_holds)]
     for hold, charge in zip(admission.holds, charges, strict=True):
-        keys.extend(budget_keys(hold.rule.id, hold.window.period_start))
+        keys.extend(budget_keys(admission.slot, hold.rule.id, hold.window.period_start))
         args += [charge, 1 if (hold.held and admission.metered) else 0]
     for token_hold in admission.token_holds:
         keys.append(token_hold.key)
         args.append(tokens - token_hold.amount if admission.metered else tokens)
     try:
         result = await run(SETTLE, keys, args)
-    except UNAVAILABLE_ERRORS:
+    except UNAVAILABLE_ERRORS as exc:
+        outage.failed(exc)  # a failover seen at settle also re-seeds the budgets afterwards
         # Redis went away (before or after admitting): the database mirror still gets the
         # charge, and a restarted Redis is seeded from it; a metered hold expires by itself.
         logger.warning("request %s: settling in Redis failed; charged to the database copy",
@@ -344,14 +401,14 @@ async def settle(admission: Admission, charges: list[int], tokens: int) -> None:
         token_hold.count = count
 
 
-def live_used_reader() -> Callable[[int, date], int]:
-    """used(budget_id, period_start) from Redis (0 when absent or without Redis); sync, for the reset job."""
+def live_used_reader() -> Callable[[Budget, date], int]:
+    """used(budget, period_start) from Redis (0 when absent or without Redis); sync, for the reset job."""
     if not enabled():
-        return lambda budget_id, period_start: 0
-    sync_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        return lambda budget, period_start: 0
+    sync_client = redisclient.sync_client()
 
-    def used(budget_id: int, period_start: date) -> int:
-        key, _ = budget_keys(budget_id, period_start)
+    def used(budget: Budget, period_start: date) -> int:
+        key, _ = budget_keys(budget_slot(budget), budget.pk, period_start)
         value = sync_client.hget(key, "used")
         return int(value) if value is not None else 0
 

@@ -62,7 +62,14 @@ class LimitExceeded(Exception):
 
 
 class LimitsUnavailable(Exception):
-    """The shared counters (Redis) cannot be reached, so limits cannot be checked."""
+    """The shared counters (Redis) cannot be reached, so limits cannot be checked.
+
+    `failover`: a Cluster or Sentinel master is (probably) being replaced; the request is
+    refused even when failing open (budgets.counters._Outage)."""
+
+    def __init__(self, message: str, *, failover: bool = False) -> None:
+        super().__init__(message)
+        self.failover = failover
 
 
 @dataclass(slots=True)
@@ -109,7 +116,7 @@ class Admission:
     def slot(self) -> str:
         """The hash tag every Redis key of this admission carries, so that on a Redis Cluster
         one script touches one slot: the team's when the consumer is in one, else the consumer's."""
-        return f"t{self.team_id}" if self.team_id is not None else f"c{self.consumer_id}"
+        return redis_slot(consumer_id=self.consumer_id, team_id=self.team_id)
 
     def owner_value(self, owner: str) -> str:
         """The counter key part of a rule's owner: this key, this consumer or its team."""
@@ -140,6 +147,12 @@ class Admission:
                 headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining))
                 headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset)
         return headers
+
+
+def redis_slot(*, consumer_id: int, team_id: int | None = None) -> str:
+    """The Redis Cluster hash tag of a consumer's admissions: its team's when it has one, else its own.
+    Every reader of a budget's counters derives the tag here (budgets.counters.budget_slot)."""
+    return f"t{team_id}" if team_id is not None else f"c{consumer_id}"
 
 
 def format_duration(seconds: int) -> str:

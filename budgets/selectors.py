@@ -5,8 +5,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -16,6 +14,7 @@ from budgets.holds import BudgetRule, RateRule
 from budgets.models import ApiKey, Budget, BudgetUsage, Consumer, RateLimit, Team
 from budgets.periods import window_at
 from budgets.signals import limits_cache
+from gateway_site.lib import redisclient
 from gateway_site.lib.db import run_db
 
 
@@ -163,11 +162,9 @@ def budget_usage_report(*, consumer: Consumer | None = None, team: Team | None =
         owners = Q(team=team)
     else:
         raise TypeError("budget_usage_report needs a consumer or a team")
-    redis_client = None
-    if settings.REDIS_URL:
-        redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    redis_client = redisclient.sync_client() if redisclient.configured() else None
     rows = []
-    budgets = Budget.objects.filter(owners).select_related("key", "team")
+    budgets = Budget.objects.filter(owners).select_related("key__consumer", "consumer", "team")
     for budget in budgets.order_by("id"):
         window = window_at(budget.period, budget.timezone, now)
         usage = BudgetUsage.objects.filter(budget=budget, period_start=window.period_start).first()
@@ -176,7 +173,8 @@ def budget_usage_report(*, consumer: Consumer | None = None, team: Team | None =
         if redis_client is not None:
             try:
                 live_used, live_reserved = redis_client.hmget(
-                    counters.budget_keys(budget.pk, window.period_start)[0], "used", "reserved")
+                    counters.budget_keys(counters.budget_slot(budget), budget.pk, window.period_start)[0],
+                    "used", "reserved")
             except Exception:
                 live_used = live_reserved = None
             if live_used is not None:

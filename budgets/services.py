@@ -44,7 +44,7 @@ def budget_periods_close(*, now: datetime | None = None) -> int:
                 continue  # closed by a concurrent run
             budget: Budget = usage.budget
             # Redis is ahead of the database copy by the charges a killed worker never wrote.
-            usage.used = max(usage.used, live(budget.pk, usage.period_start))
+            usage.used = max(usage.used, live(budget, usage.period_start))
             history, created = BudgetHistory.objects.get_or_create(
                 budget=budget, period_start=usage.period_start,
                 defaults={"starts_at": usage.starts_at, "ends_at": usage.ends_at, "metric": budget.metric,

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from gateway_site.lib import redisclient
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -27,7 +28,7 @@ def _check_database() -> str | None:
 
 
 def _check_cache() -> str | None:
-    if not settings.REDIS_URL:
+    if not redisclient.configured():
         return None
     try:
         cache.set("readyz:probe", "1", timeout=5)
@@ -44,7 +45,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     redis = await sync_to_async(_check_cache, thread_sensitive=False)()
     checks = {
         "database": "ok" if database is None else f"error: {database}",
-        "redis": ("ok" if redis is None else f"error: {redis}") if settings.REDIS_URL else "not configured",
+        "redis": ("ok" if redis is None else f"error: {redis}") if redisclient.configured() else "not configured",
     }
     ready = database is None and redis is None
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

@@ -92,12 +92,28 @@ if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Redis, the shared state of several processes: one server (REDIS_URL), a Redis Cluster, or
+# the master a Sentinel group names (docs/deployment.md, "Redis Cluster and Sentinel"). At most one.
 REDIS_URL = envstr("REDIS_URL", "")
+TOLLGATE_REDIS_CLUSTER_NODES = envlist("TOLLGATE_REDIS_CLUSTER_NODES")  # host:port,... (some nodes suffice)
+TOLLGATE_REDIS_SENTINELS = envlist("TOLLGATE_REDIS_SENTINELS")  # host:port,... of the sentinels
+TOLLGATE_REDIS_SENTINEL_SERVICE = envstr("TOLLGATE_REDIS_SENTINEL_SERVICE", "")
+# AUTH for the Cluster's or Sentinel's data nodes, and for the sentinels themselves (REDIS_URL carries its own).
+TOLLGATE_REDIS_PASSWORD = envsecret("TOLLGATE_REDIS_PASSWORD")
+TOLLGATE_REDIS_SENTINEL_PASSWORD = envsecret("TOLLGATE_REDIS_SENTINEL_PASSWORD")
+if sum(map(bool, (REDIS_URL, TOLLGATE_REDIS_CLUSTER_NODES, TOLLGATE_REDIS_SENTINELS))) > 1:
+    raise ImproperlyConfigured("set only one of REDIS_URL, TOLLGATE_REDIS_CLUSTER_NODES and TOLLGATE_REDIS_SENTINELS")
+if TOLLGATE_REDIS_SENTINELS and not TOLLGATE_REDIS_SENTINEL_SERVICE:
+    raise ImproperlyConfigured("TOLLGATE_REDIS_SENTINELS needs TOLLGATE_REDIS_SENTINEL_SERVICE (the master's name)")
+_REDIS_REPLICATED = bool(TOLLGATE_REDIS_CLUSTER_NODES or TOLLGATE_REDIS_SENTINELS)
 CACHES: dict[str, dict[str, Any]]
-if REDIS_URL:
+if REDIS_URL or _REDIS_REPLICATED:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's own backend speaks to one server only; ours takes its client from
+            # gateway_site.lib.redisclient, which also speaks Cluster and Sentinel.
+            "BACKEND": ("gateway_site.lib.rediscache.RedisCache" if _REDIS_REPLICATED
+                        else "django.core.cache.backends.redis.RedisCache"),
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": envstr("TOLLGATE_CACHE_PREFIX", "tg"),
             "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
@@ -110,6 +126,9 @@ else:
             "LOCATION": "tollgate",
         }
     }
+if "{" in CACHES["default"].get("KEY_PREFIX", "") or "}" in CACHES["default"].get("KEY_PREFIX", ""):
+    # A brace in the prefix would become every key's hash tag: one slot for the whole cluster.
+    raise ImproperlyConfigured("TOLLGATE_CACHE_PREFIX must not contain { or }")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -144,9 +163,22 @@ REST_FRAMEWORK: dict[str, Any] = {
 
 # --- Celery ---------------------------------------------------------------
 # With REDIS_URL, Redis is the broker. Without it (the embedded default) tasks
-# run in the calling process, so the quickstart needs no broker server.
+# run in the calling process, so the quickstart needs no broker server. Celery's Redis
+# transport does not speak Cluster: with a Cluster (or Sentinel) name the broker
+# (RabbitMQ, a plain Redis, or kombu's sentinel://), or ask for tasks in the calling process.
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "memory://")
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not (REDIS_URL or envstr("CELERY_BROKER_URL")))
+if _REDIS_REPLICATED and not envstr("CELERY_BROKER_URL") and envstr("CELERY_TASK_ALWAYS_EAGER") == "":
+    raise ImproperlyConfigured(
+        "with TOLLGATE_REDIS_CLUSTER_NODES or TOLLGATE_REDIS_SENTINELS, set CELERY_BROKER_URL (amqp://..., a plain "
+        "redis://..., or sentinel://...) or CELERY_TASK_ALWAYS_EAGER=1 (tasks in the calling process)")
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    # kombu's Sentinel transport: the same sentinels (or others) and the master's name.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": envstr("CELERY_BROKER_SENTINEL_SERVICE",
+                                                             TOLLGATE_REDIS_SENTINEL_SERVICE)}
+    if not CELERY_BROKER_TRANSPORT_OPTIONS["master_name"]:
+        raise ImproperlyConfigured("a sentinel:// CELERY_BROKER_URL needs CELERY_BROKER_SENTINEL_SERVICE "
+                                   "(or TOLLGATE_REDIS_SENTINEL_SERVICE)")
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
@@ -176,6 +208,10 @@ TOLLGATE_ROUTE_CACHE_SECONDS = envfloat("TOLLGATE_ROUTE_CACHE_SECONDS", 30.0, mi
 TOLLGATE_UPSTREAM_MAX_CONNECTIONS = envint("TOLLGATE_UPSTREAM_MAX_CONNECTIONS", 10000, minimum=1)
 # Redis connections per worker for budget and rate-limit counters.
 TOLLGATE_REDIS_MAX_CONNECTIONS = envint("TOLLGATE_REDIS_MAX_CONNECTIONS", 64, minimum=1)
+# On a Redis Cluster or Sentinel, counters unreachable for less than this long are taken for a
+# failover: requests are refused (503 limits_unavailable) even with TOLLGATE_LIMITS_FAIL_OPEN,
+# which applies only to an outage that lasts longer (docs/deployment.md).
+TOLLGATE_REDIS_FAILOVER_SECONDS = envfloat("TOLLGATE_REDIS_FAILOVER_SECONDS", 15.0, minimum=0)
 # Add x-tollgate-stages (milliseconds per stage of the request path) to proxy
 # responses: for the benchmark's profile, not for production.
 TOLLGATE_STAGE_TIMING = envbool("TOLLGATE_STAGE_TIMING", False)

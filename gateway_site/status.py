@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.db import connection
 from prometheus_client import Gauge
 
+from gateway_site.lib import redisclient
 from gateway_site.lib.stamps import last_stamp
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _redis():
 
 def heartbeat_write(started: float) -> None:
     entry = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "seen": time.time()}
-    if settings.REDIS_URL:
+    if redisclient.configured():
         client, key = _redis(), cache.make_key(WORKERS_KEY)
         client.hset(key, worker_id(), json.dumps(entry))
         client.expire(key, FORGET_AFTER_SECONDS)
@@ -65,7 +66,7 @@ def heartbeat_write(started: float) -> None:
 
 
 def heartbeat_remove() -> None:
-    if settings.REDIS_URL:
+    if redisclient.configured():
         _redis().hdel(cache.make_key(WORKERS_KEY), worker_id())
     else:
         workers = cache.get(WORKERS_KEY) or {}
@@ -74,7 +75,7 @@ def heartbeat_remove() -> None:
 
 
 def _worker_entries() -> list[dict]:
-    if settings.REDIS_URL:
+    if redisclient.configured():
         client, key = _redis(), cache.make_key(WORKERS_KEY)
         raw = client.hgetall(key)
         entries = []
@@ -164,7 +165,7 @@ def database_check() -> Check:
 
 
 def redis_check() -> Check | None:
-    if not settings.REDIS_URL:
+    if not redisclient.configured():
         return None
 
     def probe() -> str:

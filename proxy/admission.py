@@ -88,7 +88,9 @@ async def admit(ctx: RequestContext, body: dict[str, Any]) -> None:
         raise GatewayError("rate_limit", refused.message, code=refused.code, status=refused.status,
                            headers={"retry-after": str(refused.retry_after)}) from None
     except LimitsUnavailable as exc:
-        if settings.TOLLGATE_LIMITS_FAIL_OPEN:
+        # A failover (Cluster, Sentinel) is refused even when failing open: it lasts seconds,
+        # and the new master may lack holds the old one had acknowledged.
+        if settings.TOLLGATE_LIMITS_FAIL_OPEN and not exc.failover:
             logger.warning("request %s admitted unmetered (fail open): %s", ctx.request_id, exc)
             ctx.admission = budget_admit_unmetered(key=ctx.key, limits=limits, request_id=ctx.request_id)
             return

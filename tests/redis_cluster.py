@@ -57,8 +57,8 @@ def _wait(predicate, *, timeout: float, what: str, interval: float = 0.05):
     raise RuntimeError(f"{what} not within {timeout}s (last error: {last})")
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1,
+def _client(port: int, *, timeout: float = 1.0) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=1,
                        decode_responses=True)
 
 
@@ -123,16 +123,26 @@ class ClusterHandle:
     def keyslot(self, key: str) -> int:
         return int(_client(self.alive()[0]).execute_command("CLUSTER KEYSLOT", key))
 
-    def failover(self, master_index: int, *, kill: bool = True, timeout: float = 20.0) -> int:
+    def failover(self, master_index: int, *, kill: bool = True, unreplicated_seconds: float = 0.0,
+                 timeout: float = 20.0) -> int:
         """Make the master serving the `master_index`-th slot range fail over to its replica; returns
         the promoted replica's port once every live node reports cluster_state:ok again.
 
         kill=True: SIGKILL the master (acknowledged writes not yet replicated are lost, as in a
-        crash). kill=False: a manual `CLUSTER FAILOVER` on the replica (no loss, no outage)."""
+        crash). unreplicated_seconds: first cut the replica's link for that long, so that everything
+        the master acknowledges meanwhile is lost with it: a replication lag as long as that.
+        kill=False: a manual `CLUSTER FAILOVER` on the replica (no loss, no outage)."""
         master = self.masters()[master_index]
         replica = self.replica_of(master)
         if kill:
+            if unreplicated_seconds > 0:
+                # Stopped, the replica cannot reconnect once the master drops its link: the writes
+                # the master acknowledges from then on never reach it.
+                self.processes[replica].send_signal(signal.SIGSTOP)
+                _client(master).client_kill_filter(_type="replica")
+                time.sleep(unreplicated_seconds)
             self.kill(master)
+            self.processes[replica].send_signal(signal.SIGCONT)
         else:
             _client(replica).execute_command("CLUSTER FAILOVER")
         _wait(lambda: _client(replica).info("replication")["role"] == "master", timeout=timeout,

@@ -37,7 +37,7 @@ cache: Any = _SharedCacheProxy()
 
 @receiver(setting_changed)
 def _settings_changed(*, setting: str, **kwargs) -> None:
-    # Tests that override CACHES (or REDIS_URL) get a client for the new settings.
+    # Tests that override CACHES (or where Redis is) get a client for the new settings.
     global _instance
-    if setting in ("CACHES", "REDIS_URL"):
+    if setting in ("CACHES", "REDIS_URL", "TOLLGATE_REDIS_CLUSTER_NODES", "TOLLGATE_REDIS_SENTINELS"):
         _instance = None

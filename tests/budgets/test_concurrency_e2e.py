@@ -85,7 +85,7 @@ def test_concurrent_requests_never_overspend_a_token_budget(consumer):
         assert "retry-after" in refused.headers
     usage_row = BudgetUsage.objects.get(budget=tokens)
     live = redis.Redis.from_url(settings.REDIS_URL)
-    hash_key, holds_key = counters.budget_keys(tokens.pk, usage_row.period_start)
+    hash_key, holds_key = counters.budget_keys(counters.budget_slot(tokens), tokens.pk, usage_row.period_start)
     live_used, live_reserved = (int(v) for v in live.hmget(hash_key, "used", "reserved"))
     # Exact: each served request charged its real usage, streamed or not, and nothing more.
     assert usage_row.used == live_used == served * actual

@@ -103,7 +103,7 @@ def assert_no_hold_left(budget: Budget, row: BudgetUsage) -> None:
     assert not BudgetReservation.objects.filter(budget=budget).exists()
     if settings.REDIS_URL:
         live = redis.Redis.from_url(settings.REDIS_URL)
-        hash_key, holds_key = counters.budget_keys(budget.pk, row.period_start)
+        hash_key, holds_key = counters.budget_keys(counters.budget_slot(budget), budget.pk, row.period_start)
         live_reserved = live.hget(hash_key, "reserved")
         assert int(live_reserved or 0) == 0 and live.zcard(holds_key) == 0
 
@@ -140,7 +140,8 @@ def _team_budget_holds(team: SimpleNamespace, **env: str) -> None:
     assert_no_hold_left(budget, row)
     if env.get("REDIS_URL") != "":
         live = redis.Redis.from_url(settings.REDIS_URL)
-        assert int(live.hget(counters.budget_keys(budget.pk, row.period_start)[0], "used")) == audited
+        live_key = counters.budget_keys(counters.budget_slot(budget), budget.pk, row.period_start)[0]
+        assert int(live.hget(live_key, "used")) == audited
 
 
 def test_a_team_budget_holds_under_50_concurrent_requests_of_two_consumers(team):

@@ -171,7 +171,8 @@ def test_a_client_that_leaves_mid_stream_cancels_the_upstream_and_is_settled_and
     day = timezone.now().date()
     if os.environ.get("REDIS_URL"):
         live = redis.Redis.from_url(os.environ["REDIS_URL"])
-        window = live.hgetall(f"{gateway.env['TOLLGATE_CACHE_PREFIX']}:budget:{budget.pk}:{day.isoformat()}")
+        window = live.hgetall(f"{gateway.env['TOLLGATE_CACHE_PREFIX']}:budget:{{c{budget.consumer_id}}}:"
+                              f"{budget.pk}:{day.isoformat()}")
         live.close()
         assert int(window[b"reserved"]) == 0
         assert not any(name.startswith(b"r:") for name in window)

@@ -59,7 +59,8 @@ def test_redis_outage_refuses_cleanly_or_serves_metered_and_recovers(server_data
             live = redis.Redis.from_url(server.url)
             budget = Budget.objects.get(consumer__name=f"{PREFIX}consumer-0")
             day = timezone.now().date()
-            live_used = int(live.hget(f"{prefix}:budget:{budget.pk}:{day.isoformat()}", "used") or 0)
+            live_key = f"{prefix}:budget:{{c{budget.consumer_id}}}:{budget.pk}:{day.isoformat()}"
+            live_used = int(live.hget(live_key, "used") or 0)
             live.close()
         outcomes = load.outcomes
         before = [o for o in outcomes if o.ended < down_at]
