@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from budgets.selectors import KeyInfo
 from gateway_site.lib.clientaddr import client_address
 from gateway_site.lib.db import database_mark_down, database_usable
 from proxy import metrics
@@ -44,9 +45,21 @@ from proxy.stored_responses import responses_state
 
 logger = logging.getLogger("tollgate.requests")
 
+# Where the server's entry point (gateway_site/asgi.py) leaves the key it accepted before reading the
+# body (request.META), so that the view does not look it up a second time.
+KEY_ACCEPTED = "tollgate.key_accepted"
+
 DATABASE_UNAVAILABLE_MESSAGE = (
     "The gateway cannot reach its database, so it cannot record requests and refuses them. Retry shortly."
 )
+
+
+async def key_of(request: HttpRequest, address: str | None) -> KeyInfo:
+    """The caller's key: the one the entry point accepted, else authenticate_watched's (401 or 403)."""
+    accepted = request.META.get(KEY_ACCEPTED)
+    if accepted is not None:
+        return accepted
+    return await authenticate_watched(request, address)
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -245,7 +258,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
         # Before the method check: without a key, a wrong method is the same 401 as any path.
-        ctx.key = await authenticate_watched(request, ctx.client_ip)
+        ctx.key = await key_of(request, ctx.client_ip)
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.lap("auth")
@@ -350,7 +363,7 @@ def finished_as(endpoint: str, caller: Caller | None = None) -> Callable[[View],
                 await request_finish(ctx)
                 raise
             try:
-                ctx.key = await authenticate(request)
+                ctx.key = request.META.get(KEY_ACCEPTED) or await authenticate(request)
             except GatewayError:
                 pass
             ctx.outcome(response.status_code, _error_class_of(response))
