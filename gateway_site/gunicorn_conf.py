@@ -5,7 +5,8 @@
 Read by gunicorn's master before it forks the workers, from the environment:
 PORT or TOLLGATE_BIND (address), WEB_CONCURRENCY (workers, default one per core),
 TOLLGATE_GRACEFUL_TIMEOUT, TOLLGATE_LOG_FORMAT/TOLLGATE_LOG_LEVEL (gunicorn's
-and uvicorn's own lines in the application's format), PROMETHEUS_MULTIPROC_DIR.
+and uvicorn's own lines in the application's format), TOLLGATE_REUSE_PORT (a listening
+socket per worker, default on), PROMETHEUS_MULTIPROC_DIR.
 Command-line options given after `-c` override these (the tests pass -b and -w).
 """
 from __future__ import annotations
@@ -25,6 +26,12 @@ workers = envint("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
 graceful_timeout = envint("TOLLGATE_GRACEFUL_TIMEOUT", 30, minimum=1)
 # Keep-alive towards the reverse proxy: longer than nginx's upstream keepalive_timeout default.
 keepalive = envint("TOLLGATE_KEEPALIVE_SECONDS", 75, minimum=1)
+# One listening socket per worker (SO_REUSEPORT; gunicorn then binds in each worker, not in the
+# master): the kernel spreads new connections over the workers by a hash of their addresses, instead
+# of handing each to whichever worker wakes first, which with keep-alive clients (wrk's 64
+# connections, a load balancer's pool) could leave one worker with most of them for their whole
+# life (the p99 at 64 clients, docs/performance.md).
+reuse_port = envbool("TOLLGATE_REUSE_PORT", True)
 # The client address is worked out once, by the application (TOLLGATE_TRUSTED_PROXIES,
 # gateway_site/lib/clientaddr.py); uvicorn must not rewrite it from X-Forwarded-For before.
 forwarded_allow_ips = ""
