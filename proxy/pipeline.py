@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -65,6 +66,28 @@ async def key_of(request: HttpRequest, address: str | None) -> KeyInfo:
 def client_ip(request: HttpRequest) -> str | None:
     """The peer, or X-Forwarded-For's client when the peer is in TOLLGATE_TRUSTED_PROXIES."""
     return client_address(request.META)
+
+
+# Per event loop (one per worker in production; tests make many).
+_admission_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def admission_turn() -> asyncio.Semaphore:
+    """At most half of the worker's Redis connections (TOLLGATE_REDIS_MAX_CONNECTIONS) admitting at once;
+    the other requests wait their turn here, for as long as their client waits.
+
+    Admission waits at most 5 s for one of the pool's connections (budgets.counters) and then fails
+    closed: a 503 `limits_unavailable`, as if Redis were down. A burst of thousands of requests on one
+    worker (the benchmark's 5,000 streams opened at once) queued that long for the pool while Redis was
+    fine, and up to four in five of them were refused (docs/performance.md). Queued here instead, they
+    are admitted late rather than refused, and settlements and the breaker's reads keep the rest of the
+    pool. A Redis that does not answer still fails each admission within its socket timeouts."""
+    loop = asyncio.get_running_loop()
+    turn = _admission_turns.get(loop)
+    if turn is None:
+        turn = _admission_turns[loop] = asyncio.Semaphore(max(1, settings.TOLLGATE_REDIS_MAX_CONNECTIONS // 2))
+    return turn
 
 
 async def request_finish(ctx: RequestContext) -> None:
@@ -278,7 +301,8 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if caller is Caller.RESPONSES:
             inbound.stored, ctx.pinned_deployment = await responses_state(ctx.route, body)
         ctx.lap("route")
-        await admit(ctx, body)
+        async with admission_turn():
+            await admit(ctx, body)
         ctx.lap("admit")
         response = await call(ctx, ctx.route, inbound)
         # Provider time and the gateway's own time (translation, failover) of the call.

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -276,8 +277,19 @@ def main() -> None:
     only = set(args.only or ("non-stream", "streams", "slow"))
     if args.skip_slow:
         only.discard("slow")
+    # The servers inherit this limit: 5,000 streams need 5,000 descriptors in this client, the sandbox
+    # and each gateway worker. A low soft limit (1,024 on many systems) made streams fail at random.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if "slow" in only and resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 12000:
+        print("warning: open files limited to", resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+              "- the 5,000 slow streams need about 6,000 per process", file=sys.stderr)
 
-    report: dict = {"machine": {"cores": os.cpu_count()}, "workers": args.workers, "seconds": args.seconds}
+    report: dict = {"machine": {"cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
+                                "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0]},
+                    "workers": args.workers, "seconds": args.seconds}
     with gateway_under_test(args) as under_test:
         key, gateway = under_test.key, under_test.gateway
         sandbox_port, gateway_port = under_test.sandbox_port, under_test.gateway_port
@@ -381,8 +393,10 @@ def targets(report: dict) -> list[dict]:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nTollgate benchmark: {report['workers']} workers, {report['machine']['cores']} cores, "
-          f"{report['seconds']} s per run\n")
+    machine = report["machine"]
+    print(f"\nTollgate benchmark: {report['workers']} workers, {machine['cores']} cores, "
+          f"{report['seconds']} s per run, load average {machine.get('load_at_start', 0):.1f} at the start "
+          "(figures move by tens of percent on a busy machine)\n")
     if "non_stream" in report:
         print(f"{'non-stream':<14}{'direct rps':>12}{'gateway rps':>13}{'ratio':>7}"
               f"{'direct p50':>12}{'gw p50':>9}{'added p50':>11}{'gw p99':>9}{'cpu ms/req':>12}{'errors':>8}")
