@@ -44,6 +44,7 @@ from budgets.selectors import KeyInfo  # noqa: E402
 from gateway_site.lib.asgibody import TOO_LARGE, body_expected, read_body_within  # noqa: E402
 from gateway_site.lib.asgirequest import LeanRequest  # noqa: E402
 from gateway_site.status import heartbeat_loop, heartbeat_remove  # noqa: E402
+from proxy import tracing  # noqa: E402
 from proxy.auth import authenticate  # noqa: E402
 from proxy.errors import Caller, GatewayError  # noqa: E402
 from proxy.parsing import BODY_REFUSED  # noqa: E402
@@ -247,6 +248,8 @@ async def _lifespan(receive, send) -> None:
                 except Exception:
                     logger.warning("could not remove this worker's heartbeat", exc_info=True)
             await close_clients()
+            if tracing.ENABLED:
+                await asyncio.to_thread(tracing.shutdown)  # the spans still queued
             # The last half second of settled budget usage, for the database copy
             # (gunicorn stops workers by signal, so atexit hooks never run).
             from budgets.usage import usage_mirror

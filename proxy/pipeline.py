@@ -23,7 +23,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from budgets.selectors import KeyInfo
 from gateway_site.lib.clientaddr import client_address
 from gateway_site.lib.db import database_mark_down, database_usable
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_chat
@@ -100,6 +100,7 @@ async def request_finish(ctx: RequestContext) -> None:
     await price_usage(ctx)
     # The budget's settlement (Redis) and the audit event's commit (PostgreSQL) need nothing from
     # each other: they go on at the same time, and the answer waits for both.
+    settle_started = time.perf_counter()
     settling = settle_start(ctx)
     try:
         audit_started = time.perf_counter()
@@ -108,6 +109,8 @@ async def request_finish(ctx: RequestContext) -> None:
     finally:
         await asyncio.shield(settling)
         ctx.lap("finish")
+    tracing.interval(ctx, "audit", audit_started, audit_started + audit_seconds)
+    tracing.interval(ctx, "settle", settle_started, settle_started + ctx.stages.get("settle", 0.0))
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
     # Structured fields (gateway_site/lib/logs.py): never a key or a body.
@@ -127,6 +130,7 @@ async def request_finish(ctx: RequestContext) -> None:
         "overhead_ms": round(ctx.overhead_ms(), 2),
         "ttft_ms": None if ctx.first_byte_seconds is None else round(ctx.first_byte_seconds * 1000, 1),
     })
+    tracing.export(ctx)
 
 
 def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
@@ -149,7 +153,7 @@ def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
 
 
 def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContext:
-    ctx = RequestContext(caller=caller, endpoint=endpoint)
+    ctx = tracing.context(caller=caller, endpoint=endpoint)
     ctx.client_ip = client_ip(request)
     ctx.user_agent = request.headers.get("User-Agent", "")[:300]
     return ctx
