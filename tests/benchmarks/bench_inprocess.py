@@ -18,14 +18,18 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks.bench_gateway import BODY, gateway_under_test  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 
 async def _one(application, key: str) -> int:
@@ -73,6 +77,36 @@ async def _round(application, key: str, requests: int, concurrency: int) -> tupl
     return time.process_time() - cpu, time.perf_counter() - wall, failures
 
 
+# A process that answers every OTLP/HTTP export with 200 and keeps nothing (its CPU is not counted).
+SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Sink(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink)
+server.serve_forever()
+"""
+
+
+@contextmanager
+def otlp_sink(wanted: bool) -> Iterator[str | None]:
+    if not wanted:
+        yield None
+        return
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+    try:
+        time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -81,8 +115,12 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true",
+                        help="with OpenTelemetry tracing on, exporting to a local OTLP/HTTP sink (proxy/tracing.py)")
     args = parser.parse_args()
-    with gateway_under_test(args) as under_test:
+    with gateway_under_test(args) as under_test, otlp_sink(args.trace) as sink:
+        if sink:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink
         os.environ.update({"DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url,
                            "DJANGO_SECRET_KEY": "benchmark-only-secret", "TOLLGATE_LOG_LEVEL": "warning",
                            "TOLLGATE_CELERY_QUEUE": "tollgate-bench"})
@@ -97,7 +135,7 @@ def main() -> None:
 
         rounds = asyncio.run(run())
     per_request = [1000 * cpu / args.requests for cpu, _, _ in rounds]
-    report = {"requests": args.requests, "concurrency": args.concurrency,
+    report = {"requests": args.requests, "concurrency": args.concurrency, "traced": args.trace,
               "cpu_ms_per_request": per_request, "best_cpu_ms_per_request": min(per_request),
               "failures": sum(f for _, _, f in rounds)}
     print(json.dumps(report))
