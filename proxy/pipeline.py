@@ -69,25 +69,30 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 # Per event loop (one per worker in production; tests make many).
-_admission_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary())
+_redis_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def admission_turn() -> asyncio.Semaphore:
-    """At most half of the worker's Redis connections (TOLLGATE_REDIS_MAX_CONNECTIONS) admitting at once;
-    the other requests wait their turn here, for as long as their client waits.
+def redis_turn() -> asyncio.Semaphore:
+    """Admissions and settlements in flight at once on this worker: at most three quarters of its Redis
+    connections (TOLLGATE_REDIS_MAX_CONNECTIONS); the other requests wait their turn here, for as long
+    as their client waits.
 
-    Admission waits at most 5 s for one of the pool's connections (budgets.counters) and then fails
-    closed: a 503 `limits_unavailable`, as if Redis were down. A burst of thousands of requests on one
-    worker (the benchmark's 5,000 streams opened at once) queued that long for the pool while Redis was
-    fine, and up to four in five of them were refused (docs/performance.md). Queued here instead, they
-    are admitted late rather than refused, and settlements and the breaker's reads keep the rest of the
-    pool. A Redis that does not answer still fails each admission within its socket timeouts."""
+    Admission and settlement wait at most 5 s for one of the pool's connections (budgets.counters), and
+    then fail as if Redis were down: a 503 `limits_unavailable`, a settlement charged to the database
+    copy only. A burst of thousands of requests on one worker (the benchmark's 5,000 streams opened at
+    once) waited that long for the pool while Redis was fine, and most of them were refused
+    (docs/performance.md). Queued here instead, they are admitted late rather than refused. A Redis
+    that does not answer still fails each of them within its socket timeouts."""
     loop = asyncio.get_running_loop()
-    turn = _admission_turns.get(loop)
+    turn = _redis_turns.get(loop)
     if turn is None:
-        turn = _admission_turns[loop] = asyncio.Semaphore(max(1, settings.TOLLGATE_REDIS_MAX_CONNECTIONS // 2))
+        turn = _redis_turns[loop] = asyncio.Semaphore(max(1, settings.TOLLGATE_REDIS_MAX_CONNECTIONS * 3 // 4))
     return turn
+
+
+async def _settle_in_turn(ctx: RequestContext) -> None:
+    async with redis_turn():
+        await settle_start(ctx)
 
 
 async def request_finish(ctx: RequestContext) -> None:
@@ -101,7 +106,8 @@ async def request_finish(ctx: RequestContext) -> None:
     # The budget's settlement (Redis) and the audit event's commit (PostgreSQL) need nothing from
     # each other: they go on at the same time, and the answer waits for both.
     settle_started = time.perf_counter()
-    settling = settle_start(ctx)
+    # A task of its own (a client that leaves cancels the request, never its settlement), in its turn.
+    settling = asyncio.get_running_loop().create_task(_settle_in_turn(ctx))
     try:
         audit_started = time.perf_counter()
         await record(ctx)
@@ -305,7 +311,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if caller is Caller.RESPONSES:
             inbound.stored, ctx.pinned_deployment = await responses_state(ctx.route, body)
         ctx.lap("route")
-        async with admission_turn():
+        async with redis_turn():
             await admit(ctx, body)
         ctx.lap("admit")
         response = await call(ctx, ctx.route, inbound)

@@ -1,4 +1,4 @@
-"""A burst of requests on one worker waits its turn to be admitted (proxy.pipeline.admission_turn)
+"""A burst of requests on one worker waits its turn to be admitted and settled (proxy.pipeline.redis_turn)
 instead of queueing for the Redis pool until admission gives up and refuses it as if Redis were down."""
 from __future__ import annotations
 
@@ -14,23 +14,34 @@ HELLO = {"model": "demo", "messages": [{"role": "user", "content": "hello"}]}
 
 @pytest.mark.django_db
 @override_settings(TOLLGATE_REDIS_MAX_CONNECTIONS=4)
-def test_at_most_half_the_redis_pool_admits_at_once_and_the_rest_wait(personas, demo_route, monkeypatch):
+def test_at_most_three_quarters_of_the_redis_pool_admit_or_settle_at_once(personas, demo_route, monkeypatch):
     import proxy.pipeline
 
-    admit = proxy.pipeline.admit
-    admitting, most = 0, 0
+    admit, settle_start = proxy.pipeline.admit, proxy.pipeline.settle_start
+    using_redis, most, settled = 0, 0, 0
 
-    async def counted_admit(ctx, body) -> None:
-        nonlocal admitting, most
-        admitting += 1
-        most = max(most, admitting)
+    async def counted(call) -> None:
+        nonlocal using_redis, most
+        using_redis += 1
+        most = max(most, using_redis)
         try:
             await asyncio.sleep(0.02)  # a Redis round trip on a busy worker
-            await admit(ctx, body)
+            await call()
         finally:
-            admitting -= 1
+            using_redis -= 1
+
+    async def counted_admit(ctx, body) -> None:
+        await counted(lambda: admit(ctx, body))
+
+    def counted_settle(ctx) -> asyncio.Task:
+        async def settle() -> None:
+            nonlocal settled
+            settled += 1
+            await settle_start(ctx)
+        return asyncio.get_running_loop().create_task(counted(settle))
 
     monkeypatch.setattr(proxy.pipeline, "admit", counted_admit)
+    monkeypatch.setattr(proxy.pipeline, "settle_start", counted_settle)
 
     async def burst() -> list[int]:
         client = AsyncClient()
@@ -42,4 +53,5 @@ def test_at_most_half_the_redis_pool_admits_at_once_and_the_rest_wait(personas, 
 
     statuses = async_to_sync(burst)()
     assert statuses == [200] * 8
-    assert most == 2  # TOLLGATE_REDIS_MAX_CONNECTIONS // 2: every request admitted, two at a time
+    assert settled == 8
+    assert most == 3  # three quarters of TOLLGATE_REDIS_MAX_CONNECTIONS: every request served, three at a time
