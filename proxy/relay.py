@@ -62,10 +62,8 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class StreamResponse(StreamingHttpResponse):
-    """A relayed stream handed to the server as the relay yields it. Django's StreamingHttpResponse
-    wraps its iterator in one more async generator each time streaming_content is read (the pipeline
-    reads it once to wrap it, the server once to send it), to re-check that each part is bytes:
-    the relay only ever yields bytes."""
+    """A relayed stream, its parts handed to the server as the relay yields them (bytes): Django's wraps
+    them in one more generator each time streaming_content is read (the pipeline once, the server once)."""
 
     @property
     def streaming_content(self) -> Any:
