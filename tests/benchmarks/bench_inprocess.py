@@ -72,8 +72,12 @@ async def _round(application, key: str, requests: int, concurrency: int) -> tupl
             if await _one(application, key) != 200:
                 failures += 1
 
+    from proxy import tracing
+
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(concurrency)))
+    if tracing.ENABLED:
+        await asyncio.to_thread(tracing.flush, 30_000)  # the round's spans encoded and sent: counted in it
     return time.process_time() - cpu, time.perf_counter() - wall, failures
 
 
@@ -130,8 +134,12 @@ def main() -> None:
 
         async def run() -> list[tuple[float, float, int]]:
             await _round(application, under_test.key, 200, args.concurrency)  # warm up
-            return [await _round(application, under_test.key, args.requests, args.concurrency)
-                    for _ in range(args.rounds)]
+            rounds = [await _round(application, under_test.key, args.requests, args.concurrency)
+                      for _ in range(args.rounds)]
+            from proxy import tracing
+
+            await asyncio.to_thread(tracing.shutdown)  # while the sink still answers
+            return rounds
 
         rounds = asyncio.run(run())
     per_request = [1000 * cpu / args.requests for cpu, _, _ in rounds]
