@@ -105,7 +105,6 @@ async def request_finish(ctx: RequestContext) -> None:
     await price_usage(ctx)
     # The budget's settlement (Redis) and the audit event's commit (PostgreSQL) need nothing from
     # each other: they go on at the same time, and the answer waits for both.
-    settle_started = time.perf_counter()
     # A task of its own (a client that leaves cancels the request, never its settlement), in its turn.
     settling = asyncio.get_running_loop().create_task(_settle_in_turn(ctx))
     try:
@@ -116,7 +115,6 @@ async def request_finish(ctx: RequestContext) -> None:
         await asyncio.shield(settling)
         ctx.lap("finish")
     tracing.interval(ctx, "audit", audit_started, audit_started + audit_seconds)
-    tracing.interval(ctx, "settle", settle_started, settle_started + ctx.stages.get("settle", 0.0))
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
     # Structured fields (gateway_site/lib/logs.py): never a key or a body.

@@ -9,9 +9,10 @@ thread sends them. Nothing is traced on the way, so no span is left open by a re
 cancelled, and the request path pays one list append per stage.
 
 One trace per request: a SERVER span named as the GenAI semantic conventions name an inference
-span (`chat {model}`), with children for each stage (`auth`, `parse`, `route`, `admission`,
-`call`, `relay` (a stream) or `answer`, `audit`, `settle`) and one CLIENT span per upstream
-attempt (`chat {upstream model}`, on its provider). Attributes: gen_ai.operation.name,
+span (`chat {model}`), with children for the stages (`auth`, `admission`, `relay` (a stream) or
+`answer`, `audit`) and one CLIENT span per upstream attempt (`chat {upstream model}`, on its
+provider); every stage's milliseconds, those without a span of their own too (parse, route, call,
+settle, finish), are attributes of the request span (tollgate.stage_ms.<stage>). Attributes: gen_ai.operation.name,
 gen_ai.provider.name and gen_ai.system (the same value, under the conventions' older name),
 gen_ai.request.model (the model the caller asked for), gen_ai.response.model (the upstream model that
 answered), gen_ai.usage.input_tokens and gen_ai.usage.output_tokens, tollgate.cost_usd and
@@ -44,8 +45,10 @@ ENABLED = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("
 # gen_ai.provider.name per provider kind (the conventions' well-known values where there is one).
 PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini",
                   "openai_compatible": "openai", "sandbox": "tollgate.sandbox"}
-# The pipeline's stage names (ctx.lap) as span names.
-STAGE_SPANS = {"admit": "admission"}
+# The stages (ctx.lap) that are spans of their own, by span name; the others (parse, route, call,
+# finish) are attributes of the request span (tollgate.stage_ms.<stage>): each span costs the
+# SDK about a fifth of a millisecond of CPU to make, encode and send (docs/performance.md).
+STAGE_SPANS = {"auth": "auth", "admit": "admission", "answer": "answer"}
 
 
 @dataclass(slots=True)
@@ -58,11 +61,11 @@ class TracedContext(RequestContext):
     def lap(self, stage: str) -> None:
         since = self.started if self._lap_mark is None else self._lap_mark
         RequestContext.lap(self, stage)
-        end = self._lap_mark
-        assert end is not None
-        if stage == "answer" and self.stream:
-            stage = "relay"
-        self.intervals.append((STAGE_SPANS.get(stage, stage), since, end, None))
+        name = STAGE_SPANS.get(stage)
+        if name is not None:
+            end = self._lap_mark
+            assert end is not None
+            self.intervals.append(("relay" if name == "answer" and self.stream else name, since, end, None))
 
 
 def context(**kwargs: Any) -> RequestContext:
@@ -133,6 +136,8 @@ def request_attributes(ctx: RequestContext) -> dict[str, Any]:
         attributes["error.type"] = ctx.error_class
     if ctx.first_byte_seconds is not None:
         attributes["tollgate.time_to_first_byte_ms"] = round(ctx.first_byte_seconds * 1000, 2)
+    for stage, seconds in ctx.stages.items():
+        attributes[f"tollgate.stage_ms.{stage}"] = round(seconds * 1000, 3)
     return attributes
 
 
