@@ -47,7 +47,7 @@ PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.g
                   "openai_compatible": "openai", "sandbox": "tollgate.sandbox"}
 # The stages (ctx.lap) that are spans of their own, by span name; the others (parse, route, call,
 # finish) are attributes of the request span (tollgate.stage_ms.<stage>): each span costs the
-# SDK about a fifth of a millisecond of CPU to make, encode and send (docs/performance.md).
+# SDK a fifth of a millisecond of CPU or more to make, encode and send (docs/performance.md).
 STAGE_SPANS = {"auth": "auth", "admit": "admission", "answer": "answer"}
 
 
@@ -165,6 +165,8 @@ def _export(ctx: TracedContext) -> None:
     name = f"{_operation(ctx)} {requested}" if requested else ctx.endpoint
     root = tracer.start_span(name, kind=trace.SpanKind.SERVER, start_time=ns(ctx.started),
                              attributes=request_attributes(ctx))
+    if not root.is_recording():
+        return  # not sampled (OTEL_TRACES_SAMPLER): nor are its children
     if ctx.error_class is not None and (ctx.status or 0) >= 500:
         root.set_status(trace.Status(trace.StatusCode.ERROR, ctx.error_class))
     parent = trace.set_span_in_context(root)
