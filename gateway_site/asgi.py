@@ -30,19 +30,25 @@ django.setup(set_prefix=False)
 import asyncio  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
+from collections.abc import AsyncGenerator  # noqa: E402
+from contextlib import aclosing  # noqa: E402
 
 import orjson  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpResponseBase, JsonResponse  # noqa: E402
-from django.urls import Resolver404, resolve  # noqa: E402
+from django.urls import Resolver404, ResolverMatch, resolve  # noqa: E402
 
+from budgets.selectors import KeyInfo  # noqa: E402
 from gateway_site.lib.asgibody import TOO_LARGE, body_expected, read_body_within  # noqa: E402
+from gateway_site.lib.asgirequest import LeanRequest  # noqa: E402
 from gateway_site.status import heartbeat_loop, heartbeat_remove  # noqa: E402
+from proxy import tracing  # noqa: E402
 from proxy.auth import authenticate  # noqa: E402
 from proxy.errors import Caller, GatewayError  # noqa: E402
 from proxy.parsing import BODY_REFUSED  # noqa: E402
+from proxy.pipeline import KEY_ACCEPTED  # noqa: E402
 from proxy.upstream import close_clients  # noqa: E402
 
 logger = logging.getLogger("tollgate.asgi")
@@ -63,6 +69,11 @@ class LeanASGIHandler(ASGIHandler):
     directly; database calls on these paths go through gateway_site.lib.db.run_db,
     which manages connections itself. Client disconnects still cancel the view,
     as in Django's handler.
+
+    On the keyed paths the request is a LeanRequest (gateway_site/lib/asgirequest.py)
+    rather than Django's ASGIRequest, the key accepted before the body is read is handed
+    to the view (proxy.pipeline.KEY_ACCEPTED) instead of being looked up again, and the
+    answer is sent with one message per part (send_lean).
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
@@ -72,64 +83,60 @@ class LeanASGIHandler(ASGIHandler):
         self._middleware_chain = None
 
     async def __call__(self, scope, receive, send) -> None:
-        body_file = io.BytesIO()
-        request, error_response = self.create_request(scope, body_file)
+        if scope["path"].startswith(KEYED_PATH_PREFIXES):
+            await self._serve_keyed(scope, receive, send)
+            return
+        # The probes and /metrics: Django's request, no body to speak of.
+        request, error_response = self.create_request(scope, io.BytesIO())
         if request is None:
             assert error_response is not None  # create_request gives a request or the error's response
             await self.send_response(error_response, send)
             return
+        await send_lean(await self._respond(request), send)
+
+    async def _serve_keyed(self, scope, receive, send) -> None:
+        request = LeanRequest(scope)
         try:
-            consumed, left_over = await self._take_body(request, scope, receive, body_file)
+            consumed, left_over = await self._take_body(request, scope, receive)
         except RequestAborted:
             return
         if not consumed:
             # No disconnect listener: it would read the body. What is left of it stays unread:
             # `connection: close` has uvicorn close the connection rather than drain it.
             try:
-                await self.send_response(await self._respond(request), _closing(send) if left_over else send)
+                await send_lean(await self._respond(request), _closing(send) if left_over else send)
             except asyncio.CancelledError:
                 pass
             return
+        # The body is read: what receive() gives next is the client's disconnect, which cancels the
+        # view (and with it the upstream call), as Django's handler does, from one watcher task.
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, task))
+        try:
+            await send_lean(await self._respond(request), send)
+        except asyncio.CancelledError:
+            if not watcher.done():
+                raise  # not the client: the server is stopping
+            task.uncancel()
+        finally:
+            watcher.cancel()
 
-        async def process_request() -> HttpResponseBase:
-            response = await self._respond(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while we were sending
-            return response
-
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                try:
-                    task.result()
-                except (RequestAborted, asyncio.CancelledError):
-                    pass
-            else:
-                # Cancels the view (and with it the upstream call) on disconnect.
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-
-    async def _take_body(self, request, scope, receive, body_file: io.BytesIO) -> tuple[bool, bool]:
-        """Read the body into body_file, if the request may have it read: (read to its end, any of it left)."""
+    async def _take_body(self, request: LeanRequest, scope, receive) -> tuple[bool, bool]:
+        """Read the body into the request, if it may be read: (read to its end, any of it left)."""
         pending, declared = body_expected(scope["headers"])
-        if request.path.startswith(KEYED_PATH_PREFIXES) and not await _key_accepted(request):
+        accepted, key = await _key_check(request)
+        if not accepted:
             return False, pending
+        if key is not None:
+            request.META[KEY_ACCEPTED] = key
         limit = settings.TOLLGATE_MAX_BODY_BYTES
         refusal: str | None
         if declared is not None and declared > limit:
             refusal = TOO_LARGE  # declared too large: not a byte of it is read
         else:
-            refusal = await read_body_within(receive, body_file, limit=limit,
-                                             seconds=settings.TOLLGATE_BODY_READ_TIMEOUT_SECONDS)
+            request._body, refusal = await read_body_within(
+                receive, limit=limit, seconds=settings.TOLLGATE_BODY_READ_TIMEOUT_SECONDS)
         if refusal is None:
             return True, False
         # The view refuses it in the caller's shape (proxy.parsing.read_json_object) and records it.
@@ -138,7 +145,7 @@ class LeanASGIHandler(ASGIHandler):
 
     async def _respond(self, request) -> HttpResponseBase:
         try:
-            match = resolve(request.path_info)
+            match = _resolve(request.path_info)
             request.resolver_match = match
             return await match.func(request, *match.args, **match.kwargs)
         except Resolver404:
@@ -151,16 +158,62 @@ class LeanASGIHandler(ASGIHandler):
         return JsonResponse(error.body(caller), status=error.status)
 
 
-async def _key_accepted(request) -> bool:
-    """Whether the request's key is valid: the views' own authentication, without its counting."""
+# path -> its ResolverMatch: the proxy has a handful of paths (Gemini's name the model), and
+# Django's resolver tries its patterns one by one on every call.
+_resolved: dict[str, ResolverMatch] = {}
+_RESOLVED_MAX = 1024
+
+
+def _resolve(path: str) -> ResolverMatch:
+    match = _resolved.get(path)
+    if match is None:
+        match = resolve(path)
+        if len(_resolved) >= _RESOLVED_MAX:
+            _resolved.clear()
+        _resolved[path] = match
+    return match
+
+
+async def _cancel_on_disconnect(receive, task: asyncio.Task) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+async def send_lean(response: HttpResponseBase, send) -> None:
+    """Send a response over ASGI: its headers, then its content in one message, or a stream's
+    parts as they come (Django's send_response cuts content into 64 KiB messages and passes a
+    stream's parts through two more generators)."""
+    headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    if not response.streaming:
+        await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
+        return
+    # StreamingHttpResponse: an async iterator of bytes (the proxy's streams), through aclosing as
+    # Django does, so the relay's `finally` (closing the upstream response) runs now, not at GC.
+    stream: AsyncGenerator[bytes, None] = aiter(response)  # type: ignore[arg-type]
+    async with aclosing(stream) as parts:
+        async for part in parts:
+            if part:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body"})
+
+
+async def _key_check(request) -> tuple[bool, KeyInfo | None]:
+    """(whether the body may be read, the accepted key): the views' own authentication, without its
+    counting. A key that could not be checked lets the body be read, and the view decides."""
     try:
-        await authenticate(request)
+        return True, await authenticate(request)
     except GatewayError:
-        return False
+        return False, None
     except Exception:
         # The key store is unreachable: read the body as before; the view's authentication decides.
         logger.warning("could not check the key before reading the body", exc_info=True)
-    return True
+    return True, None
 
 
 def _closing(send):
@@ -195,6 +248,8 @@ async def _lifespan(receive, send) -> None:
                 except Exception:
                     logger.warning("could not remove this worker's heartbeat", exc_info=True)
             await close_clients()
+            if tracing.ENABLED:
+                await asyncio.to_thread(tracing.shutdown)  # the spans still queued
             # The last half second of settled budget usage, for the database copy
             # (gunicorn stops workers by signal, so atexit hooks never run).
             from budgets.usage import usage_mirror

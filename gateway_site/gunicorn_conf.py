@@ -5,7 +5,8 @@
 Read by gunicorn's master before it forks the workers, from the environment:
 PORT or TOLLGATE_BIND (address), WEB_CONCURRENCY (workers, default one per core),
 TOLLGATE_GRACEFUL_TIMEOUT, TOLLGATE_LOG_FORMAT/TOLLGATE_LOG_LEVEL (gunicorn's
-and uvicorn's own lines in the application's format), PROMETHEUS_MULTIPROC_DIR.
+and uvicorn's own lines in the application's format), TOLLGATE_REUSE_PORT (a listening
+socket per worker, default off), PROMETHEUS_MULTIPROC_DIR.
 Command-line options given after `-c` override these (the tests pass -b and -w).
 """
 from __future__ import annotations
@@ -25,6 +26,13 @@ workers = envint("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1)
 graceful_timeout = envint("TOLLGATE_GRACEFUL_TIMEOUT", 30, minimum=1)
 # Keep-alive towards the reverse proxy: longer than nginx's upstream keepalive_timeout default.
 keepalive = envint("TOLLGATE_KEEPALIVE_SECONDS", 75, minimum=1)
+# TOLLGATE_REUSE_PORT=1: one listening socket per worker (SO_REUSEPORT; gunicorn then binds in each
+# worker, not in the master), and the kernel hands each new connection to a worker by a hash of its
+# addresses instead of to whichever worker accepts first. Off by default: measured with wrk's 64
+# keep-alive connections on 2 workers, the hash split them 40/24 to 34/30, no more evenly than the
+# shared socket did (40/24 to 32/32), with no better p99, and a busy worker's queue can no longer
+# be taken by an idle one (docs/performance.md).
+reuse_port = envbool("TOLLGATE_REUSE_PORT", False)
 # The client address is worked out once, by the application (TOLLGATE_TRUSTED_PROXIES,
 # gateway_site/lib/clientaddr.py); uvicorn must not rewrite it from X-Forwarded-For before.
 forwarded_allow_ips = ""

@@ -19,7 +19,7 @@ from dataclasses import replace
 import orjson
 from django.http import HttpResponse
 
-from proxy import breaker
+from proxy import breaker, tracing
 from proxy.admission import model_not_priced
 from proxy.bounds import output_bound, wire_of
 from proxy.context import RequestContext
@@ -176,6 +176,7 @@ async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, 
             ctx.failovers += 1
         ctx.attempts += 1
         ctx.deployment = deployment
+        attempt_started = time.perf_counter()
         try:
             response = await attempt()
         except TranslationError as error:
@@ -184,10 +185,12 @@ async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, 
             untranslatable = error
             continue
         except asyncio.CancelledError:
+            tracing.attempt(ctx, deployment, attempt_started, "client_disconnected")
             if trial:  # the client left: its trial proved nothing, the next request may try
                 await breaker.release_trial(deployment.id)
             raise
         except ProviderError as error:
+            tracing.attempt(ctx, deployment, attempt_started, error.error_class)
             last_error, last_same_format = error, same_format
             fails_over = _fails_over(error, route)
             logger.info("request %s: attempt %d on %s failed: %s", ctx.request_id, ctx.attempts,
@@ -197,6 +200,7 @@ async def failover(ctx: RequestContext, route: RouteInfo, caller: CallerFormat, 
                                             trial=trial)
                 continue
             break
+        tracing.attempt(ctx, deployment, attempt_started, None)
         if trial:
             await breaker.record_success(deployment.id)
         # A stream's status is its first line, sent now; how it ends, its relay marks later.

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -19,9 +20,10 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
+from budgets.selectors import KeyInfo
 from gateway_site.lib.clientaddr import client_address
 from gateway_site.lib.db import database_mark_down, database_usable
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.admission import admit, limit_headers, price_usage, settle_start
 from proxy.auth import authenticate, key_touch_if_due
 from proxy.calls import call_chat
@@ -44,14 +46,53 @@ from proxy.stored_responses import responses_state
 
 logger = logging.getLogger("tollgate.requests")
 
+# Where the server's entry point (gateway_site/asgi.py) leaves the key it accepted before reading the
+# body (request.META), so that the view does not look it up a second time.
+KEY_ACCEPTED = "tollgate.key_accepted"
+
 DATABASE_UNAVAILABLE_MESSAGE = (
     "The gateway cannot reach its database, so it cannot record requests and refuses them. Retry shortly."
 )
 
 
+async def key_of(request: HttpRequest, address: str | None) -> KeyInfo:
+    """The caller's key: the one the entry point accepted, else authenticate_watched's (401 or 403)."""
+    accepted = request.META.get(KEY_ACCEPTED)
+    if accepted is not None:
+        return accepted
+    return await authenticate_watched(request, address)
+
+
 def client_ip(request: HttpRequest) -> str | None:
     """The peer, or X-Forwarded-For's client when the peer is in TOLLGATE_TRUSTED_PROXIES."""
     return client_address(request.META)
+
+
+# Per event loop (one per worker in production; tests make many).
+_redis_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def redis_turn() -> asyncio.Semaphore:
+    """Admissions and settlements in flight at once on this worker: at most three quarters of its Redis
+    connections (TOLLGATE_REDIS_MAX_CONNECTIONS); the other requests wait their turn here, for as long
+    as their client waits.
+
+    Admission and settlement wait at most 5 s for one of the pool's connections (budgets.counters), and
+    then fail as if Redis were down: a 503 `limits_unavailable`, a settlement charged to the database
+    copy only. A burst of thousands of requests on one worker (the benchmark's 5,000 streams opened at
+    once) waited that long for the pool while Redis was fine, and most of them were refused
+    (docs/performance.md). Queued here instead, they are admitted late rather than refused. A Redis
+    that does not answer still fails each of them within its socket timeouts."""
+    loop = asyncio.get_running_loop()
+    turn = _redis_turns.get(loop)
+    if turn is None:
+        turn = _redis_turns[loop] = asyncio.Semaphore(max(1, settings.TOLLGATE_REDIS_MAX_CONNECTIONS * 3 // 4))
+    return turn
+
+
+async def _settle_in_turn(ctx: RequestContext) -> None:
+    async with redis_turn():
+        await settle_start(ctx)
 
 
 async def request_finish(ctx: RequestContext) -> None:
@@ -64,7 +105,8 @@ async def request_finish(ctx: RequestContext) -> None:
     await price_usage(ctx)
     # The budget's settlement (Redis) and the audit event's commit (PostgreSQL) need nothing from
     # each other: they go on at the same time, and the answer waits for both.
-    settling = settle_start(ctx)
+    # A task of its own (a client that leaves cancels the request, never its settlement), in its turn.
+    settling = asyncio.get_running_loop().create_task(_settle_in_turn(ctx))
     try:
         audit_started = time.perf_counter()
         await record(ctx)
@@ -72,6 +114,7 @@ async def request_finish(ctx: RequestContext) -> None:
     finally:
         await asyncio.shield(settling)
         ctx.lap("finish")
+    tracing.interval(ctx, "audit", audit_started, audit_started + audit_seconds)
     await key_touch_if_due(ctx.key)
     metrics.request_observe(ctx, audit_seconds=audit_seconds)
     # Structured fields (gateway_site/lib/logs.py): never a key or a body.
@@ -91,6 +134,7 @@ async def request_finish(ctx: RequestContext) -> None:
         "overhead_ms": round(ctx.overhead_ms(), 2),
         "ttft_ms": None if ctx.first_byte_seconds is None else round(ctx.first_byte_seconds * 1000, 1),
     })
+    tracing.export(ctx)
 
 
 def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
@@ -113,7 +157,7 @@ def _stamp(response: HttpResponse, ctx: RequestContext) -> HttpResponse:
 
 
 def _start(request: HttpRequest, caller: Caller, endpoint: str) -> RequestContext:
-    ctx = RequestContext(caller=caller, endpoint=endpoint)
+    ctx = tracing.context(caller=caller, endpoint=endpoint)
     ctx.client_ip = client_ip(request)
     ctx.user_agent = request.headers.get("User-Agent", "")[:300]
     return ctx
@@ -245,7 +289,7 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
             # No audit row could be written: refuse before anything is spent (DESIGN §4).
             raise DatabaseError("the database is known to be down")
         # Before the method check: without a key, a wrong method is the same 401 as any path.
-        ctx.key = await authenticate_watched(request, ctx.client_ip)
+        ctx.key = await key_of(request, ctx.client_ip)
         if request.method != "POST":
             raise GatewayError("method_not_allowed", f"Use POST for {path}.")
         ctx.lap("auth")
@@ -265,7 +309,8 @@ async def _proxy_chat(request: HttpRequest, caller: Caller, endpoint: str, path:
         if caller is Caller.RESPONSES:
             inbound.stored, ctx.pinned_deployment = await responses_state(ctx.route, body)
         ctx.lap("route")
-        await admit(ctx, body)
+        async with redis_turn():
+            await admit(ctx, body)
         ctx.lap("admit")
         response = await call(ctx, ctx.route, inbound)
         # Provider time and the gateway's own time (translation, failover) of the call.
@@ -350,7 +395,7 @@ def finished_as(endpoint: str, caller: Caller | None = None) -> Callable[[View],
                 await request_finish(ctx)
                 raise
             try:
-                ctx.key = await authenticate(request)
+                ctx.key = request.META.get(KEY_ACCEPTED) or await authenticate(request)
             except GatewayError:
                 pass
             ctx.outcome(response.status_code, _error_class_of(response))

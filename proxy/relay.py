@@ -59,6 +59,22 @@ from proxy.upstream import send as upstream_send
 logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class StreamResponse(StreamingHttpResponse):
+    """A relayed stream, its parts handed to the server as the relay yields them (bytes): Django's wraps
+    them in one more generator each time streaming_content is read (the pipeline once, the server once)."""
+
+    @property
+    def streaming_content(self) -> Any:
+        return self._iterator  # type: ignore[attr-defined]
+
+    @streaming_content.setter
+    def streaming_content(self, value: Any) -> None:
+        self._set_streaming_content(value)  # type: ignore[attr-defined]
+
+    def __aiter__(self) -> Any:
+        return self._iterator  # type: ignore[attr-defined]
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 
@@ -199,7 +215,7 @@ async def passthrough(ctx: RequestContext, inbound: Inbound, adapter: ProviderAd
     relay = _relay_same_format(ctx, caller, adapter, deployment, response, chunks, first, keep,
                                before_end=before_end, framer=framer)
     # The pipeline wraps and stamps both kinds alike; django-stubs has no common base with headers.
-    return StreamingHttpResponse(  # type: ignore[return-value]
+    return StreamResponse(  # type: ignore[return-value]
         relay, status=response.status_code, headers=STREAM_HEADERS,
         content_type="application/json" if framer is not None else SSE_CONTENT_TYPE,
     )
@@ -232,18 +248,38 @@ def _usage_of_answer(ctx: RequestContext, caller: Caller, content: bytes) -> str
     return None
 
 
-def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Complete SSE events (each ending with a blank line) and the unfinished rest."""
-    if b"\r" in buffer:
-        buffer = buffer.replace(b"\r\n", b"\n")
-    parts = buffer.split(b"\n\n")
-    rest = parts.pop()
-    return [part + b"\n\n" for part in parts if part], rest
+def _split_events(buffer: bytes) -> tuple[list[bytes], int]:
+    """Complete SSE events (each ending with a blank line; LF line ends) and where the unfinished
+    rest of `buffer` begins. Each event is one slice of `buffer`, its blank line included."""
+    events: list[bytes] = []
+    start = 0
+    find = buffer.find
+    while True:
+        end = find(b"\n\n", start)
+        if end < 0:
+            return events, start
+        if end > start:
+            events.append(buffer[start:end + 2])
+        start = end + 2
+
+
+def _has_usage(event: bytes) -> bool:
+    """Whether the event has a `usage` object: OpenAI sends `"usage":null` in every chunk of a stream
+    that asked for usage, and parsing each of them would cost more than the rest of the relay."""
+    at = event.find(b'"usage"')
+    while at >= 0:
+        at += 7
+        while event[at:at + 1] in (b" ", b":"):
+            at += 1
+        if event[at:at + 1] == b"{":
+            return True
+        at = event.find(b'"usage"', at)
+    return False
 
 
 def _usage_chunk(event: bytes) -> tuple[dict | None, bool]:
-    """(usage, is_usage_only_chunk) of one SSE event; cheap unless the event mentions usage."""
-    if b'"usage"' not in event:
+    """(usage, is_usage_only_chunk) of one SSE event; cheap unless the event has a usage object."""
+    if not _has_usage(event):
         return None, False
     data = event.strip()
     if not data.startswith(b"data:"):
@@ -370,15 +406,22 @@ async def _relay_same_format(
         while True:
             if ctx.first_byte_seconds is None:
                 ctx.first_byte_seconds = ctx.elapsed()
-            events, pending = _split_events(pending + raw)
+            # Fewest copies: a chunk of whole events that are all passed on goes out as it came.
+            data = pending + raw if pending else raw
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n")
+            events, rest_at = _split_events(data)
+            pending = data[rest_at:] if rest_at < len(data) else b""
             out: list[bytes] = []
+            whole = framer is None
             for event in events:
                 if caller.is_terminal(event):
                     if out:
-                        data = out_of(out)
-                        ctx.capture_response(data)
-                        yield data
+                        chunk = out_of(out)
+                        ctx.capture_response(chunk)
+                        yield chunk
                         out = []
+                    whole = False
                     keep(event)  # the last event may carry the usage (Responses, Gemini)
                     if before_end is not None:
                         await before_end()
@@ -389,10 +432,15 @@ async def _relay_same_format(
                     yield last
                 elif keep(event):
                     out.append(event)
+                else:
+                    whole = False
             if out:
-                data = out_of(out)
-                ctx.capture_response(data)
-                yield data
+                if whole and rest_at == len(data) and sum(map(len, out)) == rest_at:
+                    chunk = data  # every byte of it, in order: no join
+                else:
+                    chunk = out_of(out)
+                ctx.capture_response(chunk)
+                yield chunk
             try:
                 raw = await chunks.__anext__()
             except StopAsyncIteration:
@@ -496,7 +544,7 @@ async def translated(ctx: RequestContext, inbound: Inbound, adapter: ProviderAda
                                                 model=deployment.upstream_model,
                                                 upstream_wire=adapter.wire_format, sse=inbound.sse))
     # The pipeline wraps and stamps both kinds alike; django-stubs has no common base with headers.
-    return StreamingHttpResponse(  # type: ignore[return-value]
+    return StreamResponse(  # type: ignore[return-value]
         _relay_translated(ctx, caller, adapter, deployment, response, chunks, parser, decoder, encoder, head),
         status=200, headers=STREAM_HEADERS,
         content_type=getattr(encoder, "content_type", None) or SSE_CONTENT_TYPE,

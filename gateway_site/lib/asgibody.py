@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from django.core.exceptions import RequestAborted
 
@@ -35,13 +35,15 @@ def body_expected(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, int | N
     return chunked or bool(declared), declared
 
 
-async def read_body_within(receive: Receive, into: BinaryIO, *, limit: int, seconds: float) -> Refusal | None:
-    """Read the whole body into `into` (rewound afterwards) within `seconds`: None, or why reading stopped early.
+async def read_body_within(receive: Receive, *, limit: int, seconds: float) -> tuple[bytes, Refusal | None]:
+    """Read the whole body within `seconds`: (the body, None), or (b"", why reading stopped early).
 
+    A body that comes in one message (nearly all) is passed on as it came, without a copy.
     Raises RequestAborted when the client disconnects. What was not read stays unread: the
     caller answers and closes the connection.
     """
     size = 0
+    parts: list[bytes] = []
     try:
         async with asyncio.timeout(seconds):
             while True:
@@ -51,11 +53,13 @@ async def read_body_within(receive: Receive, into: BinaryIO, *, limit: int, seco
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    return TOO_LARGE
-                into.write(chunk)
+                    return b"", TOO_LARGE
+                if chunk:
+                    parts.append(chunk)
                 if not message.get("more_body", False):
                     break
     except TimeoutError:
-        return TIMEOUT
-    into.seek(0)
-    return None
+        return b"", TIMEOUT
+    if len(parts) == 1:
+        return parts[0], None
+    return b"".join(parts), None

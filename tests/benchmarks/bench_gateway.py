@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,7 +25,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
@@ -199,17 +203,10 @@ def streams(port: int, path: str, model: str, key: str | None, n: int, extra_hea
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--skip-slow", action="store_true", help="skip the 5,000 slow streams")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install wrk), or run tests/benchmarks/run.sh")
-
+@contextmanager
+def gateway_under_test(args: argparse.Namespace) -> Iterator[SimpleNamespace]:
+    """A fresh database and Redis database, the benchmark's configuration and key, the sandbox and the
+    gateway (the Procfile's web command) on free ports; both stopped afterwards."""
     import psycopg
     import redis
 
@@ -242,7 +239,6 @@ def main() -> None:
     gateway = subprocess.Popen([*gateway_command(gateway_port, args.workers), "--backlog", "8192"],
                                cwd=ROOT, env=env, stdout=open(logs / "gateway.log", "wb"),
                                stderr=subprocess.STDOUT)
-    report: dict = {"machine": {"cores": os.cpu_count()}, "workers": args.workers, "seconds": args.seconds}
     try:
         wait_until_up(f"http://127.0.0.1:{sandbox_port}/_sandbox/health", process=sandbox)
         wait_until_up(f"http://127.0.0.1:{gateway_port}/healthz", process=gateway)
@@ -250,42 +246,8 @@ def main() -> None:
                            headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
         if check.status_code != 200:
             raise SystemExit(f"gateway answered {check.status_code}: {check.text}")
-        report["idle_rss_mib"] = tree_rss_mib(gateway.pid)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            direct_script = Path(tmp) / "direct.lua"
-            direct_script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY.decode()), key="sandbox"))
-            gateway_script = Path(tmp) / "gateway.lua"
-            gateway_script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY.decode()), key=key))
-            direct_url = f"http://127.0.0.1:{sandbox_port}/v1/chat/completions"
-            gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-            wrk(gateway_url, 16, 2, gateway_script)  # warm up: connections, caches, pools
-            report["stages"] = stage_profile(gateway_url, key)
-            report["non_stream"] = {}
-            for concurrency in (1, 16, 64):
-                direct = wrk(direct_url, concurrency, args.seconds, direct_script)
-                cpu_before = tree_cpu_seconds(gateway.pid)
-                through = wrk(gateway_url, concurrency, args.seconds, gateway_script)
-                cpu = tree_cpu_seconds(gateway.pid) - cpu_before
-                through["cpu_ms_per_request"] = 1000 * cpu / max(1, through["requests"])
-                report["non_stream"][concurrency] = {
-                    "direct": direct, "gateway": through,
-                    "rps_ratio": through["rps"] / direct["rps"],
-                    "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
-                }
-
-        report["streams_1000"] = {"direct": streams(sandbox_port, "/v1/chat/completions", "gpt-4o-mini", None,
-                                                    1000, {"x-sandbox-chunks": "20",
-                                                           "x-sandbox-chunk-delay-ms": "50"}, 60)}
-        with PeakRss(gateway.pid) as peak:
-            report["streams_1000"]["gateway"] = streams(gateway_port, "/v1/chat/completions", "bench-stream",
-                                                        key, 1000, {}, 60)
-        report["streams_1000"]["peak_rss_mib"] = peak.peak
-        if not args.skip_slow:
-            with PeakRss(gateway.pid) as peak:
-                report["slow_streams_5000"] = streams(gateway_port, "/v1/chat/completions", "bench-slow", key,
-                                                      5000, {}, 120)
-            report["slow_streams_5000"]["peak_rss_mib"] = peak.peak
+        yield SimpleNamespace(key=key, sandbox=sandbox, gateway=gateway, sandbox_port=sandbox_port,
+                              gateway_port=gateway_port)
     finally:
         for process in (gateway, sandbox):
             process.terminate()
@@ -295,33 +257,176 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-slow", action="store_true", help="skip the 5,000 slow streams")
+    parser.add_argument("--only", choices=("non-stream", "streams", "slow"), action="append",
+                        help="run only these measures (repeatable); default: all")
+    parser.add_argument("--slow-runs", type=int, default=1, help="how many times in a row to run the slow streams")
+    parser.add_argument("--serve", type=int, metavar="SECONDS", default=0,
+                        help="only start the sandbox and the gateway, print their addresses and the key, and keep "
+                             "them up for SECONDS (for profiling: docs/performance.md)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk), or run tests/benchmarks/run.sh")
+    only = set(args.only or ("non-stream", "streams", "slow"))
+    if args.skip_slow:
+        only.discard("slow")
+    # The servers inherit this limit: 5,000 streams need 5,000 descriptors in this client, the sandbox
+    # and each gateway worker. A low soft limit (1,024 on many systems) made streams fail at random.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if "slow" in only and resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 12000:
+        print("warning: open files limited to", resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+              "- the 5,000 slow streams need about 6,000 per process", file=sys.stderr)
+
+    report: dict = {"machine": {"cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
+                                "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0]},
+                    "workers": args.workers, "seconds": args.seconds}
+    with gateway_under_test(args) as under_test:
+        key, gateway = under_test.key, under_test.gateway
+        sandbox_port, gateway_port = under_test.sandbox_port, under_test.gateway_port
+        report["idle_rss_mib"] = tree_rss_mib(gateway.pid)
+        if args.serve:
+            workers = tree_pids(gateway.pid)[1:]
+            print(json.dumps({"gateway": f"http://127.0.0.1:{gateway_port}",
+                              "sandbox": f"http://127.0.0.1:{sandbox_port}", "key": key,
+                              "master": gateway.pid, "workers": workers}), flush=True)
+            time.sleep(args.serve)
+            return
+
+        if "non-stream" in only:
+            report.update(non_stream_measures(args, key, sandbox_port, gateway_port, gateway.pid))
+        if "streams" in only:
+            report["streams_1000"] = {"direct": streams(sandbox_port, "/v1/chat/completions", "gpt-4o-mini",
+                                                        None, 1000, {"x-sandbox-chunks": "20",
+                                                                     "x-sandbox-chunk-delay-ms": "50"}, 60)}
+            with PeakRss(gateway.pid) as peak:
+                report["streams_1000"]["gateway"] = streams(gateway_port, "/v1/chat/completions", "bench-stream",
+                                                            key, 1000, {}, 60)
+            report["streams_1000"]["peak_rss_mib"] = peak.peak
+        if "slow" in only:
+            report["slow_streams_5000"] = []
+            for _ in range(args.slow_runs):
+                with PeakRss(gateway.pid) as peak:
+                    run = streams(gateway_port, "/v1/chat/completions", "bench-slow", key, 5000, {}, 120)
+                run["peak_rss_mib"] = peak.peak
+                report["slow_streams_5000"].append(run)
+
+    report["targets"] = targets(report)
+    logs = ROOT / "var" / "benchmarks"
     (logs / "latest.json").write_text(json.dumps(report, indent=2))
     print_table(report)
 
 
+def non_stream_measures(args: argparse.Namespace, key: str, sandbox_port: int, gateway_port: int,
+                        gateway_pid: int) -> dict:
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        direct_script = Path(tmp) / "direct.lua"
+        direct_script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY.decode()), key="sandbox"))
+        gateway_script = Path(tmp) / "gateway.lua"
+        gateway_script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY.decode()), key=key))
+        direct_url = f"http://127.0.0.1:{sandbox_port}/v1/chat/completions"
+        gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        wrk(gateway_url, 16, 2, gateway_script)  # warm up: connections, caches, pools
+        report["stages"] = stage_profile(gateway_url, key)
+        report["non_stream"] = {}
+        for concurrency in (1, 16, 64):
+            direct = wrk(direct_url, concurrency, args.seconds, direct_script)
+            cpu_before = tree_cpu_seconds(gateway_pid)
+            through = wrk(gateway_url, concurrency, args.seconds, gateway_script)
+            cpu = tree_cpu_seconds(gateway_pid) - cpu_before
+            through["cpu_ms_per_request"] = 1000 * cpu / max(1, through["requests"])
+            report["non_stream"][concurrency] = {
+                "direct": direct, "gateway": through,
+                "rps_ratio": through["rps"] / direct["rps"],
+                "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
+            }
+    return report
+
+
+# Issue #18's targets: (label, where the figure is, how it compares, the target, unit).
+TARGETS = (
+    ("CPU per request, 16 clients", ("non_stream", 16, "gateway", "cpu_ms_per_request"), "<=", 0.6, "ms"),
+    ("added p50, 1 client", ("non_stream", 1, "added_p50_ms"), "<=", 2.0, "ms"),
+    ("p99, 64 clients", ("non_stream", 64, "gateway", "p99_ms"), "<=", 100.0, "ms"),
+    ("1,000 streams: added TTFT p50", ("streams_1000", "added_ttft_p50_ms"), "<=", 150.0, "ms"),
+    ("1,000 streams: completed", ("streams_1000", "gateway", "completed"), ">=", 1000, ""),
+    ("peak RSS, 1,000-stream test", ("streams_1000", "peak_rss_mib"), "<=", 400.0, "MiB"),
+    ("5,000 slow streams: completed, worst run", ("slow_streams_5000_worst",), ">=", 5000, ""),
+)
+
+
+def _figure(report: dict, path: tuple) -> float | None:
+    value: object = report
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        # JSON turns the concurrency keys into strings.
+        value = value.get(part, value.get(str(part)))
+    return value if isinstance(value, int | float) else None
+
+
+def targets(report: dict) -> list[dict]:
+    """Each target of issue #18 next to this run's figure (None: not measured in this run)."""
+    streams_1000 = report.get("streams_1000")
+    if streams_1000:
+        direct, through = streams_1000["direct"]["ttft_p50_ms"], streams_1000["gateway"]["ttft_p50_ms"]
+        if direct is not None and through is not None:
+            streams_1000["added_ttft_p50_ms"] = through - direct
+    if report.get("slow_streams_5000"):
+        report["slow_streams_5000_worst"] = min(r["completed"] for r in report["slow_streams_5000"])
+    rows = []
+    for label, path, op, target, unit in TARGETS:
+        figure = _figure(report, path)
+        met = None if figure is None else figure <= target if op == "<=" else figure >= target
+        rows.append({"target": label, "op": op, "goal": target, "unit": unit, "figure": figure, "met": met})
+    return rows
+
+
 def print_table(report: dict) -> None:
-    print(f"\nTollgate benchmark: {report['workers']} workers, {report['machine']['cores']} cores, "
-          f"{report['seconds']} s per run\n")
-    print(f"{'non-stream':<14}{'direct rps':>12}{'gateway rps':>13}{'ratio':>7}"
-          f"{'direct p50':>12}{'gw p50':>9}{'added p50':>11}{'gw p99':>9}{'cpu ms/req':>12}{'errors':>8}")
-    for concurrency, row in report["non_stream"].items():
-        d, g = row["direct"], row["gateway"]
-        print(f"{'c=' + str(concurrency):<14}{d['rps']:>12.0f}{g['rps']:>13.0f}{row['rps_ratio']:>7.2f}"
-              f"{d['p50_ms']:>10.2f}ms{g['p50_ms']:>7.2f}ms{row['added_p50_ms']:>9.2f}ms{g['p99_ms']:>7.2f}ms"
-              f"{g['cpu_ms_per_request']:>12.2f}{g['non_2xx']:>8}")
-    print("\nwhere a request's time goes (one client, ms): " + "  ".join(
-        f"{name} {v['p50_ms']:.3f}" for name, v in report["stages"].items()))
-    s = report["streams_1000"]
-    for side in ("direct", "gateway"):
-        r = s[side]
-        print(f"1000 streams {side:<8} completed {r['completed']}/{r['streams']}  ttft p50 {r['ttft_p50_ms']:.0f} ms"
-              f"  p99 {r['ttft_p99_ms']:.0f} ms  wall {r['wall_s']:.2f} s  errors {r['errors'] or 0}")
-    print(f"peak RSS of the gateway tree during the stream test: {s['peak_rss_mib']:.0f} MiB "
-          f"(idle {report['idle_rss_mib']:.0f} MiB)")
-    if "slow_streams_5000" in report:
-        r = report["slow_streams_5000"]
-        print(f"5000 slow streams: completed {r['completed']}/{r['streams']}  wall {r['wall_s']:.1f} s  "
+    machine = report["machine"]
+    print(f"\nTollgate benchmark: {report['workers']} workers, {machine['cores']} cores, "
+          f"{report['seconds']} s per run, load average {machine.get('load_at_start', 0):.1f} at the start "
+          "(figures move by tens of percent on a busy machine)\n")
+    if "non_stream" in report:
+        print(f"{'non-stream':<14}{'direct rps':>12}{'gateway rps':>13}{'ratio':>7}"
+              f"{'direct p50':>12}{'gw p50':>9}{'added p50':>11}{'gw p99':>9}{'cpu ms/req':>12}{'errors':>8}")
+        for concurrency, row in report["non_stream"].items():
+            d, g = row["direct"], row["gateway"]
+            print(f"{'c=' + str(concurrency):<14}{d['rps']:>12.0f}{g['rps']:>13.0f}{row['rps_ratio']:>7.2f}"
+                  f"{d['p50_ms']:>10.2f}ms{g['p50_ms']:>7.2f}ms{row['added_p50_ms']:>9.2f}ms{g['p99_ms']:>7.2f}ms"
+                  f"{g['cpu_ms_per_request']:>12.2f}{g['non_2xx']:>8}")
+        print("\nwhere a request's time goes (one client, ms): " + "  ".join(
+            f"{name} {v['p50_ms']:.3f}" for name, v in report["stages"].items()))
+    if "streams_1000" in report:
+        s = report["streams_1000"]
+        for side in ("direct", "gateway"):
+            r = s[side]
+            print(f"1000 streams {side:<8} completed {r['completed']}/{r['streams']}  "
+                  f"ttft p50 {r['ttft_p50_ms'] or 0:.0f} ms  p99 {r['ttft_p99_ms'] or 0:.0f} ms  "
+                  f"wall {r['wall_s']:.2f} s  errors {r['errors'] or 0}")
+        print(f"peak RSS of the gateway tree during the stream test: {s['peak_rss_mib']:.0f} MiB "
+              f"(idle {report['idle_rss_mib']:.0f} MiB)")
+    for number, r in enumerate(report.get("slow_streams_5000", ()), 1):
+        print(f"5000 slow streams, run {number}: completed {r['completed']}/{r['streams']}  wall {r['wall_s']:.1f} s  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB  errors {r['errors'] or 0}")
+    print(f"\n{'target (issue #18)':<44}{'goal':>14}{'this run':>14}  met")
+    for row in report["targets"]:
+        unit = f" {row['unit']}" if row["unit"] else ""
+        goal = f"{row['op']} {row['goal']:g}{unit}"
+        figure = "not run" if row["figure"] is None else f"{row['figure']:.2f}{unit}" if isinstance(
+            row["figure"], float) else f"{row['figure']}{unit}"
+        met = "-" if row["met"] is None else "yes" if row["met"] else "NO"
+        print(f"{row['target']:<44}{goal:>14}{figure:>14}  {met}")
 
 
 if __name__ == "__main__":

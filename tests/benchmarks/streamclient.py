@@ -8,6 +8,7 @@ line and the end of the stream arrive, and parses nothing else.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
@@ -45,17 +46,34 @@ async def _stream(host: str, port: int, path: str, body: bytes, headers: dict[st
             pass
         ttft = None
         done = False
+        tail = b""  # the end of what came so far: a marker may be split between two reads
+        first = b""  # the start of the body, to say why a stream failed
         data = await reader.read(65536)
         while data:
+            if len(first) < 400:
+                first += data[:400]
             if ttft is None and b"data:" in data:
                 ttft = time.perf_counter() - started
-            if b"[DONE]" in data or b"message_stop" in data:
+            window = tail + data
+            if b"[DONE]" in window or b"message_stop" in window:
                 done = True
+            tail = window[-400:]
             data = await reader.read(65536)
-        return StreamResult(status == 200 and done, status, ttft, time.perf_counter() - started,
-                            "" if done else "stream did not finish")
+        if status != 200:
+            return StreamResult(False, status, ttft, time.perf_counter() - started, f"status {status}: {_why(first)}")
+        if not done:
+            # Say what the stream ended with: an error event in the caller's format, or nothing at all.
+            reason = _why(tail) if b"error" in tail else "no last event"
+            return StreamResult(False, status, ttft, time.perf_counter() - started, f"stream did not finish: {reason}")
+        return StreamResult(True, status, ttft, time.perf_counter() - started)
     finally:
         writer.close()
+
+
+def _why(body: bytes) -> str:
+    """A short, stable label for an error answer: its error code or type, if the body shows one."""
+    match = re.search(rb'"code"\s*:\s*"([^"]+)"', body) or re.search(rb'"type"\s*:\s*"([^"]+)"', body)
+    return match.group(1).decode(errors="replace") if match else body[:80].decode(errors="replace")
 
 
 async def many_streams(n: int, host: str, port: int, path: str, body: bytes, headers: dict[str, str],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -114,3 +115,71 @@ def test_waiting_for_a_free_pooled_connection_is_not_a_connect_timeout(provider,
         return [response.status_code for response, _ in answers]
 
     assert asyncio.run(two_at_once()) == [200, 200]
+
+
+class _ClosingAfterOneAnswer:
+    """A provider that answers the first request of each connection, keeps it open, and closes it without
+    an answer when a second request comes on it: an idle connection the provider closed as it was reused."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        self.answered = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += conn.recv(65536)
+        return True
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            if not self._read_request(conn):
+                return
+            self.answered += 1
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+            self._read_request(conn)  # the second request on this connection: closed unanswered
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_request_on_a_connection_the_provider_closed_is_sent_again_on_a_new_one():
+    provider = _ClosingAfterOneAnswer()
+
+    async def twice() -> list[int]:
+        statuses = []
+        for _ in range(2):
+            response, _ = await upstream.post(f"{provider.url}/chat", content=b"{}", headers={}, timeouts=FAST)
+            statuses.append(response.status_code)
+        return statuses
+
+    try:
+        # The second request goes out on the pooled connection, which the provider closes unanswered.
+        assert asyncio.run(twice()) == [200, 200]
+        assert provider.connections == 2 and provider.answered == 2
+    finally:
+        provider.close()
