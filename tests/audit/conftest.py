@@ -32,14 +32,21 @@ def all_events() -> list[AuditEvent]:
 def partitions_relayout(rows: int, ahead: int = 2) -> list[str]:
     """The empty audit table's partitions made anew, `rows` events each, from seq 1 (PostgreSQL;
     nothing on SQLite). Inside a test's transaction, rolled back with it."""
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from audit.partitions import partition_drop, partitions_ensure, partitions_list
+    from audit.services import lane_heads_ensure
 
     with transaction.atomic():
         for partition in partitions_list():
             if not partition.is_default:
                 partition_drop(partition)
+    if connection.vendor == "postgresql":
+        # The heads first: an append that finds none draws seqs it then gives up (gaps are allowed,
+        # but these tests name partitions by seq).
+        lane_heads_ensure()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setval('audit_event_seq', 1, false)")
     return partitions_ensure(rows=rows, ahead=ahead)
 
 

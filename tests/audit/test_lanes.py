@@ -170,10 +170,8 @@ def test_export_merges_the_lanes_in_time_order(three_lanes):
 
 
 @override_settings(TOLLGATE_AUDIT_RETENTION_DAYS=2)
-def test_retention_prunes_each_lane_and_keeps_each_verifiable(in_lane, tmp_path, settings, monkeypatch):
+def test_retention_prunes_each_lane_and_keeps_each_verifiable(in_lane, tmp_path, settings):
     settings.TOLLGATE_AUDIT_EXPORT_DIR = str(tmp_path)
-    # The row-deleting path (SQLite's); PostgreSQL's partition drops are tests/audit/test_partitions.py's.
-    monkeypatch.setattr("audit.services.partitioned", lambda: False)
     day = datetime(2025, 3, 1, tzinfo=UTC)
     for d in range(4):  # four days; every day 3 events in lane 0, 2 in lane 1
         in_lane(0, records(3, start=day + timedelta(days=d), step=timedelta(hours=1)))
@@ -182,7 +180,11 @@ def test_retention_prunes_each_lane_and_keeps_each_verifiable(in_lane, tmp_path,
         export_daily_run()
     manifest = orjson.loads((tmp_path / "audit-2025-03-04.manifest.json").read_bytes())
     assert [(h["lane"], h["seq"]) for h in manifest["chain_heads"]] == [(0, 12), (1, 8), (2, 0), (3, 0)]
-    with time_machine.travel(datetime(2025, 3, 5, tzinfo=UTC), tick=False):
+    # The row-deleting path (SQLite's); PostgreSQL's partition drops are tests/audit/test_partitions.py's.
+    # Patched here, after the appends: in_lane's monkeypatch.undo() would undo it.
+    with time_machine.travel(datetime(2025, 3, 5, tzinfo=UTC), tick=False), \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr("audit.services.partitioned", lambda: False)
         assert events_prune() == 10  # the first two days of both lanes
     heads = {h.lane: h for h in AuditChainHead.objects.filter(pk__lte=2)}
     assert (heads[0].pruned_seq, heads[1].pruned_seq) == (6, 4)

@@ -2,6 +2,7 @@
 ahead, the DEFAULT partition, retention by dropping partitions. SQLite keeps one table (last tests)."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -223,8 +224,25 @@ def test_a_drop_that_cannot_lock_the_table_waits_for_the_next_run(committed, ret
         reader.rollback()
     assert AuditChainHead.objects.get(pk=1).pruned_seq == 0
     assert exists("audit_auditevent_p1") and chain_verify().ok
-    assert prune() == 72
+    holders = other_lock_holders()
+    assert prune() == 72, f"other sessions hold the audit table: {holders}"
     assert chain_verify().ok
+
+
+def other_lock_holders(wait: float = 15.0) -> list[tuple]:
+    """The other sessions holding a lock on the audit table or its partitions, once none is left or
+    after `wait` seconds (a session of an earlier test may still be finishing): for the failure message."""
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT l.pid, l.mode, a.state, left(a.query, 200) FROM pg_locks l "
+                "JOIN pg_class c ON c.oid = l.relation LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE c.relname LIKE 'audit_auditevent%%' AND l.pid <> pg_backend_pid()")
+            holders = cursor.fetchall()
+        if not holders or time.monotonic() > deadline:
+            return holders
+        time.sleep(0.2)
 
 
 @pytest.fixture
